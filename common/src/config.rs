@@ -1,0 +1,139 @@
+//! Config building blocks shared by both services' typed config structs.
+//!
+//! Every flag has an environment variable, and its `value_name` is that variable, so clap's
+//! error for a bad value names exactly the variable the operator has to fix.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses `100ms`, `2s`, `1m`, `1h 30m`: the forms operators write in env files.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 100ms, 2s, 1m)"))
+}
+
+/// A secret value: never printed by `Debug`, so a config dump or a panic cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must hand it to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Takes a secret from its variable or, as Kubernetes and Docker secrets are mounted, from the
+/// file named by `<VAR>_FILE`. The file wins only when the plain value is absent.
+pub fn secret_from(value: Option<String>, file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(v) = value {
+        return Ok(Some(Secret::new(v)));
+    }
+    match file {
+        None => Ok(None),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("{var}_FILE={}: cannot read the secret file: {e}", path.display())
+            })?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())))
+        }
+    }
+}
+
+/// Removes the password (and any query string, which may hold tokens) from a URL for logs.
+/// Text that does not parse as a URL is replaced whole: we cannot know where its secret is.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query().is_some() {
+                u.set_query(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable url redacted>".to_string(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logging flags, the same for both services.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Directory for the rolling log files (one per day), beside stdout. Empty disables files.
+    #[arg(long = "log-dir", env = "LOG_DIR", value_name = "LOG_DIR", default_value = "logs")]
+    pub dir: PathBuf,
+    /// `text` or `json`.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    pub format: LogFormat,
+    /// Filter in `tracing` syntax, e.g. `info` or `info,loader=debug`.
+    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    pub level: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_operator_forms() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10").is_err(), "a bare number has no unit and must be refused");
+    }
+
+    #[test]
+    fn urls_lose_their_password_and_query() {
+        assert_eq!(
+            redact_url("postgres://etl:hunter2@db:5432/etl"),
+            "postgres://etl:***@db:5432/etl"
+        );
+        assert_eq!(
+            redact_url("https://randomuser.me/api/1.4/?token=abc"),
+            "https://randomuser.me/api/1.4/?***"
+        );
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("etl-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let got = secret_from(None, Some(&path), "X").unwrap().unwrap();
+        assert_eq!(got.expose(), "s3cret");
+        let err = secret_from(None, Some(&dir.join("missing")), "KAFKA_SASL_PASSWORD").unwrap_err();
+        assert!(err.to_string().contains("KAFKA_SASL_PASSWORD_FILE"));
+    }
+}

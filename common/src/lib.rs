@@ -1,0 +1,13 @@
+//! What the extractor and the loader share.
+//!
+//! The two services meet only at the Kafka topic; this crate holds the shape of what crosses it
+//! ([`contract`]) and the operational plumbing both need to behave the same way in production:
+//! typed config helpers, logging, the status/metrics endpoint, shutdown and retry pacing.
+
+pub mod backoff;
+pub mod config;
+pub mod contract;
+pub mod kafka;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,287 @@
+//! The extractor's run loop: fetch on a schedule, retry refused answers with backoff, publish
+//! with a bounded number of payloads awaiting acknowledgement, and shut down without losing
+//! what was fetched.
+//!
+//! Backpressure is the no-loss mechanism: a fetch starts only once the backlog has room, so a
+//! broker outage stops fetching instead of piling up (or dropping) payloads.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::publish::{Publisher, RawMessage};
+use crate::source::{Fetched, Source};
+use etl_common::backoff::Backoff;
+use etl_common::config::redact_url;
+use etl_common::status::{self, Readiness};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What a run did, for the exit log and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Accepted fetches.
+    pub fetched: u64,
+    /// Refused answers (each retried).
+    pub refused: u64,
+    /// Messages the broker acknowledged.
+    pub published: u64,
+    /// Users in acknowledged messages.
+    pub users_published: u64,
+}
+
+type StatusFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A built extractor: config checked, clients created, status endpoint bound.
+pub struct Application {
+    config: Config,
+    source: Source,
+    publisher: Publisher,
+    metrics: Metrics,
+    readiness: Readiness,
+    status_addr: SocketAddr,
+    status_server: StatusFuture,
+    status_stop: CancellationToken,
+}
+
+/// The fetch ids of payloads fetched but not yet acknowledged, with their user counts.
+type Pending = Arc<Mutex<HashMap<Uuid, usize>>>;
+
+impl Application {
+    /// Validates the config, creates the clients and binds the status endpoint.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let metrics = Metrics::new()?;
+        let readiness = Readiness::default();
+        readiness.register("kafka");
+        let source = Source::new(&config.url, config.results, config.connect_timeout, config.request_timeout)?;
+        let publisher = Publisher::new(&config.kafka, &config.topic)?;
+        let status_stop = CancellationToken::new();
+        let (status_addr, server) = status::serve(
+            config.metrics_addr,
+            metrics.registry.clone(),
+            readiness.clone(),
+            status_stop.clone(),
+        )
+        .await?;
+        tracing::info!(
+            url = %redact_url(source.url().as_str()),
+            topic = %config.topic,
+            brokers = %config.kafka.brokers,
+            interval = ?config.interval,
+            results = config.results,
+            status = %status_addr,
+            "extractor starting"
+        );
+        Ok(Self {
+            config,
+            source,
+            publisher,
+            metrics,
+            readiness,
+            status_addr,
+            status_server: Box::pin(server),
+            status_stop,
+        })
+    }
+
+    /// Where `/metrics`, `/health` and `/ready` are served (the bound port when 0 was asked).
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
+
+    /// Runs until `shutdown` is cancelled or `EXTRACT_MAX_FETCHES` is reached, then flushes.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+        let Application {
+            config,
+            source,
+            publisher,
+            metrics,
+            readiness,
+            status_server,
+            status_stop,
+            ..
+        } = self;
+        let status_task = tokio::spawn(status_server);
+        let probe = tokio::spawn(probe_broker(publisher.clone(), readiness.clone(), status_stop.clone()));
+        let source_url = redact_url(source.url().as_str());
+
+        let backlog = Arc::new(Semaphore::new(config.max_in_flight as usize));
+        let pending: Pending = Arc::default();
+        let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(1);
+        let mut publishes: JoinSet<Option<usize>> = JoinSet::new();
+        let mut summary = RunSummary::default();
+        let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
+        let mut ticker = tokio::time::interval(config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fatal: Option<anyhow::Error> = None;
+
+        loop {
+            if config.max_fetches.is_some_and(|max| summary.fetched >= max) {
+                tracing::info!(fetches = summary.fetched, "EXTRACT_MAX_FETCHES reached");
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
+                _ = ticker.tick() => {}
+            }
+            // Room in the backlog first: never fetch what we could not hold.
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
+                p = backlog.clone().acquire_owned() => p?,
+            };
+            let Some(fetched) = fetch_until_accepted(&source, &metrics, &mut backoff, &mut summary, &shutdown).await else {
+                break;
+            };
+            summary.fetched += 1;
+            let msg = RawMessage {
+                fetch_id: Uuid::now_v7(),
+                fetched,
+                source_url: source_url.clone(),
+            };
+            tracing::info!(fetch_id = %msg.fetch_id, users = msg.fetched.users, bytes = msg.fetched.body.len(), "fetched");
+            lock(&pending).insert(msg.fetch_id, msg.fetched.users);
+            metrics.in_flight.inc();
+            let (publisher, metrics, pending, fatal_tx) = (publisher.clone(), metrics.clone(), pending.clone(), fatal_tx.clone());
+            publishes.spawn(async move {
+                let _permit = permit;
+                let result = publisher.send(&msg).await;
+                metrics.in_flight.dec();
+                match result {
+                    Ok(landed) => {
+                        lock(&pending).remove(&msg.fetch_id);
+                        metrics.records_produced.inc();
+                        metrics.last_publish.set(chrono::Utc::now().timestamp());
+                        tracing::debug!(fetch_id = %msg.fetch_id, partition = landed.partition, offset = landed.offset, "published");
+                        Some(msg.fetched.users)
+                    }
+                    Err(e) => {
+                        metrics.produce_errors.inc();
+                        let _ = fatal_tx.try_send(anyhow::anyhow!(
+                            "Kafka refused fetch {} for good ({} users): {e}", msg.fetch_id, msg.fetched.users
+                        ));
+                        None
+                    }
+                }
+            });
+            // Reap finished publishes so the summary stays current.
+            while let Some(done) = publishes.try_join_next() {
+                count(&mut summary, done);
+            }
+        }
+
+        // Drain: wait for every payload to be acknowledged; after SIGTERM, only for the grace period.
+        let grace = config.shutdown_grace;
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = publishes.join_next() => match done {
+                    Some(d) => count(&mut summary, d),
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        let _ = publisher.flush(Duration::from_millis(100));
+        status_stop.cancel();
+        probe.abort();
+        let _ = status_task.await;
+
+        if let Some(e) = fatal.or_else(|| fatal_rx.try_recv().ok()) {
+            return Err(e);
+        }
+        let unsent: Vec<(Uuid, usize)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
+        if !unsent.is_empty() {
+            let users: usize = unsent.iter().map(|(_, n)| n).sum();
+            let ids: Vec<String> = unsent.iter().map(|(id, _)| id.to_string()).collect();
+            tracing::error!(
+                payloads = unsent.len(),
+                users,
+                fetch_ids = ?ids,
+                "shutdown grace expired: these fetched payloads were NOT acknowledged by Kafka"
+            );
+            anyhow::bail!(
+                "{} fetched payloads ({users} users) were not acknowledged within EXTRACT_SHUTDOWN_GRACE={grace:?}",
+                unsent.len()
+            );
+        }
+        tracing::info!(?summary, "all fetched payloads acknowledged by Kafka");
+        Ok(summary)
+    }
+}
+
+fn count(summary: &mut RunSummary, done: Result<Option<usize>, tokio::task::JoinError>) {
+    if let Ok(Some(users)) = done {
+        summary.published += 1;
+        summary.users_published += users as u64;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fetches until an answer is accepted, backing off (and honouring Retry-After) between
+/// refusals. `None` when shutdown came first.
+async fn fetch_until_accepted(
+    source: &Source,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+    summary: &mut RunSummary,
+    shutdown: &CancellationToken,
+) -> Option<Fetched> {
+    loop {
+        let timer = metrics.fetch_seconds.start_timer();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = source.fetch() => r,
+        };
+        timer.observe_duration();
+        match result {
+            Ok(f) => {
+                metrics.fetches.with_label_values(&["ok"]).inc();
+                metrics.users_fetched.inc_by(f.users as u64);
+                backoff.reset();
+                return Some(f);
+            }
+            Err(e) => {
+                summary.refused += 1;
+                metrics.fetches.with_label_values(&["error"]).inc();
+                metrics.fetch_errors.with_label_values(&[e.kind()]).inc();
+                let delay = backoff.next_delay().max(e.retry_after().unwrap_or_default());
+                tracing::warn!(kind = e.kind(), error = %e, retry_in = ?delay, attempt = backoff.attempts(), "API answer refused; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the `kafka` readiness check current.
+async fn probe_broker(publisher: Publisher, readiness: Readiness, stop: CancellationToken) {
+    loop {
+        match publisher.broker_reachable(Duration::from_secs(3)).await {
+            Ok(()) => readiness.set_ok("kafka"),
+            Err(e) => readiness.set_failed("kafka", format!("broker unreachable: {e}")),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

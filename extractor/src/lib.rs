@@ -1,0 +1,17 @@
+//! The extractor: poll randomuser.me on a schedule and publish each accepted raw response to
+//! Kafka, at least once and never twice from our own retries.
+//!
+//! - [`config`]: the typed, validated config (clap + env).
+//! - [`source`]: one HTTP fetch and the verdict on its answer (accept or a classified error).
+//! - [`publish`]: the idempotent producer and the raw-message contract.
+//! - [`app`]: the schedule, retries, bounded in-flight backlog and graceful shutdown.
+//! - [`metrics`]: the `etl_extractor_*` series.
+
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod publish;
+pub mod source;
+
+pub use app::{Application, RunSummary};
+pub use config::Config;

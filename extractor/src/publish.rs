@@ -1,0 +1,118 @@
+//! The idempotent producer and the raw-message contract (see `etl_common::contract`).
+//!
+//! `enable.idempotence` + `acks=all` make librdkafka's own retries duplicate-free, and an
+//! unbounded `message.timeout.ms` means a broker outage is waited out inside librdkafka rather
+//! than surfacing as a failure we would have to re-send (which could duplicate). A delivery
+//! error that still comes back is permanent (too large, not authorised) and stops the service.
+
+use crate::source::Fetched;
+use etl_common::contract::{self, header};
+use etl_common::kafka::KafkaArgs;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A raw message ready to publish.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// The key: a UUIDv7 naming this fetch end to end.
+    pub fetch_id: Uuid,
+    /// The accepted response.
+    pub fetched: Fetched,
+    /// The URL fetched, credentials removed.
+    pub source_url: String,
+}
+
+/// Where a message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Publishes raw messages to one topic.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    instance: String,
+}
+
+impl Publisher {
+    /// Creates the producer; no connection is made until the first send.
+    pub fn new(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Self> {
+        let mut cfg = kafka.client_config()?;
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("client.id", "randomuser-extractor");
+        let producer: FutureProducer = cfg
+            .create()
+            .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            instance: format!("{host}/{}", std::process::id()),
+        })
+    }
+
+    /// The topic published to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement (however long an outage lasts).
+    pub async fn send(&self, msg: &RawMessage) -> Result<Landed, KafkaError> {
+        let key = msg.fetch_id.to_string();
+        let fetched_at = contract::format_fetched_at(msg.fetched.fetched_at);
+        let users = msg.fetched.users.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: header::SCHEMA, value: Some(contract::SCHEMA_VERSION) })
+            .insert(Header { key: header::FETCHED_AT, value: Some(fetched_at.as_str()) })
+            .insert(Header { key: header::SOURCE_URL, value: Some(msg.source_url.as_str()) })
+            .insert(Header { key: header::PRODUCER, value: Some(self.instance.as_str()) })
+            .insert(Header { key: header::API_VERSION, value: Some(contract::API_VERSION) })
+            .insert(Header { key: header::USER_COUNT, value: Some(users.as_str()) });
+        let record = FutureRecord::to(&self.topic)
+            .key(key.as_str())
+            .payload(&msg.fetched.body[..])
+            .timestamp(msg.fetched.fetched_at.timestamp_millis())
+            .headers(headers);
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|d| Landed {
+                partition: d.partition,
+                offset: d.offset,
+            })
+            .map_err(|(e, _)| e)
+    }
+
+    /// True when the broker answers a metadata request for our topic within `timeout`.
+    pub async fn broker_reachable(&self, timeout: Duration) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Waits up to `timeout` for everything queued to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
