@@ -37,7 +37,11 @@ impl std::fmt::Debug for Secret {
 
 /// Takes a secret from its variable or, as Kubernetes and Docker secrets are mounted, from the
 /// file named by `<VAR>_FILE`. The file wins only when the plain value is absent.
-pub fn secret_from(value: Option<String>, file: Option<&PathBuf>, var: &str) -> anyhow::Result<Option<Secret>> {
+pub fn secret_from(
+    value: Option<String>,
+    file: Option<&PathBuf>,
+    var: &str,
+) -> anyhow::Result<Option<Secret>> {
     if let Some(v) = value {
         return Ok(Some(Secret::new(v)));
     }
@@ -45,9 +49,14 @@ pub fn secret_from(value: Option<String>, file: Option<&PathBuf>, var: &str) -> 
         None => Ok(None),
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("{var}_FILE={}: cannot read the secret file: {e}", path.display())
+                anyhow::anyhow!(
+                    "{var}_FILE={}: cannot read the secret file: {e}",
+                    path.display()
+                )
             })?;
-            Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())))
+            Ok(Some(Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )))
         }
     }
 }
@@ -82,13 +91,28 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Directory for the rolling log files (one per day), beside stdout. Empty disables files.
-    #[arg(long = "log-dir", env = "LOG_DIR", value_name = "LOG_DIR", default_value = "logs")]
+    #[arg(
+        long = "log-dir",
+        env = "LOG_DIR",
+        value_name = "LOG_DIR",
+        default_value = "logs"
+    )]
     pub dir: PathBuf,
     /// `text` or `json`.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
     pub format: LogFormat,
     /// Filter in `tracing` syntax, e.g. `info` or `info,loader=debug`.
-    #[arg(long = "log-level", env = "LOG_LEVEL", value_name = "LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long = "log-level",
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "info"
+    )]
     pub level: String,
 }
 
@@ -102,7 +126,10 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("10").is_err(), "a bare number has no unit and must be refused");
+        assert!(
+            parse_duration("10").is_err(),
+            "a bare number has no unit and must be refused"
+        );
     }
 
     #[test]

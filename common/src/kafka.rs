@@ -10,25 +10,55 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, comma-separated.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", value_name = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        value_name = "KAFKA_BROKERS",
+        default_value = "localhost:9092"
+    )]
     pub brokers: String,
     /// librdkafka `security.protocol`: plaintext, ssl, sasl_plaintext, sasl_ssl.
-    #[arg(long = "kafka-security-protocol", env = "KAFKA_SECURITY_PROTOCOL", value_name = "KAFKA_SECURITY_PROTOCOL")]
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_name = "KAFKA_SECURITY_PROTOCOL"
+    )]
     pub security_protocol: Option<String>,
     /// librdkafka `sasl.mechanism`, e.g. PLAIN, SCRAM-SHA-512.
-    #[arg(long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM", value_name = "KAFKA_SASL_MECHANISM")]
+    #[arg(
+        long = "kafka-sasl-mechanism",
+        env = "KAFKA_SASL_MECHANISM",
+        value_name = "KAFKA_SASL_MECHANISM"
+    )]
     pub sasl_mechanism: Option<String>,
     /// SASL user name.
-    #[arg(long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME", value_name = "KAFKA_SASL_USERNAME")]
+    #[arg(
+        long = "kafka-sasl-username",
+        env = "KAFKA_SASL_USERNAME",
+        value_name = "KAFKA_SASL_USERNAME"
+    )]
     pub sasl_username: Option<String>,
     /// SASL password; prefer `KAFKA_SASL_PASSWORD_FILE`.
-    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", value_name = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "KAFKA_SASL_PASSWORD",
+        value_name = "KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
     pub sasl_password: Option<String>,
     /// File holding the SASL password (a mounted secret).
-    #[arg(long = "kafka-sasl-password-file", env = "KAFKA_SASL_PASSWORD_FILE", value_name = "KAFKA_SASL_PASSWORD_FILE")]
+    #[arg(
+        long = "kafka-sasl-password-file",
+        env = "KAFKA_SASL_PASSWORD_FILE",
+        value_name = "KAFKA_SASL_PASSWORD_FILE"
+    )]
     pub sasl_password_file: Option<PathBuf>,
     /// CA bundle for TLS to the brokers.
-    #[arg(long = "kafka-ssl-ca-location", env = "KAFKA_SSL_CA_LOCATION", value_name = "KAFKA_SSL_CA_LOCATION")]
+    #[arg(
+        long = "kafka-ssl-ca-location",
+        env = "KAFKA_SSL_CA_LOCATION",
+        value_name = "KAFKA_SSL_CA_LOCATION"
+    )]
     pub ssl_ca_location: Option<PathBuf>,
 }
 

@@ -68,7 +68,10 @@ pub async fn serve(
     registry: Registry,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send + 'static)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("METRICS_ADDR={addr}: cannot bind the status server: {e}"))?;

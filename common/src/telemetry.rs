@@ -13,14 +13,22 @@ pub fn init(service: &str, args: &LogArgs) -> anyhow::Result<Option<WorkerGuard>
         (None, None)
     } else {
         std::fs::create_dir_all(&args.dir).map_err(|e| {
-            anyhow::anyhow!("LOG_DIR={}: cannot create the log directory: {e}", args.dir.display())
+            anyhow::anyhow!(
+                "LOG_DIR={}: cannot create the log directory: {e}",
+                args.dir.display()
+            )
         })?;
         let appender = tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix(service)
             .filename_suffix("log")
             .build(&args.dir)
-            .map_err(|e| anyhow::anyhow!("LOG_DIR={}: cannot open a log file: {e}", args.dir.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "LOG_DIR={}: cannot open a log file: {e}",
+                    args.dir.display()
+                )
+            })?;
         let (writer, guard) = tracing_appender::non_blocking(appender);
         (Some(writer), Some(guard))
     };

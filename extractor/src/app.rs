@@ -59,7 +59,12 @@ impl Application {
         let metrics = Metrics::new()?;
         let readiness = Readiness::default();
         readiness.register("kafka");
-        let source = Source::new(&config.url, config.results, config.connect_timeout, config.request_timeout)?;
+        let source = Source::new(
+            &config.url,
+            config.results,
+            config.connect_timeout,
+            config.request_timeout,
+        )?;
         let publisher = Publisher::new(&config.kafka, &config.topic)?;
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
@@ -108,7 +113,11 @@ impl Application {
             ..
         } = self;
         let status_task = tokio::spawn(status_server);
-        let probe = tokio::spawn(probe_broker(publisher.clone(), readiness.clone(), status_stop.clone()));
+        let probe = tokio::spawn(probe_broker(
+            publisher.clone(),
+            readiness.clone(),
+            status_stop.clone(),
+        ));
         let source_url = redact_url(source.url().as_str());
 
         let backlog = Arc::new(Semaphore::new(config.max_in_flight as usize));
@@ -139,7 +148,10 @@ impl Application {
                 Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
                 p = backlog.clone().acquire_owned() => p?,
             };
-            let Some(fetched) = fetch_until_accepted(&source, &metrics, &mut backoff, &mut summary, &shutdown).await else {
+            let Some(fetched) =
+                fetch_until_accepted(&source, &metrics, &mut backoff, &mut summary, &shutdown)
+                    .await
+            else {
                 break;
             };
             summary.fetched += 1;
@@ -151,7 +163,12 @@ impl Application {
             tracing::info!(fetch_id = %msg.fetch_id, users = msg.fetched.users, bytes = msg.fetched.body.len(), "fetched");
             lock(&pending).insert(msg.fetch_id, msg.fetched.users);
             metrics.in_flight.inc();
-            let (publisher, metrics, pending, fatal_tx) = (publisher.clone(), metrics.clone(), pending.clone(), fatal_tx.clone());
+            let (publisher, metrics, pending, fatal_tx) = (
+                publisher.clone(),
+                metrics.clone(),
+                pending.clone(),
+                fatal_tx.clone(),
+            );
             publishes.spawn(async move {
                 let _permit = permit;
                 let result = publisher.send(&msg).await;
@@ -261,7 +278,9 @@ async fn fetch_until_accepted(
                 summary.refused += 1;
                 metrics.fetches.with_label_values(&["error"]).inc();
                 metrics.fetch_errors.with_label_values(&[e.kind()]).inc();
-                let delay = backoff.next_delay().max(e.retry_after().unwrap_or_default());
+                let delay = backoff
+                    .next_delay()
+                    .max(e.retry_after().unwrap_or_default());
                 tracing::warn!(kind = e.kind(), error = %e, retry_in = ?delay, attempt = backoff.attempts(), "API answer refused; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,

@@ -11,7 +11,12 @@ use std::time::Duration;
 #[command(name = "extractor", version, about)]
 pub struct Config {
     /// The API endpoint, pinned to a version (the loader's transform expects 1.4).
-    #[arg(long = "randomuser-url", env = "RANDOMUSER_URL", value_name = "RANDOMUSER_URL", default_value = "https://randomuser.me/api/1.4/")]
+    #[arg(
+        long = "randomuser-url",
+        env = "RANDOMUSER_URL",
+        value_name = "RANDOMUSER_URL",
+        default_value = "https://randomuser.me/api/1.4/"
+    )]
     pub url: url::Url,
     /// Time between fetches (`100ms`, `2s`, `1m`).
     #[arg(long = "extract-interval", env = "EXTRACT_INTERVAL", value_name = "EXTRACT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -21,7 +26,11 @@ pub struct Config {
     #[arg(long = "extract-results", env = "EXTRACT_RESULTS", value_name = "EXTRACT_RESULTS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub results: u32,
     /// Stop after this many successful fetches, flush, exit 0 (one-off loads, tests).
-    #[arg(long = "extract-max-fetches", env = "EXTRACT_MAX_FETCHES", value_name = "EXTRACT_MAX_FETCHES")]
+    #[arg(
+        long = "extract-max-fetches",
+        env = "EXTRACT_MAX_FETCHES",
+        value_name = "EXTRACT_MAX_FETCHES"
+    )]
     pub max_fetches: Option<u64>,
     /// Connect timeout for the API.
     #[arg(long = "extract-connect-timeout", env = "EXTRACT_CONNECT_TIMEOUT", value_name = "EXTRACT_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -42,13 +51,23 @@ pub struct Config {
     #[arg(long = "extract-shutdown-grace", env = "EXTRACT_SHUTDOWN_GRACE", value_name = "EXTRACT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Topic the raw responses go to.
-    #[arg(long = "kafka-topic", env = "KAFKA_TOPIC", value_name = "KAFKA_TOPIC", default_value = "randomuser.raw")]
+    #[arg(
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        value_name = "KAFKA_TOPIC",
+        default_value = "randomuser.raw"
+    )]
     pub topic: String,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
     /// Where `/metrics`, `/health` and `/ready` are served.
-    #[arg(long = "metrics-addr", env = "METRICS_ADDR", value_name = "METRICS_ADDR", default_value = "0.0.0.0:2112")]
+    #[arg(
+        long = "metrics-addr",
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "0.0.0.0:2112"
+    )]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -125,7 +144,7 @@ mod tests {
             ("--extract-interval", "soon", "EXTRACT_INTERVAL"),
             ("--extract-results", "5001", "EXTRACT_RESULTS"),
             ("--extract-results", "0", "EXTRACT_RESULTS"),
-            ("--extract-max-fetches", "-1", "EXTRACT_MAX_FETCHES"),
+            ("--extract-max-fetches", "many", "EXTRACT_MAX_FETCHES"),
             ("--metrics-addr", "localhost", "METRICS_ADDR"),
             ("--randomuser-url", "not a url", "RANDOMUSER_URL"),
         ] {
@@ -133,7 +152,12 @@ mod tests {
             assert!(err.contains(var), "{flag}={bad}: {err}");
         }
         let c = parse(&["--randomuser-url", "ftp://x/"]).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("RANDOMUSER_URL"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("RANDOMUSER_URL")
+        );
     }
 
     #[test]
@@ -141,11 +165,21 @@ mod tests {
         use clap::CommandFactory;
         let help = Config::command().render_long_help().to_string();
         for var in [
-            "RANDOMUSER_URL", "EXTRACT_INTERVAL", "EXTRACT_RESULTS", "EXTRACT_MAX_FETCHES",
-            "KAFKA_BROKERS", "KAFKA_TOPIC", "METRICS_ADDR", "LOG_DIR", "LOG_FORMAT",
+            "RANDOMUSER_URL",
+            "EXTRACT_INTERVAL",
+            "EXTRACT_RESULTS",
+            "EXTRACT_MAX_FETCHES",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC",
+            "METRICS_ADDR",
+            "LOG_DIR",
+            "LOG_FORMAT",
             "KAFKA_SASL_PASSWORD_FILE",
         ] {
-            assert!(help.contains(&format!("[env: {var}")), "{var} missing from --help");
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} missing from --help"
+            );
         }
     }
 }

@@ -30,21 +30,42 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
         let fetches = IntCounterVec::new(
-            Opts::new("etl_extractor_fetches_total", "API fetch attempts by outcome"),
+            Opts::new(
+                "etl_extractor_fetches_total",
+                "API fetch attempts by outcome",
+            ),
             &["outcome"],
         )?;
         let fetch_errors = IntCounterVec::new(
-            Opts::new("etl_extractor_fetch_errors_total", "Rejected API answers by kind"),
+            Opts::new(
+                "etl_extractor_fetch_errors_total",
+                "Rejected API answers by kind",
+            ),
             &["kind"],
         )?;
         let fetch_seconds = Histogram::with_opts(
-            HistogramOpts::new("etl_extractor_fetch_duration_seconds", "API request latency")
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "etl_extractor_fetch_duration_seconds",
+                "API request latency",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )?;
-        let users_fetched = IntCounter::new("etl_extractor_users_fetched_total", "Users in accepted API answers")?;
-        let records_produced = IntCounter::new("etl_extractor_records_produced_total", "Raw messages acknowledged by Kafka")?;
-        let produce_errors = IntCounter::new("etl_extractor_produce_errors_total", "Raw messages Kafka refused for good")?;
-        let in_flight = IntGauge::new("etl_extractor_in_flight", "Fetched payloads awaiting broker acknowledgement")?;
+        let users_fetched = IntCounter::new(
+            "etl_extractor_users_fetched_total",
+            "Users in accepted API answers",
+        )?;
+        let records_produced = IntCounter::new(
+            "etl_extractor_records_produced_total",
+            "Raw messages acknowledged by Kafka",
+        )?;
+        let produce_errors = IntCounter::new(
+            "etl_extractor_produce_errors_total",
+            "Raw messages Kafka refused for good",
+        )?;
+        let in_flight = IntGauge::new(
+            "etl_extractor_in_flight",
+            "Fetched payloads awaiting broker acknowledgement",
+        )?;
         let last_publish = IntGauge::new(
             "etl_extractor_last_publish_timestamp_seconds",
             "Unix time of the last acknowledged publish",

@@ -75,12 +75,30 @@ impl Publisher {
         let fetched_at = contract::format_fetched_at(msg.fetched.fetched_at);
         let users = msg.fetched.users.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: header::SCHEMA, value: Some(contract::SCHEMA_VERSION) })
-            .insert(Header { key: header::FETCHED_AT, value: Some(fetched_at.as_str()) })
-            .insert(Header { key: header::SOURCE_URL, value: Some(msg.source_url.as_str()) })
-            .insert(Header { key: header::PRODUCER, value: Some(self.instance.as_str()) })
-            .insert(Header { key: header::API_VERSION, value: Some(contract::API_VERSION) })
-            .insert(Header { key: header::USER_COUNT, value: Some(users.as_str()) });
+            .insert(Header {
+                key: header::SCHEMA,
+                value: Some(contract::SCHEMA_VERSION),
+            })
+            .insert(Header {
+                key: header::FETCHED_AT,
+                value: Some(fetched_at.as_str()),
+            })
+            .insert(Header {
+                key: header::SOURCE_URL,
+                value: Some(msg.source_url.as_str()),
+            })
+            .insert(Header {
+                key: header::PRODUCER,
+                value: Some(self.instance.as_str()),
+            })
+            .insert(Header {
+                key: header::API_VERSION,
+                value: Some(contract::API_VERSION),
+            })
+            .insert(Header {
+                key: header::USER_COUNT,
+                value: Some(users.as_str()),
+            });
         let record = FutureRecord::to(&self.topic)
             .key(key.as_str())
             .payload(&msg.fetched.body[..])

@@ -78,7 +78,9 @@ impl FetchError {
     /// The delay the server asked for, which overrides our own backoff when longer.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            FetchError::RateLimited { retry_after } | FetchError::Status { retry_after, .. } => *retry_after,
+            FetchError::RateLimited { retry_after } | FetchError::Status { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -123,7 +125,12 @@ pub struct Source {
 
 impl Source {
     /// A source asking `url` for `results` users per fetch.
-    pub fn new(url: &url::Url, results: u32, connect_timeout: Duration, request_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &url::Url,
+        results: u32,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let mut url = url.clone();
         let kept: Vec<(String, String)> = url
             .query_pairs()
@@ -137,7 +144,10 @@ impl Source {
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .user_agent(concat!("randomuser-etl-extractor/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "randomuser-etl-extractor/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(Self { client, url })
@@ -201,7 +211,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    const V14: &[u8] = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    const V14: &[u8] =
+        include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
     const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
 
     #[test]
@@ -230,6 +241,9 @@ mod tests {
     fn results_parameter_is_set_once() {
         let url = url::Url::parse("https://randomuser.me/api/1.4/?results=3&nat=gb").unwrap();
         let s = Source::new(&url, 50, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-        assert_eq!(s.url().as_str(), "https://randomuser.me/api/1.4/?nat=gb&results=50");
+        assert_eq!(
+            s.url().as_str(),
+            "https://randomuser.me/api/1.4/?nat=gb&results=50"
+        );
     }
 }

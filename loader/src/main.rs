@@ -1,1 +1,64 @@
-fn main() {}
+//! `loader`: thin entry point; everything lives in the library so tests run the real thing.
+
+use clap::Parser;
+use loader::{Cli, Command};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match &cli.command {
+        Command::Run(c) => &c.log,
+        Command::Migrate(c) => &c.log,
+    };
+    let _guard = match etl_common::telemetry::init("loader", log) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("loader: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(config) => run(config).await,
+        Command::Migrate(config) => migrate(config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "loader failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: loader::RunConfig) -> anyhow::Result<()> {
+    let shutdown = etl_common::shutdown::on_signal();
+    let app = loader::Application::build(config).await?;
+    let summary = app.run(shutdown).await?;
+    tracing::info!(?summary, "loader stopped");
+    Ok(())
+}
+
+async fn migrate(config: loader::MigrateConfig) -> anyhow::Result<()> {
+    let url = config.db.url()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.expose())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to {}: {e}",
+                etl_common::config::redact_url(url.expose())
+            )
+        })?;
+    if !config.check {
+        loader::migrate::apply(&pool).await?;
+    }
+    let problems = loader::migrate::problems(&pool).await?;
+    if problems.is_empty() {
+        tracing::info!("database schema is up to date");
+        Ok(())
+    } else {
+        anyhow::bail!("database schema is not up to date: {}", problems.join("; "))
+    }
+}

@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 use warp::Filter;
 use warp::http::{Response, StatusCode};
 
-const FIXTURE_V14: &str = include_str!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+const FIXTURE_V14: &str =
+    include_str!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
 const FIXTURE_V13: &str = include_str!("../../fixtures/randomuser/v1.3-compact-20-users.json");
 const FIXTURE_V10: &str = include_str!("../../fixtures/randomuser/v1.0-legacy-6-users.json");
 
@@ -275,22 +276,29 @@ fn answer(state: &Mutex<State>, q: &HashMap<String, String>) -> Response<Vec<u8>
         "results": results,
         "info": {"seed": seed, "results": n, "page": page, "version": "1.4"}
     });
-    json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
 }
 
 fn json_response(code: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
     *r.status_mut() = code;
-    r.headers_mut()
-        .insert("content-type", warp::http::HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     r
 }
 
 fn html_response(code: StatusCode, body: &str) -> Response<Vec<u8>> {
     let mut r = Response::new(body.as_bytes().to_vec());
     *r.status_mut() = code;
-    r.headers_mut()
-        .insert("content-type", warp::http::HeaderValue::from_static("text/html"));
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/html"),
+    );
     r
 }
 
@@ -359,11 +367,21 @@ mod tests {
             stats: Stats::default(),
             served_uuids: Vec::new(),
         });
-        for (arg, want) in [("50", 50), ("0", 1), ("5001", 1), ("abc", 1), ("5000", 5000)] {
+        for (arg, want) in [
+            ("50", 50),
+            ("0", 1),
+            ("5001", 1),
+            ("abc", 1),
+            ("5000", 5000),
+        ] {
             let q = HashMap::from([("results".to_string(), arg.to_string())]);
             let r = answer(&state, &q);
             let v: Value = serde_json::from_slice(r.body()).unwrap();
-            assert_eq!(v["results"].as_array().unwrap().len(), want, "results={arg}");
+            assert_eq!(
+                v["results"].as_array().unwrap().len(),
+                want,
+                "results={arg}"
+            );
         }
         let uuids = lock(&state).served_uuids.clone();
         let unique: std::collections::HashSet<_> = uuids.iter().collect();

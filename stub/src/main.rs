@@ -9,16 +9,36 @@ use std::net::SocketAddr;
 #[command(name = "randomuser-stub", version, about)]
 struct Args {
     /// Address to listen on.
-    #[arg(long = "addr", env = "STUB_ADDR", value_name = "STUB_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "addr",
+        env = "STUB_ADDR",
+        value_name = "STUB_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     addr: SocketAddr,
     /// Probability (0..=1) that a request fails.
-    #[arg(long = "fail-ratio", env = "STUB_FAIL_RATIO", value_name = "STUB_FAIL_RATIO", default_value_t = 0.0)]
+    #[arg(
+        long = "fail-ratio",
+        env = "STUB_FAIL_RATIO",
+        value_name = "STUB_FAIL_RATIO",
+        default_value_t = 0.0
+    )]
     fail_ratio: f64,
     /// Comma-separated faults to draw from: 429,500,502-html,truncated,not-json,error-body,empty-results,legacy.
-    #[arg(long = "faults", env = "STUB_FAULTS", value_name = "STUB_FAULTS", value_delimiter = ',')]
+    #[arg(
+        long = "faults",
+        env = "STUB_FAULTS",
+        value_name = "STUB_FAULTS",
+        value_delimiter = ','
+    )]
     faults: Vec<String>,
     /// Retry-After seconds on 429.
-    #[arg(long = "retry-after", env = "STUB_RETRY_AFTER", value_name = "STUB_RETRY_AFTER", default_value_t = 1)]
+    #[arg(
+        long = "retry-after",
+        env = "STUB_RETRY_AFTER",
+        value_name = "STUB_RETRY_AFTER",
+        default_value_t = 1
+    )]
     retry_after: u64,
 }
 
@@ -32,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let mut random_faults = Vec::new();
     for name in &args.faults {
         random_faults.push(
-            Fault::parse(name).ok_or_else(|| anyhow::anyhow!("STUB_FAULTS: unknown fault {name:?}"))?,
+            Fault::parse(name)
+                .ok_or_else(|| anyhow::anyhow!("STUB_FAULTS: unknown fault {name:?}"))?,
         );
     }
     let stub = Stub::start(

@@ -1,0 +1,524 @@
+//! The loader's run loop: consume → batch (count or age) → decode → DLQ the poison → write both
+//! sinks → commit offsets. Offsets are committed last, so a crash anywhere re-delivers the
+//! batch and the sinks' natural keys absorb it.
+//!
+//! Rebalances: librdkafka's group thread runs the revoke callback during our next poll, never
+//! during a flush, so a batch being written is finished and committed first; records of revoked
+//! partitions still waiting in the open batch are dropped uncommitted and the new owner reads
+//! them from the committed offset.
+
+use crate::batch::{self, Batch, LoadRecord, Poison};
+use crate::config::RunConfig;
+use crate::dlq::DeadLetters;
+use crate::metrics::Metrics;
+use crate::migrate;
+use crate::sink::parquet::ParquetSink;
+use crate::sink::{self, SinkError, Sinks};
+use etl_common::backoff::Backoff;
+use etl_common::config::redact_url;
+use etl_common::status::{self, Readiness};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Records received.
+    pub consumed: u64,
+    /// Records loaded for the first time.
+    pub loaded: u64,
+    /// Records already loaded.
+    pub duplicates: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Batches committed.
+    pub batches: u64,
+}
+
+/// librdkafka callbacks: revocations for the run loop, statistics for the lag gauge.
+pub struct LoaderContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+    metrics: Metrics,
+}
+
+impl ClientContext for LoaderContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoaderContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                for (t, p) in &parts {
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[t.as_str(), &p.to_string()]);
+                }
+                lock(&self.revoked).extend(parts);
+            }
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type LoaderConsumer = StreamConsumer<LoaderContext>;
+type StatusFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A built loader: config checked, clients created, status endpoint bound.
+pub struct Application {
+    config: RunConfig,
+    sinks: Sinks,
+    dlq: DeadLetters,
+    consumer: Arc<LoaderConsumer>,
+    metrics: Metrics,
+    readiness: Readiness,
+    status_addr: SocketAddr,
+    status_server: StatusFuture,
+    status_stop: CancellationToken,
+}
+
+impl Application {
+    /// Validates the config, creates the clients and binds the status endpoint. Connects to
+    /// nothing yet: outages at start are waited out by [`Application::run`].
+    pub async fn build(config: RunConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let metrics = Metrics::new()?;
+        let readiness = Readiness::default();
+        for check in ["kafka", "postgres", "parquet"] {
+            readiness.register(check);
+        }
+        let url = config.db.url()?;
+        let pool = sink::lazy_pool(url.expose(), config.db.max_connections)?;
+        let parquet = ParquetSink::new(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("DATA_DIR={}: {e}", config.data_dir.display()))?;
+        let sinks = Sinks::new(pool, parquet);
+        let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
+
+        let mut cfg = config.kafka.client_config()?;
+        cfg.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "10000")
+            .set("client.id", "randomuser-loader");
+        let context = LoaderContext {
+            revoked: Mutex::new(Vec::new()),
+            metrics: metrics.clone(),
+        };
+        let consumer: LoaderConsumer = cfg
+            .create_with_context(context)
+            .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
+        consumer
+            .subscribe(&[&config.topic])
+            .map_err(|e| anyhow::anyhow!("KAFKA_TOPIC={}: cannot subscribe: {e}", config.topic))?;
+
+        let status_stop = CancellationToken::new();
+        let (status_addr, server) = status::serve(
+            config.metrics_addr,
+            metrics.registry.clone(),
+            readiness.clone(),
+            status_stop.clone(),
+        )
+        .await?;
+        tracing::info!(
+            topic = %config.topic,
+            group = %config.group_id,
+            dlq = %config.dlq_topic,
+            brokers = %config.kafka.brokers,
+            database = %redact_url(url.expose()),
+            data_dir = %config.data_dir.display(),
+            status = %status_addr,
+            "loader starting"
+        );
+        Ok(Self {
+            config,
+            sinks,
+            dlq,
+            consumer: Arc::new(consumer),
+            metrics,
+            readiness,
+            status_addr,
+            status_server: Box::pin(server),
+            status_stop,
+        })
+    }
+
+    /// Where `/metrics`, `/health` and `/ready` are served.
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
+
+    /// Runs until `shutdown` is cancelled: finishes the open batch if the sinks allow, commits,
+    /// and returns. A batch that cannot be finished is left uncommitted (it will be re-delivered).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+        let status_task = tokio::spawn(self.status_server);
+        let mut worker = Worker {
+            config: self.config,
+            sinks: self.sinks,
+            dlq: self.dlq,
+            consumer: self.consumer,
+            metrics: self.metrics,
+            readiness: self.readiness,
+            shutdown,
+            summary: RunSummary::default(),
+        };
+        let result = worker.run().await;
+        self.status_stop.cancel();
+        let _ = status_task.await;
+        result.map(|()| worker.summary)
+    }
+}
+
+/// Why a batch was not committed.
+#[derive(Debug)]
+enum Abandoned {
+    /// Shutdown came while a sink or the broker was out.
+    Shutdown,
+}
+
+struct Worker {
+    config: RunConfig,
+    sinks: Sinks,
+    dlq: DeadLetters,
+    consumer: Arc<LoaderConsumer>,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    summary: RunSummary,
+}
+
+impl Worker {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        if !self.prepare_database().await {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        let max_records = self.config.batch_max_records as usize;
+        let max_age = self.config.batch_max_age;
+        let consumer = self.consumer.clone();
+        loop {
+            let deadline = batch.deadline(max_age);
+            let flush_now = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                _ = sleep_until(deadline) => true,
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        let record = batch::SourceRecord::from_message(&m.detach());
+                        self.readiness.set_ok("kafka");
+                        self.metrics.consumed.inc();
+                        self.summary.consumed += 1;
+                        batch.push(record);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error");
+                        self.readiness.set_failed("kafka", e.to_string());
+                        false
+                    }
+                },
+            };
+            self.drop_revoked(&mut batch);
+            if flush_now || batch.len() >= max_records {
+                if let Err(Abandoned::Shutdown) = self.flush(batch.take()).await {
+                    break;
+                }
+            }
+        }
+        // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
+        self.drop_revoked(&mut batch);
+        if !batch.is_empty() {
+            let n = batch.len();
+            match self.flush(batch.take()).await {
+                Ok(()) => tracing::info!(records = n, "final batch committed"),
+                Err(Abandoned::Shutdown) => {
+                    tracing::warn!(
+                        records = n,
+                        "final batch left uncommitted; it will be re-delivered"
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
+    /// False when shutdown came first.
+    async fn prepare_database(&mut self) -> bool {
+        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        loop {
+            let attempt = async {
+                if self.config.skip_migrations {
+                    let problems = migrate::problems(self.sinks.pool()).await?;
+                    if !problems.is_empty() {
+                        anyhow::bail!(
+                            "schema not up to date and LOADER_SKIP_MIGRATIONS is set: {}",
+                            problems.join("; ")
+                        );
+                    }
+                } else {
+                    migrate::apply(self.sinks.pool()).await?;
+                }
+                let report = self.sinks.recover().await?;
+                if report != sink::RecoveryReport::default() {
+                    tracing::info!(?report, "Parquet staging recovered");
+                }
+                anyhow::Ok(())
+            };
+            match attempt.await {
+                Ok(()) => {
+                    self.readiness.set_ok("postgres");
+                    self.readiness.set_ok("parquet");
+                    return true;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready; waiting");
+                    self.readiness.set_failed("postgres", format!("{e:#}"));
+                    if !self.sleep(delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_revoked(&mut self, batch: &mut Batch) {
+        let revoked: HashSet<(String, i32)> =
+            lock(&self.consumer.context().revoked).drain(..).collect();
+        if revoked.is_empty() {
+            return;
+        }
+        let dropped = batch.retain_partitions(|t, p| !revoked.contains(&(t.to_string(), p)));
+        if dropped > 0 {
+            tracing::info!(
+                records = dropped,
+                "dropped uncommitted records of revoked partitions; the new owner re-reads them"
+            );
+        }
+    }
+
+    /// Sleeps unless shutdown comes first; false if it did.
+    async fn sleep(&self, d: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// Decode, dead-letter, write, commit: offsets last.
+    async fn flush(&mut self, records: Vec<batch::SourceRecord>) -> Result<(), Abandoned> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let offsets = batch::next_offsets(&records);
+        let n = records.len();
+        let (good, poison) =
+            batch::decode(records, self.config.max_record_bytes, chrono::Utc::now());
+        for p in &poison {
+            self.dead_letter(p).await?;
+        }
+        let outcome = self.write(&good).await?;
+        self.commit(&offsets).await?;
+
+        self.metrics.loaded.inc_by(outcome.new_records as u64);
+        self.metrics
+            .duplicates
+            .inc_by(outcome.duplicate_records as u64);
+        self.metrics
+            .rows_written
+            .with_label_values(&["postgres", "raw_data"])
+            .inc_by(outcome.new_records as u64);
+        self.metrics
+            .rows_written
+            .with_label_values(&["postgres", "processed_data"])
+            .inc_by(outcome.users_written);
+        self.metrics
+            .rows_written
+            .with_label_values(&["parquet", "raw"])
+            .inc_by(outcome.new_records as u64);
+        self.metrics
+            .rows_written
+            .with_label_values(&["parquet", "processed"])
+            .inc_by(outcome.users_written);
+        self.metrics.batch_records.observe(n as f64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.summary.loaded += outcome.new_records as u64;
+        self.summary.duplicates += outcome.duplicate_records as u64;
+        self.summary.dead_lettered += poison.len() as u64;
+        self.summary.batches += 1;
+        tracing::info!(
+            records = n,
+            new = outcome.new_records,
+            duplicates = outcome.duplicate_records,
+            dead_lettered = poison.len(),
+            users = outcome.users_written,
+            files = outcome.files_published,
+            ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+
+    async fn dead_letter(&self, p: &Poison) -> Result<(), Abandoned> {
+        tracing::warn!(
+            topic = %p.source.topic,
+            partition = p.source.partition,
+            offset = p.source.offset,
+            kind = p.error.kind(),
+            error = %p.error,
+            dlq = %self.dlq.topic(),
+            "poison record; dead-lettering"
+        );
+        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        loop {
+            let sent = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Abandoned::Shutdown),
+                r = self.dlq.send(p) => r,
+            };
+            match sent {
+                Ok(()) => {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[p.error.kind()])
+                        .inc();
+                    return Ok(());
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot dead-letter; retrying");
+                    self.readiness.set_failed("kafka", e.to_string());
+                    if !self.sleep(delay).await {
+                        return Err(Abandoned::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes to both sinks, waiting out outages with backoff; an outage is never poison.
+    async fn write(&self, good: &[LoadRecord]) -> Result<sink::WriteOutcome, Abandoned> {
+        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        let mut failed_before = false;
+        loop {
+            let attempt = async {
+                if failed_before {
+                    // A failure may have left committed-but-unmoved files: finish them first.
+                    self.sinks.recover().await?;
+                }
+                self.sinks.write(good).await
+            };
+            match attempt.await {
+                Ok(outcome) => {
+                    if failed_before {
+                        tracing::info!("sinks are back; batch written");
+                    }
+                    self.readiness.set_ok("postgres");
+                    self.readiness.set_ok("parquet");
+                    return Ok(outcome);
+                }
+                Err(e) => {
+                    failed_before = true;
+                    self.metrics
+                        .sink_errors
+                        .with_label_values(&[e.sink()])
+                        .inc();
+                    let check = match &e {
+                        SinkError::Postgres(_) => "postgres",
+                        SinkError::Parquet(_) => "parquet",
+                    };
+                    self.readiness.set_failed(check, e.to_string());
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
+                    if !self.sleep(delay).await {
+                        return Err(Abandoned::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the batch's offsets. A refused commit (we lost the partition in a rebalance) is
+    /// logged and counted, not retried: the new owner re-reads from the last commit and the
+    /// sinks absorb what we already wrote.
+    async fn commit(
+        &self,
+        offsets: &std::collections::BTreeMap<(String, i32), i64>,
+    ) -> Result<(), Abandoned> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::error!(error = %e, "cannot build the commit list");
+                self.metrics.commit_errors.inc();
+                return Ok(());
+            }
+        }
+        let consumer = self.consumer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => {
+                self.metrics.last_commit.set(chrono::Utc::now().timestamp());
+            }
+            Ok(Err(e)) => {
+                self.metrics.commit_errors.inc();
+                tracing::warn!(error = %e, offsets = ?offsets, "offset commit refused; records will be re-delivered and absorbed");
+            }
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                tracing::error!(error = %e, "offset commit task failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

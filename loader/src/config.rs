@@ -1,0 +1,303 @@
+//! The loader's config: `loader run` and `loader migrate`, every field a flag with its env var.
+
+use clap::{Args, Parser, Subcommand};
+use etl_common::config::{LogArgs, Secret, parse_duration, secret_from};
+use etl_common::kafka::KafkaArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Loads raw randomuser responses from Kafka into PostgreSQL and Parquet.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loader", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The loader's commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume the topic and load it (applies migrations first unless told not to).
+    Run(RunConfig),
+    /// Apply the database migrations (or, with --check, verify them) and exit.
+    Migrate(MigrateConfig),
+}
+
+/// The URL used when neither `DATABASE_URL` nor `DATABASE_URL_FILE` is set: the local dev database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://etl:etl@localhost:5432/etl";
+
+/// Database connection flags.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL [default: the local dev database, postgres://etl:***@localhost:5432/etl].
+    /// Prefer `DATABASE_URL_FILE` outside development.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub url: Option<String>,
+    /// File holding the PostgreSQL URL (a mounted secret); used when `DATABASE_URL` is unset.
+    #[arg(
+        long = "database-url-file",
+        env = "DATABASE_URL_FILE",
+        value_name = "DATABASE_URL_FILE"
+    )]
+    pub url_file: Option<PathBuf>,
+    /// Connections in the pool.
+    #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", value_name = "DATABASE_MAX_CONNECTIONS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_connections: u32,
+}
+
+impl DbArgs {
+    /// The URL: `DATABASE_URL`, else the contents of `DATABASE_URL_FILE`, else the dev default.
+    pub fn url(&self) -> anyhow::Result<Secret> {
+        Ok(
+            secret_from(self.url.clone(), self.url_file.as_ref(), "DATABASE_URL")?
+                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
+        )
+    }
+}
+
+/// `loader run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    /// Topic of raw responses.
+    #[arg(
+        long = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        value_name = "KAFKA_TOPIC",
+        default_value = "randomuser.raw"
+    )]
+    pub topic: String,
+    /// Consumer group; its committed offsets are the loader's position (replay moves them).
+    #[arg(
+        long = "kafka-group-id",
+        env = "KAFKA_GROUP_ID",
+        value_name = "KAFKA_GROUP_ID",
+        default_value = "loader"
+    )]
+    pub group_id: String,
+    /// Dead-letter topic for poison records.
+    #[arg(
+        long = "kafka-dlq-topic",
+        env = "KAFKA_DLQ_TOPIC",
+        value_name = "KAFKA_DLQ_TOPIC",
+        default_value = "randomuser.raw.dlq"
+    )]
+    pub dlq_topic: String,
+    /// A batch closes at this many records...
+    #[arg(long = "batch-max-records", env = "BATCH_MAX_RECORDS", value_name = "BATCH_MAX_RECORDS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_max_records: u32,
+    /// ...or when its oldest record is this old, even if nothing else arrives.
+    #[arg(long = "batch-max-age", env = "BATCH_MAX_AGE", value_name = "BATCH_MAX_AGE", default_value = "5s", value_parser = parse_duration)]
+    pub batch_max_age: Duration,
+    /// Root of the Parquet datasets (`raw/`, `processed/`, `_staging/`).
+    #[arg(
+        long = "data-dir",
+        env = "DATA_DIR",
+        value_name = "DATA_DIR",
+        default_value = "data"
+    )]
+    pub data_dir: PathBuf,
+    /// Records larger than this are poison (dead-lettered as `too_large`).
+    #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_record_bytes: usize,
+    /// Do not apply migrations at start (when a migrate Job owns them).
+    #[arg(
+        long = "skip-migrations",
+        env = "LOADER_SKIP_MIGRATIONS",
+        value_name = "LOADER_SKIP_MIGRATIONS"
+    )]
+    pub skip_migrations: bool,
+    /// First retry delay after a sink or broker failure; doubles per failure, with jitter.
+    #[arg(long = "loader-backoff-base", env = "LOADER_BACKOFF_BASE", value_name = "LOADER_BACKOFF_BASE", default_value = "500ms", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[arg(long = "loader-backoff-max", env = "LOADER_BACKOFF_MAX", value_name = "LOADER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// Where `/metrics`, `/health` and `/ready` are served.
+    #[arg(
+        long = "metrics-addr",
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "0.0.0.0:2113"
+    )]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+impl RunConfig {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.topic.trim().is_empty() {
+            anyhow::bail!("KAFKA_TOPIC must not be empty");
+        }
+        if self.group_id.trim().is_empty() {
+            anyhow::bail!("KAFKA_GROUP_ID must not be empty");
+        }
+        if self.dlq_topic == self.topic {
+            anyhow::bail!(
+                "KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC ({})",
+                self.topic
+            );
+        }
+        if self.batch_max_age.is_zero() {
+            anyhow::bail!("BATCH_MAX_AGE must be greater than zero");
+        }
+        if self.max_record_bytes == 0 {
+            anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
+        }
+        Ok(())
+    }
+
+    /// A config for tests: defaults, the given endpoints, status on an ephemeral port, no log files.
+    pub fn for_test(
+        database_url: &str,
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let data_dir = data_dir.to_string_lossy().into_owned();
+        let dlq = format!("{topic}.dlq");
+        let cli = Cli::try_parse_from([
+            "loader",
+            "run",
+            "--database-url",
+            database_url,
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            topic,
+            "--kafka-group-id",
+            group,
+            "--kafka-dlq-topic",
+            &dlq,
+            "--data-dir",
+            &data_dir,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-dir",
+            "",
+            "--batch-max-age",
+            "300ms",
+            "--loader-backoff-base",
+            "50ms",
+            "--loader-backoff-max",
+            "1s",
+        ])?;
+        match cli.command {
+            Command::Run(c) => Ok(c),
+            Command::Migrate(_) => anyhow::bail!("unreachable: parsed `run`"),
+        }
+    }
+}
+
+/// `loader migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub db: DbArgs,
+    /// Only verify that every migration is applied, unchanged; exit 1 if not.
+    #[arg(long = "check")]
+    pub check: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(extra: &[&str]) -> Result<RunConfig, clap::Error> {
+        let mut args = vec!["loader", "run"];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args)?.command {
+            Command::Run(c) => Ok(c),
+            Command::Migrate(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.topic, "randomuser.raw");
+        assert_eq!(c.group_id, "loader");
+        assert_eq!(c.dlq_topic, "randomuser.raw.dlq");
+        assert_eq!(c.metrics_addr.port(), 2113);
+        assert_eq!(c.batch_max_age, Duration::from_secs(5));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (flag, bad, var) in [
+            ("--batch-max-age", "often", "BATCH_MAX_AGE"),
+            ("--batch-max-records", "0", "BATCH_MAX_RECORDS"),
+            ("--metrics-addr", "nowhere", "METRICS_ADDR"),
+            (
+                "--loader-max-record-bytes",
+                "big",
+                "LOADER_MAX_RECORD_BYTES",
+            ),
+        ] {
+            let err = run(&[flag, bad]).unwrap_err().to_string();
+            assert!(err.contains(var), "{flag}={bad}: {err}");
+        }
+        let c = run(&["--kafka-dlq-topic", "randomuser.raw"]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("KAFKA_DLQ_TOPIC")
+        );
+    }
+
+    #[test]
+    fn help_lists_every_env_var_and_hides_the_database_url() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "DATABASE_URL",
+            "DATABASE_URL_FILE",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC",
+            "KAFKA_GROUP_ID",
+            "KAFKA_DLQ_TOPIC",
+            "BATCH_MAX_RECORDS",
+            "BATCH_MAX_AGE",
+            "DATA_DIR",
+            "METRICS_ADDR",
+            "LOG_DIR",
+            "LOADER_SKIP_MIGRATIONS",
+        ] {
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} missing from --help"
+            );
+        }
+        assert!(
+            !help.contains("etl:etl@"),
+            "the default URL's password must not be printed"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The loader's Prometheus series, all prefixed `etl_loader_`.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every series the loader exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    /// Records received from Kafka.
+    pub consumed: IntCounter,
+    /// Records loaded for the first time.
+    pub loaded: IntCounter,
+    /// Records already loaded (re-delivery, replay), written nowhere.
+    pub duplicates: IntCounter,
+    /// Poison records sent to the DLQ, by kind.
+    pub dead_lettered: IntCounterVec,
+    /// Rows written, by sink and table/dataset.
+    pub rows_written: IntCounterVec,
+    /// Failed sink writes (outages, retried), by sink.
+    pub sink_errors: IntCounterVec,
+    /// Failed offset commits (the records will be re-delivered and absorbed).
+    pub commit_errors: IntCounter,
+    /// Seconds from a batch's flush start to its offsets committed.
+    pub batch_seconds: Histogram,
+    /// Records per flushed batch.
+    pub batch_records: Histogram,
+    /// Records behind the partition's high watermark, from librdkafka's statistics.
+    pub consumer_lag: IntGaugeVec,
+    /// Unix time of the last successful offset commit.
+    pub last_commit: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every series.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let consumed = IntCounter::new(
+            "etl_loader_records_consumed_total",
+            "Records received from Kafka",
+        )?;
+        let loaded = IntCounter::new(
+            "etl_loader_records_loaded_total",
+            "Records loaded for the first time",
+        )?;
+        let duplicates = IntCounter::new(
+            "etl_loader_records_duplicate_total",
+            "Records already loaded (re-delivered or replayed), written nowhere",
+        )?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "etl_loader_records_dead_lettered_total",
+                "Poison records sent to the DLQ",
+            ),
+            &["kind"],
+        )?;
+        let rows_written = IntCounterVec::new(
+            Opts::new("etl_loader_rows_written_total", "Rows written per sink"),
+            &["sink", "table"],
+        )?;
+        let sink_errors = IntCounterVec::new(
+            Opts::new(
+                "etl_loader_sink_errors_total",
+                "Failed sink writes (retried)",
+            ),
+            &["sink"],
+        )?;
+        let commit_errors =
+            IntCounter::new("etl_loader_commit_errors_total", "Failed offset commits")?;
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "etl_loader_batch_duration_seconds",
+                "Batch flush latency, sinks to commit",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        let batch_records = Histogram::with_opts(
+            HistogramOpts::new("etl_loader_batch_records", "Records per flushed batch").buckets(
+                vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+            ),
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "etl_loader_consumer_lag",
+                "Records behind the high watermark",
+            ),
+            &["topic", "partition"],
+        )?;
+        let last_commit = IntGauge::new(
+            "etl_loader_last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit",
+        )?;
+        for c in [
+            Box::new(consumed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(loaded.clone()),
+            Box::new(duplicates.clone()),
+            Box::new(dead_lettered.clone()),
+            Box::new(rows_written.clone()),
+            Box::new(sink_errors.clone()),
+            Box::new(commit_errors.clone()),
+            Box::new(batch_seconds.clone()),
+            Box::new(batch_records.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(last_commit.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            consumed,
+            loaded,
+            duplicates,
+            dead_lettered,
+            rows_written,
+            sink_errors,
+            commit_errors,
+            batch_seconds,
+            batch_records,
+            consumer_lag,
+            last_commit,
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The two sinks behind one write, with PostgreSQL as the ledger that makes Parquet
+//! effectively-once:
+//!
+//! 1. begin; take the shared ledger lock;
+//! 2. insert raw rows, `ON CONFLICT DO NOTHING RETURNING` → which records are new;
+//! 3. insert the new records' processed rows;
+//! 4. write the new records' Parquet files to staging (fsynced) and register them as `staged`;
+//! 5. commit — rows and ledger entries become durable together;
+//! 6. rename the files into place, fsync, mark them `published`.
+//!
+//! A crash before 5 leaves unregistered staged files (removed by recovery) and no rows; a crash
+//! after 5 leaves registered staged files (moved into place by recovery). Either way a
+//! re-delivered record finds its raw row and writes nothing twice.
+
+pub mod parquet;
+pub mod postgres;
+
+use crate::batch::LoadRecord;
+use chrono::Utc;
+use parquet::ParquetSink;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What one batch write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Records loaded for the first time.
+    pub new_records: usize,
+    /// Records already loaded (re-delivery, replay): written nowhere.
+    pub duplicate_records: usize,
+    /// `processed_data` rows inserted.
+    pub users_written: u64,
+    /// Parquet files moved into place.
+    pub files_published: usize,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Registered staged files moved into place.
+    pub finished: usize,
+    /// Unregistered staged files removed.
+    pub removed: usize,
+    /// Registered files found neither staged nor in place (another data dir's, or lost).
+    pub missing: usize,
+}
+
+/// Where a write failed, so operators (and readiness) can tell which sink is out.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// PostgreSQL refused or is unreachable.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    /// The data directory is unwritable, full or gone.
+    #[error("Parquet: {0:#}")]
+    Parquet(anyhow::Error),
+}
+
+impl SinkError {
+    /// The `sink` label.
+    pub fn sink(&self) -> &'static str {
+        match self {
+            SinkError::Postgres(_) => "postgres",
+            SinkError::Parquet(_) => "parquet",
+        }
+    }
+}
+
+/// PostgreSQL + Parquet.
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    pool: PgPool,
+    parquet: ParquetSink,
+}
+
+/// A pool that connects lazily, so a database that is down at start is waited for, not fatal.
+pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))
+}
+
+impl Sinks {
+    /// Both sinks.
+    pub fn new(pool: PgPool, parquet: ParquetSink) -> Self {
+        Self { pool, parquet }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Writes a batch of decoded records to both sinks (see the module docs for the protocol).
+    pub async fn write(&self, records: &[LoadRecord]) -> Result<WriteOutcome, SinkError> {
+        if records.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        postgres::lock_ledger_shared(&mut tx).await?;
+        let new_ids = postgres::insert_raw(&mut tx, records, now).await?;
+        let fresh: Vec<&LoadRecord> = records
+            .iter()
+            .filter(|r| new_ids.contains(&r.raw_id))
+            .collect();
+        let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
+        let staged = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.parquet
+                .stage(&fresh)
+                .await
+                .map_err(SinkError::Parquet)?
+        };
+        let committed = async {
+            postgres::register_files(&mut tx, &staged).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = committed {
+            self.parquet.discard(&staged).await;
+            return Err(e.into());
+        }
+        let pairs: Vec<(String, String)> = staged
+            .iter()
+            .map(|f| (f.final_rel.clone(), f.staged_rel.clone()))
+            .collect();
+        let finals: Vec<String> = pairs.iter().map(|(f, _)| f.clone()).collect();
+        self.parquet
+            .publish(pairs)
+            .await
+            .map_err(|e| SinkError::Parquet(e.into()))?;
+        postgres::mark_published(&self.pool, &finals).await?;
+        Ok(WriteOutcome {
+            new_records: fresh.len(),
+            duplicate_records: records.len() - fresh.len(),
+            users_written,
+            files_published: finals.len(),
+        })
+    }
+
+    /// Finishes registered staged files and removes unregistered ones, holding the ledger lock
+    /// exclusively so no batch is mid-way while it looks.
+    pub async fn recover(&self) -> Result<RecoveryReport, SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(postgres::LEDGER_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let result = self.recover_locked(&mut conn).await;
+        let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(postgres::LEDGER_LOCK)
+            .execute(&mut *conn)
+            .await;
+        let report = result?;
+        unlock?;
+        Ok(report)
+    }
+
+    async fn recover_locked(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<RecoveryReport, SinkError> {
+        let staged = postgres::staged_files(conn).await?;
+        let root = self.parquet.root().to_path_buf();
+        let mut report = RecoveryReport::default();
+        let mut to_publish = Vec::new();
+        let mut done = Vec::new();
+        for (final_rel, staged_rel) in &staged {
+            if root.join(staged_rel).exists() {
+                to_publish.push((final_rel.clone(), staged_rel.clone()));
+            } else if root.join(final_rel).exists() {
+                done.push(final_rel.clone());
+            } else {
+                report.missing += 1;
+                tracing::error!(path = %final_rel, "ledger names a Parquet file that is neither staged nor in place in this DATA_DIR");
+            }
+        }
+        report.finished = to_publish.len();
+        done.extend(to_publish.iter().map(|(f, _)| f.clone()));
+        self.parquet
+            .publish(to_publish)
+            .await
+            .map_err(|e| SinkError::Parquet(e.into()))?;
+        postgres::mark_published(&self.pool, &done).await?;
+        let keep: HashSet<String> = staged.into_iter().map(|(_, s)| s).collect();
+        report.removed = self
+            .parquet
+            .remove_orphans(&keep)
+            .map_err(|e| SinkError::Parquet(e.into()))?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,495 @@
+//! Parquet: `DATA_DIR/raw/date=YYYY-MM-DD/` and `DATA_DIR/processed/date=YYYY-MM-DD/`, Snappy,
+//! UTC timestamps, partitioned by the record's fetch date so a replay lands where the first
+//! load did, and named for the Kafka partition and offsets they hold.
+//!
+//! Files are written whole or not at all: written and fsynced in `DATA_DIR/_staging/`, then
+//! renamed into place (and the directory fsynced) once the ledger row that names them is
+//! committed. See `sink::Sinks` for the protocol.
+
+use crate::batch::LoadRecord;
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where staged files wait for their ledger row.
+pub const STAGING_DIR: &str = "_staging";
+
+/// The two datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataset {
+    /// One row per Kafka record, the payload as UTF-8 JSON.
+    Raw,
+    /// One row per user.
+    Processed,
+}
+
+impl Dataset {
+    /// The directory and ledger name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataset::Raw => "raw",
+            Dataset::Processed => "processed",
+        }
+    }
+}
+
+/// A file written to staging, not yet in place.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// Which dataset.
+    pub dataset: Dataset,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Lowest offset in the file.
+    pub first_offset: i64,
+    /// Highest offset in the file.
+    pub last_offset: i64,
+    /// Rows in the file.
+    pub rows: usize,
+    /// Path under `DATA_DIR` while staged.
+    pub staged_rel: String,
+    /// Path under `DATA_DIR` once in place.
+    pub final_rel: String,
+}
+
+/// The Parquet sink rooted at `DATA_DIR`.
+#[derive(Debug, Clone)]
+pub struct ParquetSink {
+    root: PathBuf,
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schema of `raw/` files.
+pub fn raw_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("raw_id", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("fetch_id", DataType::Utf8, true),
+        Field::new("fetched_at", ts_type(), false),
+        Field::new("user_count", DataType::Int32, false),
+        Field::new("payload", DataType::Utf8, false),
+    ]))
+}
+
+/// Schema of `processed/` files.
+pub fn processed_schema() -> Arc<Schema> {
+    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+    Arc::new(Schema::new(vec![
+        s("raw_id", false),
+        Field::new("user_index", DataType::Int32, false),
+        s("user_uuid", true),
+        s("full_name", false),
+        s("title", true),
+        s("first_name", false),
+        s("last_name", false),
+        s("email", false),
+        s("gender", true),
+        s("nationality", true),
+        s("city", true),
+        s("state", true),
+        s("country", true),
+        s("postcode", true),
+        Field::new("date_of_birth", ts_type(), true),
+        Field::new("registered_date", ts_type(), false),
+        Field::new("fetched_at", ts_type(), false),
+        Field::new("processed_at", ts_type(), false),
+        s("source_topic", false),
+        Field::new("source_partition", DataType::Int32, false),
+        Field::new("source_offset", DataType::Int64, false),
+    ]))
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn ts(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// Builds the raw rows of `records` as one Arrow batch.
+pub fn raw_batch(records: &[&LoadRecord]) -> arrow::error::Result<RecordBatch> {
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.raw_id.to_string()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.source.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            records.iter().map(|r| r.source.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            records.iter().map(|r| r.source.offset),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.source.key.as_deref()),
+        )),
+        ts(records
+            .iter()
+            .map(|r| Some(micros(r.source.fetched_at)))
+            .collect()),
+        Arc::new(Int32Array::from_iter_values(
+            records.iter().map(|r| r.users.len() as i32),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.payload_text.as_str()),
+        )),
+    ];
+    RecordBatch::try_new(raw_schema(), cols)
+}
+
+/// Builds the processed rows of `records` as one Arrow batch.
+pub fn processed_batch(records: &[&LoadRecord]) -> arrow::error::Result<RecordBatch> {
+    let users: Vec<(&LoadRecord, &crate::transform::ProcessedUser)> = records
+        .iter()
+        .flat_map(|r| r.users.iter().map(move |u| (*r, u)))
+        .collect();
+    let text = |f: &dyn Fn(&crate::transform::ProcessedUser) -> Option<&str>| -> ArrayRef {
+        Arc::new(StringArray::from_iter(users.iter().map(|(_, u)| f(u))))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            users.iter().map(|(_, u)| u.raw_id.to_string()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            users.iter().map(|(_, u)| u.user_index),
+        )),
+        text(&|u| u.user_uuid.as_deref()),
+        text(&|u| Some(u.full_name.as_str())),
+        text(&|u| u.title.as_deref()),
+        text(&|u| Some(u.first_name.as_str())),
+        text(&|u| Some(u.last_name.as_str())),
+        text(&|u| Some(u.email.as_str())),
+        text(&|u| u.gender.as_deref()),
+        text(&|u| u.nationality.as_deref()),
+        text(&|u| u.city.as_deref()),
+        text(&|u| u.state.as_deref()),
+        text(&|u| u.country.as_deref()),
+        text(&|u| u.postcode.as_deref()),
+        ts(users
+            .iter()
+            .map(|(_, u)| u.date_of_birth.map(micros))
+            .collect()),
+        ts(users
+            .iter()
+            .map(|(_, u)| Some(micros(u.registered_date)))
+            .collect()),
+        ts(users
+            .iter()
+            .map(|(r, _)| Some(micros(r.source.fetched_at)))
+            .collect()),
+        ts(users
+            .iter()
+            .map(|(_, u)| Some(micros(u.processed_at)))
+            .collect()),
+        Arc::new(StringArray::from_iter_values(
+            users.iter().map(|(r, _)| r.source.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            users.iter().map(|(r, _)| r.source.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            users.iter().map(|(r, _)| r.source.offset),
+        )),
+    ];
+    RecordBatch::try_new(processed_schema(), cols)
+}
+
+impl ParquetSink {
+    /// A sink rooted at `root`; creates the directories and proves they are writable.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        for d in [
+            STAGING_DIR,
+            Dataset::Raw.as_str(),
+            Dataset::Processed.as_str(),
+        ] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// `DATA_DIR`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes the Parquet files for `records` (the batch's *new* records) into staging:
+    /// per topic-partition and fetch date, one raw and one processed file.
+    pub async fn stage(&self, records: &[&LoadRecord]) -> anyhow::Result<Vec<StagedFile>> {
+        let mut groups: BTreeMap<(String, i32, NaiveDate), Vec<&LoadRecord>> = BTreeMap::new();
+        for r in records {
+            groups
+                .entry((
+                    r.source.topic.clone(),
+                    r.source.partition,
+                    r.source.fetched_at.date_naive(),
+                ))
+                .or_default()
+                .push(r);
+        }
+        let mut jobs = Vec::new();
+        for ((topic, partition, date), recs) in groups {
+            let first = recs
+                .iter()
+                .map(|r| r.source.offset)
+                .min()
+                .unwrap_or_default();
+            let last = recs
+                .iter()
+                .map(|r| r.source.offset)
+                .max()
+                .unwrap_or_default();
+            let tag = uuid::Uuid::new_v4().simple().to_string();
+            for (dataset, batch) in [
+                (Dataset::Raw, raw_batch(&recs)?),
+                (Dataset::Processed, processed_batch(&recs)?),
+            ] {
+                let name = format!(
+                    "{topic}-p{partition}-o{first}-o{last}-{}.parquet",
+                    &tag[..8]
+                );
+                let file = StagedFile {
+                    dataset,
+                    topic: topic.clone(),
+                    partition,
+                    first_offset: first,
+                    last_offset: last,
+                    rows: batch.num_rows(),
+                    staged_rel: format!("{STAGING_DIR}/{}-{name}", dataset.as_str()),
+                    final_rel: format!(
+                        "{}/date={}/{name}",
+                        dataset.as_str(),
+                        date.format("%Y-%m-%d")
+                    ),
+                };
+                jobs.push((file, batch));
+            }
+        }
+        let root = self.root.clone();
+        let staged = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StagedFile>> {
+            let mut done: Vec<StagedFile> = Vec::with_capacity(jobs.len());
+            for (file, batch) in jobs {
+                let path = root.join(&file.staged_rel);
+                if let Err(e) = write_file(&path, &batch) {
+                    let _ = std::fs::remove_file(&path);
+                    for f in &done {
+                        let _ = std::fs::remove_file(root.join(&f.staged_rel));
+                    }
+                    return Err(anyhow::anyhow!("cannot write {}: {e}", path.display()));
+                }
+                done.push(file);
+            }
+            fsync_dir(&root.join(STAGING_DIR))?;
+            Ok(done)
+        })
+        .await??;
+        Ok(staged)
+    }
+
+    /// Moves staged files into place. Idempotent: a file already moved (by this loader or by
+    /// another's recovery) counts as done.
+    pub async fn publish(&self, files: Vec<(String, String)>) -> io::Result<()> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || publish_blocking(&root, &files))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Removes staged files whose batch did not commit.
+    pub async fn discard(&self, files: &[StagedFile]) {
+        for f in files {
+            let _ = tokio::fs::remove_file(self.root.join(&f.staged_rel)).await;
+        }
+    }
+
+    /// Removes files in staging that `keep` does not name; returns how many went.
+    pub fn remove_orphans(&self, keep: &HashSet<String>) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.root.join(STAGING_DIR))? {
+            let entry = entry?;
+            let rel = format!("{STAGING_DIR}/{}", entry.file_name().to_string_lossy());
+            if !keep.contains(&rel) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn write_file(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by(concat!("randomuser-etl-loader ", env!("CARGO_PKG_VERSION")).to_string())
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn publish_blocking(root: &Path, files: &[(String, String)]) -> io::Result<()> {
+    let mut dirs = HashSet::new();
+    for (final_rel, staged_rel) in files {
+        let to = root.join(final_rel);
+        let from = root.join(staged_rel);
+        let dir = to
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| root.to_path_buf());
+        std::fs::create_dir_all(&dir)?;
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                dirs.insert(dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && to.exists() => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot move {} to {}: {e}", from.display(), to.display()),
+                ));
+            }
+        }
+    }
+    for d in dirs {
+        fsync_dir(&d)?;
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{SourceRecord, decode};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn records() -> Vec<LoadRecord> {
+        let payload = include_bytes!("../../../fixtures/randomuser/v1.3-compact-20-users.json");
+        let day1 = DateTime::parse_from_rfc3339("2026-11-23T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day2 = DateTime::parse_from_rfc3339("2026-11-24T00:00:01Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let recs = vec![(0, 10, day1), (0, 11, day2), (1, 3, day2)]
+            .into_iter()
+            .map(|(p, o, at)| SourceRecord {
+                topic: "raw".into(),
+                partition: p,
+                offset: o,
+                key: Some(format!("k{o}")),
+                payload: Some(payload.to_vec()),
+                fetched_at: at,
+            })
+            .collect();
+        let (good, bad) = decode(recs, 1 << 20, Utc::now());
+        assert!(bad.is_empty());
+        good
+    }
+
+    #[tokio::test]
+    async fn stages_by_partition_and_fetch_date_then_publishes_readable_snappy_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path()).unwrap();
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        let staged = sink.stage(&refs).await.unwrap();
+        assert_eq!(staged.len(), 6, "3 (partition, date) groups x 2 datasets");
+        let finals: Vec<&str> = staged.iter().map(|f| f.final_rel.as_str()).collect();
+        assert!(
+            finals
+                .iter()
+                .any(|p| p.starts_with("processed/date=2026-11-23/raw-p0-o10-o10-"))
+        );
+        assert!(
+            finals
+                .iter()
+                .any(|p| p.starts_with("raw/date=2026-11-24/raw-p1-o3-o3-"))
+        );
+        for f in &staged {
+            assert!(dir.path().join(&f.staged_rel).exists());
+            assert!(
+                !dir.path().join(&f.final_rel).exists(),
+                "nothing in place before publish"
+            );
+        }
+        let pairs: Vec<(String, String)> = staged
+            .iter()
+            .map(|f| (f.final_rel.clone(), f.staged_rel.clone()))
+            .collect();
+        sink.publish(pairs.clone()).await.unwrap();
+        sink.publish(pairs).await.unwrap(); // idempotent
+        let mut users = 0;
+        for f in staged.iter().filter(|f| f.dataset == Dataset::Processed) {
+            let file = std::fs::File::open(dir.path().join(&f.final_rel)).unwrap();
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            let meta = builder.metadata().clone();
+            assert_eq!(
+                meta.row_group(0).column(0).compression(),
+                Compression::SNAPPY
+            );
+            for b in builder.build().unwrap() {
+                let b = b.unwrap();
+                assert_eq!(
+                    b.schema()
+                        .field_with_name("registered_date")
+                        .unwrap()
+                        .data_type(),
+                    &ts_type()
+                );
+                users += b.num_rows();
+            }
+        }
+        assert_eq!(users, 60);
+        assert_eq!(
+            sink.remove_orphans(&HashSet::new()).unwrap(),
+            0,
+            "staging is empty after publish"
+        );
+    }
+
+    #[tokio::test]
+    async fn orphans_are_removed_and_kept_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path()).unwrap();
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        let staged = sink.stage(&refs).await.unwrap();
+        let keep: HashSet<String> = staged
+            .iter()
+            .take(2)
+            .map(|f| f.staged_rel.clone())
+            .collect();
+        assert_eq!(sink.remove_orphans(&keep).unwrap(), 4);
+        for f in &staged {
+            assert_eq!(
+                dir.path().join(&f.staged_rel).exists(),
+                keep.contains(&f.staged_rel)
+            );
+        }
+    }
+}

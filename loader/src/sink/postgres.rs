@@ -1,0 +1,224 @@
+//! PostgreSQL: the `raw_data` and `processed_data` rows, in bulk (one `UNNEST` statement per
+//! table per batch), and the Parquet ledger (`parquet_files`).
+//!
+//! Re-delivery is absorbed by the natural keys: `INSERT ... ON CONFLICT DO NOTHING RETURNING`
+//! tells which records are new, and only those get processed rows and Parquet files.
+
+use crate::batch::LoadRecord;
+use crate::sink::parquet::StagedFile;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// Advisory-lock key guarding the Parquet staging area: batches hold it shared while they stage
+/// and register files, recovery holds it exclusively while it sweeps, so recovery never removes
+/// a file another loader is about to register.
+pub const LEDGER_LOCK: i64 = 0x7261_6e64_6f6d_7573; // "randomus"
+
+/// Migrations embedded from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Takes the shared ledger lock for the rest of the transaction.
+pub async fn lock_ledger_shared(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(LEDGER_LOCK)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the raw rows; returns the ids that were new (the rest were already loaded).
+pub async fn insert_raw(
+    tx: &mut PgConnection,
+    records: &[LoadRecord],
+    created_at: DateTime<Utc>,
+) -> sqlx::Result<HashSet<Uuid>> {
+    let n = records.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut topics = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut fetched = Vec::with_capacity(n);
+    for r in records {
+        ids.push(r.raw_id);
+        topics.push(r.source.topic.clone());
+        partitions.push(r.source.partition);
+        offsets.push(r.source.offset);
+        keys.push(r.source.key.clone());
+        payloads.push(r.payload_text.clone());
+        counts.push(r.users.len() as i32);
+        fetched.push(r.source.fetched_at);
+    }
+    let rows = sqlx::query(
+        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at)
+         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
+              AS r(raw_id, topic, p, o, k, payload, n, f)
+         ON CONFLICT DO NOTHING
+         RETURNING raw_id",
+    )
+    .bind(ids)
+    .bind(topics)
+    .bind(partitions)
+    .bind(offsets)
+    .bind(keys)
+    .bind(payloads)
+    .bind(counts)
+    .bind(fetched)
+    .bind(created_at)
+    .fetch_all(tx)
+    .await?;
+    rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+/// Inserts the processed rows of `records`; returns rows written.
+pub async fn insert_processed(
+    tx: &mut PgConnection,
+    records: &[&LoadRecord],
+    created_at: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    let n: usize = records.iter().map(|r| r.users.len()).sum();
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut raw_ids = Vec::with_capacity(n);
+    let mut idx = Vec::with_capacity(n);
+    let mut uuids: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut full = Vec::with_capacity(n);
+    let mut titles: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut firsts = Vec::with_capacity(n);
+    let mut lasts = Vec::with_capacity(n);
+    let mut emails = Vec::with_capacity(n);
+    let mut genders: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut nats: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut cities: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut states: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut countries: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut postcodes: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut dobs: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut registered = Vec::with_capacity(n);
+    let mut fetched = Vec::with_capacity(n);
+    let mut processed = Vec::with_capacity(n);
+    for r in records {
+        for u in &r.users {
+            raw_ids.push(u.raw_id);
+            idx.push(u.user_index);
+            uuids.push(u.user_uuid.clone());
+            full.push(u.full_name.clone());
+            titles.push(u.title.clone());
+            firsts.push(u.first_name.clone());
+            lasts.push(u.last_name.clone());
+            emails.push(u.email.clone());
+            genders.push(u.gender.clone());
+            nats.push(u.nationality.clone());
+            cities.push(u.city.clone());
+            states.push(u.state.clone());
+            countries.push(u.country.clone());
+            postcodes.push(u.postcode.clone());
+            dobs.push(u.date_of_birth);
+            registered.push(u.registered_date);
+            fetched.push(r.source.fetched_at);
+            processed.push(u.processed_at);
+        }
+    }
+    let result = sqlx::query(
+        "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
+                                     gender, nationality, city, state, country, postcode, date_of_birth,
+                                     registered_date, fetched_at, processed_at, created_at)
+         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+                                     $18::timestamptz[]) AS u
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(raw_ids)
+    .bind(idx)
+    .bind(uuids)
+    .bind(full)
+    .bind(titles)
+    .bind(firsts)
+    .bind(lasts)
+    .bind(emails)
+    .bind(genders)
+    .bind(nats)
+    .bind(cities)
+    .bind(states)
+    .bind(countries)
+    .bind(postcodes)
+    .bind(dobs)
+    .bind(registered)
+    .bind(fetched)
+    .bind(processed)
+    .bind(created_at)
+    .execute(tx)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Registers staged files in the ledger, in the batch's transaction.
+pub async fn register_files(tx: &mut PgConnection, files: &[StagedFile]) -> sqlx::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut path = Vec::new();
+    let mut staged = Vec::new();
+    let mut dataset = Vec::new();
+    let mut topic = Vec::new();
+    let mut partition = Vec::new();
+    let mut first = Vec::new();
+    let mut last = Vec::new();
+    let mut rows = Vec::new();
+    for f in files {
+        path.push(f.final_rel.clone());
+        staged.push(f.staged_rel.clone());
+        dataset.push(f.dataset.as_str().to_string());
+        topic.push(f.topic.clone());
+        partition.push(f.partition);
+        first.push(f.first_offset);
+        last.push(f.last_offset);
+        rows.push(f.rows as i64);
+    }
+    sqlx::query(
+        "INSERT INTO parquet_files (path, staged_path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state)
+         SELECT f.*, 'staged' FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::int8[], $8::int8[]) AS f",
+    )
+    .bind(path)
+    .bind(staged)
+    .bind(dataset)
+    .bind(topic)
+    .bind(partition)
+    .bind(first)
+    .bind(last)
+    .bind(rows)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks files as moved into place.
+pub async fn mark_published(pool: &PgPool, final_paths: &[String]) -> sqlx::Result<()> {
+    if final_paths.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now() WHERE path = ANY($1) AND state = 'staged'")
+        .bind(final_paths.to_vec())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A file the ledger says is staged: (final path, staged path), both relative to `DATA_DIR`.
+pub async fn staged_files(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT path, staged_path FROM parquet_files WHERE state = 'staged' ORDER BY created_at",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect()
+}

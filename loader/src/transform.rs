@@ -1,0 +1,480 @@
+//! The transform: one raw randomuser 1.4 response in, one processed row per user out.
+//!
+//! A pure function of its inputs (the clock is an argument), so it is tested on the real
+//! captures and a replay transforms a record exactly as the first load did. Anything it cannot
+//! turn into rows is a [`TransformError`] naming its kind: that record is poison and goes to
+//! the dead-letter topic; it never stops the partition.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Namespace for the deterministic raw ids (UUIDv5 of `topic/partition/offset`).
+const RAW_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b0e_55d1_4a47_9a53_0c2e_7b2d_a1f4);
+
+/// The deterministic id of the record at `topic`/`partition`/`offset`: Parquet can carry it
+/// before the database answers, and a re-delivered record gets the same id, so it writes nothing new.
+pub fn raw_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    Uuid::new_v5(
+        &RAW_ID_NAMESPACE,
+        format!("{topic}/{partition}/{offset}").as_bytes(),
+    )
+}
+
+/// One user, flattened: a `processed_data` row and a processed Parquet row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedUser {
+    /// The raw record it came from.
+    pub raw_id: Uuid,
+    /// Position in the response's `results`: with `raw_id`, the natural key.
+    pub user_index: i32,
+    /// `login.uuid`.
+    pub user_uuid: Option<String>,
+    /// Title, first and last name, space-separated.
+    pub full_name: String,
+    /// `name.title`.
+    pub title: Option<String>,
+    /// `name.first`.
+    pub first_name: String,
+    /// `name.last`.
+    pub last_name: String,
+    /// `email`.
+    pub email: String,
+    /// `gender`.
+    pub gender: Option<String>,
+    /// `nat`, the nationality code.
+    pub nationality: Option<String>,
+    /// `location.city`.
+    pub city: Option<String>,
+    /// `location.state`.
+    pub state: Option<String>,
+    /// `location.country`.
+    pub country: Option<String>,
+    /// `location.postcode`, a number or a string in the API, always text here (leading zeros kept).
+    pub postcode: Option<String>,
+    /// `dob.date`.
+    pub date_of_birth: Option<DateTime<Utc>>,
+    /// `registered.date`.
+    pub registered_date: DateTime<Utc>,
+    /// When the loader transformed it.
+    pub processed_at: DateTime<Utc>,
+}
+
+/// Why a record is poison.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    /// The message has no value.
+    #[error("the record has no payload")]
+    NoPayload,
+    /// Bigger than `LOADER_MAX_RECORD_BYTES`.
+    #[error("payload is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Not UTF-8, so not JSON.
+    #[error("payload is not valid UTF-8: {0}")]
+    InvalidUtf8(String),
+    /// Not JSON.
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    /// JSON with a NUL escape, which PostgreSQL's jsonb cannot store.
+    #[error("payload contains a \\u0000 escape, which PostgreSQL jsonb cannot store")]
+    Unstorable,
+    /// The API's `error` body.
+    #[error("payload is an API error body: {0}")]
+    ApiError(String),
+    /// `results` empty.
+    #[error("payload has no users")]
+    EmptyResults,
+    /// The pre-1.x shape (Unix-second dates, street as a string, no login.uuid).
+    #[error("user {index} has the legacy (pre-1.4) shape: {detail}")]
+    LegacyShape {
+        /// Which user.
+        index: usize,
+        /// What gave it away.
+        detail: String,
+    },
+    /// JSON, but not the 1.4 shape.
+    #[error("unexpected shape: {0}")]
+    WrongShape(String),
+}
+
+impl TransformError {
+    /// The `kind` header / metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::NoPayload => "no_payload",
+            TransformError::TooLarge { .. } => "too_large",
+            TransformError::InvalidUtf8(_) => "invalid_utf8",
+            TransformError::NotJson(_) => "not_json",
+            TransformError::Unstorable => "unstorable",
+            TransformError::ApiError(_) => "api_error",
+            TransformError::EmptyResults => "empty_results",
+            TransformError::LegacyShape { .. } => "legacy_shape",
+            TransformError::WrongShape(_) => "wrong_shape",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    results: Option<Vec<Value>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ApiUser {
+    #[serde(default)]
+    gender: Option<String>,
+    name: Name,
+    #[serde(default)]
+    location: Option<Location>,
+    email: String,
+    #[serde(default)]
+    login: Option<Login>,
+    #[serde(default)]
+    dob: Option<Dated>,
+    registered: Dated,
+    #[serde(default)]
+    nat: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Name {
+    #[serde(default)]
+    title: Option<String>,
+    first: String,
+    last: String,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    #[serde(default)]
+    city: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    country: Option<String>,
+    #[serde(default)]
+    postcode: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    #[serde(default)]
+    uuid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Dated {
+    date: String,
+}
+
+/// Checks the payload's envelope without transforming: used where only validity matters.
+pub fn check_size(payload: &[u8], limit: usize) -> Result<(), TransformError> {
+    if payload.len() > limit {
+        return Err(TransformError::TooLarge {
+            size: payload.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Transforms one raw response into its users' rows.
+pub fn transform(
+    payload: &[u8],
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+) -> Result<Vec<ProcessedUser>, TransformError> {
+    let text =
+        std::str::from_utf8(payload).map_err(|e| TransformError::InvalidUtf8(e.to_string()))?;
+    let env: Envelope =
+        serde_json::from_str(text).map_err(|e| TransformError::NotJson(e.to_string()))?;
+    if text.contains("\\u0000") {
+        return Err(TransformError::Unstorable);
+    }
+    if let Some(err) = env.error {
+        return Err(TransformError::ApiError(match err {
+            Value::String(s) => s,
+            other => other.to_string(),
+        }));
+    }
+    let results = env
+        .results
+        .ok_or_else(|| TransformError::WrongShape("no `results` array".to_string()))?;
+    if results.is_empty() {
+        return Err(TransformError::EmptyResults);
+    }
+    results
+        .iter()
+        .enumerate()
+        .map(|(index, value)| user_row(index, value, raw_id, processed_at))
+        .collect()
+}
+
+fn user_row(
+    index: usize,
+    value: &Value,
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+) -> Result<ProcessedUser, TransformError> {
+    if let Some(detail) = legacy_marker(value) {
+        return Err(TransformError::LegacyShape { index, detail });
+    }
+    let user = ApiUser::deserialize(value)
+        .map_err(|e| TransformError::WrongShape(format!("user {index}: {e}")))?;
+    let registered_date = parse_date(&user.registered.date).ok_or_else(|| {
+        TransformError::WrongShape(format!(
+            "user {index}: registered.date {:?} is not ISO-8601",
+            user.registered.date
+        ))
+    })?;
+    let date_of_birth = match &user.dob {
+        Some(d) => Some(parse_date(&d.date).ok_or_else(|| {
+            TransformError::WrongShape(format!(
+                "user {index}: dob.date {:?} is not ISO-8601",
+                d.date
+            ))
+        })?),
+        None => None,
+    };
+    let full_name = [
+        user.name.title.as_deref().unwrap_or(""),
+        &user.name.first,
+        &user.name.last,
+    ]
+    .iter()
+    .map(|s| s.trim())
+    .filter(|s| !s.is_empty())
+    .collect::<Vec<_>>()
+    .join(" ");
+    let location = user.location.unwrap_or(Location {
+        city: None,
+        state: None,
+        country: None,
+        postcode: None,
+    });
+    let postcode = match location.postcode {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(TransformError::WrongShape(format!(
+                "user {index}: location.postcode is neither a number nor a string: {other}"
+            )));
+        }
+    };
+    Ok(ProcessedUser {
+        raw_id,
+        user_index: i32::try_from(index)
+            .map_err(|_| TransformError::WrongShape("too many users".to_string()))?,
+        user_uuid: user.login.and_then(|l| l.uuid),
+        full_name,
+        title: user.name.title,
+        first_name: user.name.first,
+        last_name: user.name.last,
+        email: user.email,
+        gender: user.gender,
+        nationality: user.nat,
+        city: location.city,
+        state: location.state,
+        country: location.country,
+        postcode,
+        date_of_birth,
+        registered_date,
+        processed_at,
+    })
+}
+
+/// What marks a user as the legacy (v1.0) shape rather than merely malformed.
+fn legacy_marker(user: &Value) -> Option<String> {
+    if user.get("registered").is_some_and(Value::is_number) {
+        return Some("`registered` is a Unix timestamp, not {date, age}".to_string());
+    }
+    if user.get("dob").is_some_and(Value::is_number) {
+        return Some("`dob` is a Unix timestamp, not {date, age}".to_string());
+    }
+    if user
+        .pointer("/location/street")
+        .is_some_and(Value::is_string)
+    {
+        return Some("`location.street` is a string, not {number, name}".to_string());
+    }
+    if user.get("user").is_some() {
+        return Some("users are wrapped in a `user` object".to_string());
+    }
+    None
+}
+
+fn parse_date(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V14: &[u8] =
+        include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    const V10: &[u8] = include_bytes!("../../fixtures/randomuser/v1.0-legacy-6-users.json");
+
+    fn at() -> DateTime<Utc> {
+        parse_date("2026-11-24T09:00:00Z").unwrap()
+    }
+
+    fn users_of(payload: &[u8]) -> Vec<Value> {
+        serde_json::from_slice::<Value>(payload).unwrap()["results"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn every_user_of_every_current_fixture_transforms_faithfully() {
+        for (name, payload) in [("v1.4", V14), ("v1.3", V13)] {
+            let id = raw_id("t", 0, 7);
+            let rows = transform(payload, id, at()).unwrap();
+            let users = users_of(payload);
+            assert_eq!(rows.len(), users.len(), "{name}");
+            for (row, user) in rows.iter().zip(&users) {
+                assert_eq!(row.raw_id, id);
+                assert_eq!(row.email, user["email"].as_str().unwrap(), "{name}");
+                assert_eq!(row.first_name, user["name"]["first"].as_str().unwrap());
+                assert_eq!(
+                    row.full_name,
+                    format!(
+                        "{} {} {}",
+                        user["name"]["title"].as_str().unwrap(),
+                        user["name"]["first"].as_str().unwrap(),
+                        user["name"]["last"].as_str().unwrap()
+                    )
+                );
+                assert_eq!(row.user_uuid.as_deref(), user["login"]["uuid"].as_str());
+                assert_eq!(row.gender.as_deref(), user["gender"].as_str());
+                assert_eq!(row.nationality.as_deref(), user["nat"].as_str());
+                assert_eq!(
+                    row.registered_date,
+                    parse_date(user["registered"]["date"].as_str().unwrap()).unwrap()
+                );
+                assert_eq!(row.processed_at, at());
+            }
+            let idx: Vec<i32> = rows.iter().map(|r| r.user_index).collect();
+            assert_eq!(idx, (0..users.len() as i32).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn persian_script_names_pass_through_intact() {
+        let rows = transform(V14, Uuid::nil(), at()).unwrap();
+        let persian: Vec<&ProcessedUser> = rows
+            .iter()
+            .filter(|r| r.nationality.as_deref() == Some("IR"))
+            .collect();
+        assert!(!persian.is_empty());
+        for r in &persian {
+            assert!(
+                r.full_name
+                    .chars()
+                    .any(|c| ('\u{0600}'..='\u{06FF}').contains(&c)),
+                "expected Arabic-script letters in {:?}",
+                r.full_name
+            );
+        }
+        let v13 = transform(V13, Uuid::nil(), at()).unwrap();
+        assert!(v13.iter().any(|r| {
+            r.full_name
+                .chars()
+                .any(|c| ('\u{0600}'..='\u{06FF}').contains(&c))
+        }));
+    }
+
+    #[test]
+    fn postcodes_as_numbers_and_strings_both_become_text() {
+        let rows = transform(V14, Uuid::nil(), at()).unwrap();
+        let users = users_of(V14);
+        let mut numbers = 0;
+        let mut strings = 0;
+        for (row, user) in rows.iter().zip(&users) {
+            match &user["location"]["postcode"] {
+                Value::Number(n) => {
+                    numbers += 1;
+                    assert_eq!(row.postcode.as_deref(), Some(n.to_string().as_str()));
+                }
+                Value::String(s) => {
+                    strings += 1;
+                    assert_eq!(row.postcode.as_deref(), Some(s.as_str()));
+                }
+                other => panic!("unexpected postcode {other}"),
+            }
+        }
+        assert!(
+            numbers > 0 && strings > 0,
+            "fixture should have both ({numbers}, {strings})"
+        );
+    }
+
+    #[test]
+    fn null_id_value_does_not_matter() {
+        let users = users_of(V14);
+        let nulls = users.iter().filter(|u| u["id"]["value"].is_null()).count();
+        assert!(nulls > 0, "fixture has null id.value");
+        assert_eq!(transform(V14, Uuid::nil(), at()).unwrap().len(), 111);
+    }
+
+    #[test]
+    fn legacy_v1_0_is_a_clear_error_not_a_panic() {
+        let err = transform(V10, Uuid::nil(), at()).unwrap_err();
+        assert_eq!(err.kind(), "legacy_shape");
+        assert!(err.to_string().contains("legacy"), "{err}");
+    }
+
+    #[test]
+    fn poison_kinds() {
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"\xff\xfe not utf8", "invalid_utf8"),
+            (b"<html>502</html>", "not_json"),
+            (br#"{"results":[{"name":"#, "not_json"),
+            (br#"{"error":"Uh oh"}"#, "api_error"),
+            (br#"{"results":[]}"#, "empty_results"),
+            (br#"{"info":{}}"#, "wrong_shape"),
+            (br#"{"results":[{"name":{"first":"a","last":"b"}}]}"#, "wrong_shape"),
+            (
+                br#"{"results":[{"name":{"first":"a\u0000","last":"b"},"email":"e","registered":{"date":"2020-01-01T00:00:00Z"}}]}"#,
+                "unstorable",
+            ),
+            (
+                br#"{"results":[{"name":{"first":"a","last":"b"},"email":"e","registered":{"date":"last week"}}]}"#,
+                "wrong_shape",
+            ),
+        ];
+        for (payload, kind) in cases {
+            let err = transform(payload, Uuid::nil(), at()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                kind,
+                "{}: {err}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        assert_eq!(check_size(&[0; 11], 10).unwrap_err().kind(), "too_large");
+        assert!(check_size(&[0; 10], 10).is_ok());
+    }
+
+    #[test]
+    fn raw_ids_are_deterministic_and_distinct() {
+        assert_eq!(raw_id("t", 0, 1), raw_id("t", 0, 1));
+        assert_ne!(raw_id("t", 0, 1), raw_id("t", 1, 1));
+        assert_ne!(raw_id("t", 0, 1), raw_id("t", 0, 2));
+        assert_ne!(raw_id("t", 0, 1), raw_id("u", 0, 1));
+    }
+}
