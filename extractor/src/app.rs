@@ -262,10 +262,9 @@ async fn fetch_until_accepted(
 ) -> Option<Fetched> {
     loop {
         let timer = metrics.fetch_seconds.start_timer();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = source.fetch() => r,
-        };
+        // An in-flight request is finished, not cancelled, on shutdown: its answer may already
+        // have counted against the API's quota, and it will be published like any other.
+        let result = source.fetch().await;
         timer.observe_duration();
         match result {
             Ok(f) => {

@@ -80,6 +80,7 @@ impl ConsumerContext for LoaderContext {
                         .consumer_lag
                         .remove_label_values(&[t.as_str(), &p.to_string()]);
                 }
+                self.metrics.assigned_partitions.sub(parts.len() as i64);
                 lock(&self.revoked).extend(parts);
             }
             Rebalance::Assign(tpl) => {
@@ -89,6 +90,7 @@ impl ConsumerContext for LoaderContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
+                self.metrics.assigned_partitions.add(parts.len() as i64);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }

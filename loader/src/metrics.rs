@@ -31,6 +31,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Unix time of the last successful offset commit.
     pub last_commit: IntGauge,
+    /// Partitions this replica owns now.
+    pub assigned_partitions: IntGauge,
 }
 
 impl Metrics {
@@ -94,8 +96,13 @@ impl Metrics {
             "etl_loader_last_commit_timestamp_seconds",
             "Unix time of the last successful offset commit",
         )?;
+        let assigned_partitions = IntGauge::new(
+            "etl_loader_assigned_partitions",
+            "Partitions this replica owns",
+        )?;
         for c in [
-            Box::new(consumed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(consumed.clone()),
             Box::new(loaded.clone()),
             Box::new(duplicates.clone()),
             Box::new(dead_lettered.clone()),
@@ -122,6 +129,7 @@ impl Metrics {
             batch_records,
             consumer_lag,
             last_commit,
+            assigned_partitions,
         })
     }
 }

@@ -104,9 +104,11 @@ impl Sinks {
         let mut tx = self.pool.begin().await?;
         postgres::lock_ledger_shared(&mut tx).await?;
         let new_ids = postgres::insert_raw(&mut tx, records, now).await?;
+        // A record can appear twice in one batch (re-fetched after a rebalance): write it once.
+        let mut seen = HashSet::with_capacity(new_ids.len());
         let fresh: Vec<&LoadRecord> = records
             .iter()
-            .filter(|r| new_ids.contains(&r.raw_id))
+            .filter(|r| new_ids.contains(&r.raw_id) && seen.insert(r.raw_id))
             .collect();
         let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
         let staged = if fresh.is_empty() {

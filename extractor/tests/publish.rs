@@ -1,0 +1,212 @@
+//! The extractor against a real broker: only accepted answers reach the topic, unmodified, with
+//! the contract's key, timestamp and headers; refused answers are counted by kind and retried.
+
+use etl_common::contract::{self, header};
+use extractor::{Application, Config};
+use randomuser_stub::{Fault, FaultPlan, Stub};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
+}
+
+async fn create_topic(name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+async fn read_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("message within 30 s")
+            .unwrap();
+        out.push(m.detach());
+    }
+    // Nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), consumer.recv())
+            .await
+            .is_err(),
+        "more messages than expected"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_answers_are_retried_and_never_published() {
+    let topic = format!("extract-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic).await;
+    let plan = FaultPlan {
+        script: Fault::ALL_REJECTED.to_vec(),
+        retry_after_secs: 1,
+        ..FaultPlan::default()
+    };
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), plan)
+        .await
+        .unwrap();
+    let mut config = Config::for_test(&stub.url(), &brokers(), &topic).unwrap();
+    config.max_fetches = Some(2);
+    config.results = 7;
+    let app = Application::build(config).await.unwrap();
+    let status = app.status_addr();
+    let run = tokio::spawn(app.run(CancellationToken::new()));
+
+    // Read the metrics while it runs (the endpoint closes when it exits).
+    let mut errors: HashMap<String, f64> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline && !run.is_finished() {
+        if let Ok(r) = reqwest::get(format!("http://{status}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("etl_extractor_fetch_errors_total{"))
+            {
+                let kind = line.split('"').nth(1).unwrap_or_default().to_string();
+                let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+                errors.insert(kind, v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.fetched, 2);
+    assert_eq!(summary.refused, 7, "every scripted fault refused once");
+    assert_eq!(summary.published, 2);
+    for kind in [
+        "rate_limited",
+        "server_error",
+        "truncated",
+        "not_json",
+        "api_error",
+        "empty_results",
+    ] {
+        assert!(
+            errors.get(kind).copied().unwrap_or(0.0) >= 1.0,
+            "{kind} counted: {errors:?}"
+        );
+    }
+    assert_eq!(stub.stats().faults.values().sum::<u64>(), 7);
+
+    let messages = read_all(&topic, 2).await;
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let mut published = HashSet::new();
+    for m in &messages {
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        let id = uuid::Uuid::parse_str(key).expect("key is a UUID");
+        assert_eq!(id.get_version_num(), 7, "key is a UUIDv7");
+        let h: HashMap<&str, &str> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| (h.key, std::str::from_utf8(h.value.unwrap()).unwrap()))
+            .collect();
+        assert_eq!(h[header::SCHEMA], contract::SCHEMA_VERSION);
+        assert_eq!(h[header::API_VERSION], "1.4");
+        assert_eq!(h[header::USER_COUNT], "7");
+        assert!(
+            h[header::SOURCE_URL].starts_with("http://127.0.0.1:"),
+            "{}",
+            h[header::SOURCE_URL]
+        );
+        assert!(!h[header::PRODUCER].is_empty());
+        let fetched_at =
+            contract::parse_fetched_at(h[header::FETCHED_AT]).expect("fetched-at parses");
+        assert_eq!(
+            m.timestamp().to_millis(),
+            Some(fetched_at.timestamp_millis()),
+            "timestamp = fetch time"
+        );
+        let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let users = body["results"].as_array().unwrap();
+        assert_eq!(users.len(), 7);
+        for u in users {
+            published.insert(u["login"]["uuid"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        published, served,
+        "exactly the served users, from good answers only"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_flushes_and_exits_zero() {
+    let topic = format!("extract-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let logs =
+        std::env::temp_dir().join(format!("extractor-logs-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_extractor"))
+        .env("RANDOMUSER_URL", stub.url())
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", &topic)
+        .env("EXTRACT_INTERVAL", "100ms")
+        .env("EXTRACT_RESULTS", "5")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("LOG_DIR", &logs)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stub.stats().ok < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "extractor fetched nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    // Every good answer served is on the topic: nothing fetched was dropped at shutdown.
+    let served = stub.stats().ok as usize;
+    let messages = read_all(&topic, served).await;
+    assert_eq!(messages.len(), served);
+    let log_text: String = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        log_text.contains("all fetched payloads acknowledged"),
+        "log file written: {log_text}"
+    );
+    let _ = std::fs::remove_dir_all(&logs);
+}

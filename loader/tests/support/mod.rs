@@ -1,0 +1,276 @@
+//! Test harness: real Kafka and real PostgreSQL, read from `KAFKA_BROKERS` and `DATABASE_URL`
+//! (defaults: the ones `scripts/dev-services.sh up` starts), one topic, group and database per
+//! test, and the real services run in-process with a cancellation token for shutdown.
+#![allow(dead_code)]
+
+use arrow::array::{Array, AsArray};
+use loader::{RunConfig, RunSummary};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use sqlx::{Connection, PgPool};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The broker under test.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
+}
+
+/// The server the per-test databases are created on.
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://etl:etl@localhost:5432/etl".to_string())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a topic and waits until the broker knows it.
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// A fresh database with nothing in it, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates `etl_test_<uuid>` on the server of `DATABASE_URL`.
+    pub async fn new() -> TestDb {
+        let admin_url = admin_database_url();
+        let name = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL parses");
+        url.set_path(&name);
+        let url = url.to_string();
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDb { name, url, pool }
+    }
+
+    /// A count query's answer.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+
+    /// Drops the database.
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_database_url()).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A loader running in-process.
+pub struct RunningLoader {
+    pub status: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl RunningLoader {
+    /// Builds and starts the real loader.
+    pub async fn start(config: RunConfig) -> RunningLoader {
+        let app = loader::Application::build(config)
+            .await
+            .expect("loader builds");
+        let status = app.status_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        RunningLoader { status, stop, task }
+    }
+
+    /// Cancels and waits for a clean exit.
+    pub async fn shutdown(self) -> RunSummary {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("loader stops within 60 s")
+            .expect("loader task did not panic")
+            .expect("loader exits Ok")
+    }
+
+    /// The value of an un-labelled series on `/metrics`, or the sum over its labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(self.status, name).await
+    }
+}
+
+/// Reads a series from a status endpoint, summed over its labels.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A loader config for a test.
+pub fn loader_config(db: &TestDb, topic: &str, group: &str, data_dir: &Path) -> RunConfig {
+    RunConfig::for_test(&db.url, &brokers(), topic, group, data_dir).expect("loader test config")
+}
+
+/// Runs the real extractor against `url` until it has made `fetches` accepted fetches.
+pub async fn run_extractor(
+    url: &str,
+    topic: &str,
+    fetches: u64,
+    results: u32,
+) -> extractor::RunSummary {
+    let mut config =
+        extractor::Config::for_test(url, &brokers(), topic).expect("extractor test config");
+    config.max_fetches = Some(fetches);
+    config.results = results;
+    let app = extractor::Application::build(config)
+        .await
+        .expect("extractor builds");
+    tokio::time::timeout(Duration::from_secs(120), app.run(CancellationToken::new()))
+        .await
+        .expect("extractor finishes within 120 s")
+        .expect("extractor exits Ok")
+}
+
+/// Polls `f` until it returns true, or panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every `*.parquet` file under `dir`, recursively.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The string columns `cols` of every row of every Parquet file under `dir`.
+pub fn parquet_rows(dir: &Path, cols: &[&str]) -> Vec<Vec<Option<String>>> {
+    let mut rows = Vec::new();
+    for path in parquet_files(dir) {
+        let file = std::fs::File::open(&path).expect("open parquet");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet footer")
+            .build()
+            .expect("parquet reader");
+        for batch in reader {
+            let batch = batch.expect("parquet batch");
+            let arrays: Vec<_> = cols
+                .iter()
+                .map(|c| {
+                    let a = batch
+                        .column_by_name(c)
+                        .unwrap_or_else(|| panic!("column {c} in {}", path.display()));
+                    arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)
+                        .expect("cast to text")
+                })
+                .collect();
+            for i in 0..batch.num_rows() {
+                rows.push(
+                    arrays
+                        .iter()
+                        .map(|a| {
+                            let s = a.as_string::<i32>();
+                            (!s.is_null(i)).then(|| s.value(i).to_string())
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    rows
+}
+
+/// Counts how many times each value occurs.
+pub fn histogram<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut h = HashMap::new();
+    for i in items {
+        *h.entry(i).or_insert(0) += 1;
+    }
+    h
+}
+
+/// Partitions a loader currently has lag gauges for, i.e. owns and has statistics on.
+pub async fn assigned(addr: SocketAddr) -> usize {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| l.starts_with("etl_loader_assigned_partitions "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
+}
