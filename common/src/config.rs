@@ -97,7 +97,7 @@ pub struct LogArgs {
         value_name = "LOG_DIR",
         default_value = "logs"
     )]
-    pub dir: PathBuf,
+    pub dir: String,
     /// `text` or `json`.
     #[arg(
         long = "log-format",

@@ -9,26 +9,18 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 pub fn init(service: &str, args: &LogArgs) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = EnvFilter::try_new(&args.level)
         .map_err(|e| anyhow::anyhow!("LOG_LEVEL={}: not a valid filter: {e}", args.level))?;
-    let (file_writer, guard) = if args.dir.as_os_str().is_empty() {
+    let (file_writer, guard) = if args.dir.is_empty() {
         (None, None)
     } else {
         std::fs::create_dir_all(&args.dir).map_err(|e| {
-            anyhow::anyhow!(
-                "LOG_DIR={}: cannot create the log directory: {e}",
-                args.dir.display()
-            )
+            anyhow::anyhow!("LOG_DIR={}: cannot create the log directory: {e}", args.dir)
         })?;
         let appender = tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix(service)
             .filename_suffix("log")
             .build(&args.dir)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "LOG_DIR={}: cannot open a log file: {e}",
-                    args.dir.display()
-                )
-            })?;
+            .map_err(|e| anyhow::anyhow!("LOG_DIR={}: cannot open a log file: {e}", args.dir))?;
         let (writer, guard) = tracing_appender::non_blocking(appender);
         (Some(writer), Some(guard))
     };

@@ -261,10 +261,10 @@ impl Worker {
                 },
             };
             self.drop_revoked(&mut batch);
-            if flush_now || batch.len() >= max_records {
-                if let Err(Abandoned::Shutdown) = self.flush(batch.take()).await {
-                    break;
-                }
+            if (flush_now || batch.len() >= max_records)
+                && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
+            {
+                break;
             }
         }
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Consume the topic and load it (applies migrations first unless told not to).
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Apply the database migrations (or, with --check, verify them) and exit.
     Migrate(MigrateConfig),
 }
@@ -199,7 +199,7 @@ impl RunConfig {
             "1s",
         ])?;
         match cli.command {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             Command::Migrate(_) => anyhow::bail!("unreachable: parsed `run`"),
         }
     }
@@ -227,7 +227,7 @@ mod tests {
         let mut args = vec!["loader", "run"];
         args.extend_from_slice(extra);
         match Cli::try_parse_from(args)?.command {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             Command::Migrate(_) => unreachable!(),
         }
     }

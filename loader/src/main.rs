@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(config) => run(config).await,
+        Command::Run(config) => run(*config).await,
         Command::Migrate(config) => migrate(config).await,
     };
     match result {

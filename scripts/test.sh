@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): provisions a real Kafka broker and a real
+# PostgreSQL with scripts/dev-services.sh, then checks formatting and lints and runs every test
+# (unit and integration) against them. Exits non-zero on any failure.
+#
+#   ETL_USE_EXISTING_SERVICES=1  skip provisioning and use KAFKA_BROKERS / DATABASE_URL as set
+#                                (e.g. a Redpanda or a managed cluster you point it at).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[test] %s\n' "$*" >&2; }
+started=$(date +%s)
+
+if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
+  scripts/dev-services.sh up
+  eval "$(scripts/dev-services.sh env)"
+fi
+export KAFKA_BROKERS="${KAFKA_BROKERS:-localhost:9092}"
+export DATABASE_URL="${DATABASE_URL:-postgres://etl:etl@localhost:5432/etl}"
+log "broker ${KAFKA_BROKERS}; database $(printf '%s' "$DATABASE_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test (unit + integration against the real broker and database)"
+cargo test --workspace --locked --no-fail-fast
+log "all green in $(( $(date +%s) - started ))s"
