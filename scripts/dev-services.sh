@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Real Kafka and real PostgreSQL on this machine, without Docker:
+#   up       install what is missing, start what is not running, wait until both answer
+#   down     stop both (data is kept)
+#   status   one line per service; exit 0 if both run, 3 otherwise
+#   env      print the export lines for KAFKA_BROKERS and DATABASE_URL
+#   start-kafka | stop-kafka | start-postgres | stop-postgres
+#            one service alone, data kept (for fault tests that stop a service mid-load)
+#
+# Kafka: a single-node KRaft broker from the release jars, resolved by Maven from Maven Central
+# into the state dir, run with the machine's Java. PostgreSQL: Debian's packages (apt-get installs
+# them when missing), our own cluster in the state dir. Everything is idempotent.
+#
+# Environment: ETL_SERVICES_DIR (state, default <repo>/.services), KAFKA_PORT (9092),
+# KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), KAFKA_HEAP (512m).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${ETL_SERVICES_DIR:-$ROOT/.services}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+PG_PORT="${PG_PORT:-5432}"
+KAFKA_HEAP="${KAFKA_HEAP:-512m}"
+POM="$ROOT/scripts/services/kafka-pom.xml"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
+KAFKA_HOME="$STATE/kafka"
+KAFKA_LIB="$KAFKA_HOME/lib-$KAFKA_VERSION"
+KAFKA_DATA="$KAFKA_HOME/data"
+KAFKA_PID="$KAFKA_HOME/kafka.pid"
+PG_USER_DB="etl"
+
+log() { printf '[dev-services] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_bindir() {
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  [ -n "$d" ] && [ -x "$d/pg_ctl" ] && printf '%s' "$d"
+}
+
+pg_install() {
+  if [ -n "$(pg_bindir)" ]; then return 0; fi
+  command -v apt-get >/dev/null || die "PostgreSQL is not installed and apt-get is not available"
+  log "installing PostgreSQL from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # We run our own cluster: keep the package from creating and starting one on our port.
+  $sudo mkdir -p /etc/postgresql-common
+  if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+    echo 'create_main_cluster = false' | $sudo tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o Dpkg::Options::=--force-confold postgresql >/dev/null
+  [ -n "$(pg_bindir)" ] || die "PostgreSQL install finished but no server binaries were found"
+}
+
+# PostgreSQL refuses to run as root: as root we run it as the package's `postgres` user.
+pg_as() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_dirs() {
+  PG_BASE="$STATE/postgres"
+  if [ "$(id -u)" -eq 0 ]; then
+    mkdir -p "$PG_BASE"
+    chown postgres: "$PG_BASE"
+    # The postgres user must reach the data dir; a repo under an unreadable home would stop it.
+    if ! runuser -u postgres -- test -x "$PG_BASE"; then
+      PG_BASE="/var/tmp/etl-services-pg-$(printf '%s' "$STATE" | md5sum | cut -c1-12)"
+      mkdir -p "$PG_BASE"
+      chown postgres: "$PG_BASE"
+    fi
+  else
+    mkdir -p "$PG_BASE"
+  fi
+  PGDATA_DIR="$PG_BASE/data"
+  PG_SOCK="$PG_BASE/sock"
+  PG_LOG="$PG_BASE/postgres.log"
+}
+
+pg_running() {
+  local bin
+  bin="$(pg_bindir)" || return 1
+  pg_dirs
+  [ -f "$PGDATA_DIR/postmaster.pid" ] && pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
+}
+
+psql_admin() {
+  pg_as "$(pg_bindir)/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres "$@"
+}
+
+start_postgres() {
+  pg_install
+  local bin
+  bin="$(pg_bindir)"
+  pg_dirs
+  if pg_running; then
+    log "PostgreSQL already running (port $PG_PORT, data $PGDATA_DIR)"
+  else
+    if port_open "$PG_PORT"; then
+      die "port $PG_PORT is taken by something that is not our PostgreSQL; set PG_PORT or stop it"
+    fi
+    if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
+      log "initialising a PostgreSQL cluster in $PGDATA_DIR"
+      pg_as mkdir -p "$PGDATA_DIR"
+      pg_as "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+        --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    fi
+    pg_as mkdir -p "$PG_SOCK"
+    log "starting PostgreSQL on localhost:$PG_PORT"
+    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start \
+      -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=localhost -c max_connections=200 -c shared_buffers=128MB" >/dev/null \
+      || { tail -n 20 "$PG_LOG" >&2 || true; die "PostgreSQL did not start"; }
+  fi
+  local i
+  for i in $(seq 1 60); do
+    pg_as "$bin/pg_isready" -q -h "$PG_SOCK" -p "$PG_PORT" && break
+    [ "$i" -eq 60 ] && die "PostgreSQL did not become ready"
+    sleep 1
+  done
+  # The application's role and database (CREATEDB: the tests make one database per test).
+  psql_admin -c "DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'etl') THEN
+        CREATE ROLE etl LOGIN PASSWORD 'etl' CREATEDB;
+      END IF; END \$\$;"
+  if [ -z "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_USER_DB'")" ]; then
+    psql_admin -c "CREATE DATABASE $PG_USER_DB OWNER etl"
+  fi
+  log "PostgreSQL ready: postgres://etl:***@localhost:$PG_PORT/$PG_USER_DB"
+}
+
+stop_postgres() {
+  local bin
+  bin="$(pg_bindir)" || { log "PostgreSQL not installed"; return 0; }
+  if pg_running; then
+    log "stopping PostgreSQL"
+    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
+  else
+    log "PostgreSQL not running"
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka
+
+kafka_cp() { printf '%s/*' "$KAFKA_LIB"; }
+
+kafka_resolve() {
+  command -v java >/dev/null || die "java is required to run Kafka (Debian: apt-get install default-jre-headless)"
+  if [ -f "$KAFKA_LIB/.complete" ]; then return 0; fi
+  command -v mvn >/dev/null || die "mvn is required to resolve Kafka from Maven Central (Debian: apt-get install maven)"
+  log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIB"
+  rm -rf "$KAFKA_LIB"
+  mkdir -p "$KAFKA_LIB"
+  mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" >&2 \
+    || die "Maven could not resolve Kafka $KAFKA_VERSION"
+  touch "$KAFKA_LIB/.complete"
+}
+
+kafka_pid_alive() {
+  [ -f "$KAFKA_PID" ] && kill -0 "$(cat "$KAFKA_PID")" 2>/dev/null
+}
+
+kafka_java() {
+  java -Xmx256m -Dlog4j2.configurationFile="$ROOT/scripts/services/log4j2.properties" \
+    -Dkafka.logs.dir="$KAFKA_HOME/logs" -cp "$(kafka_cp)" "$@"
+}
+
+kafka_ready() {
+  timeout 20 java -Xmx128m -Dlog4j2.configurationFile="$ROOT/scripts/services/log4j2.properties" \
+    -Dkafka.logs.dir="$KAFKA_HOME/logs/tools" -cp "$(kafka_cp)" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "localhost:$KAFKA_PORT" --list >/dev/null 2>&1
+}
+
+write_kafka_config() {
+  cat >"$KAFKA_HOME/server.properties" <<EOF
+# Written by scripts/dev-services.sh: a single-node KRaft broker for development and tests.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DATA
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=168
+# 5,000 users in one response is ~5.5 MB of JSON.
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
+EOF
+}
+
+start_kafka() {
+  kafka_resolve
+  mkdir -p "$KAFKA_HOME/logs" "$KAFKA_DATA"
+  if kafka_pid_alive; then
+    log "Kafka already running (pid $(cat "$KAFKA_PID"), port $KAFKA_PORT)"
+  else
+    if port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT"; then
+      die "port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is taken by something that is not our Kafka; set KAFKA_PORT/KAFKA_CONTROLLER_PORT or stop it"
+    fi
+    write_kafka_config
+    if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
+      local cluster_id
+      cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+      log "formatting KRaft storage (cluster $cluster_id)"
+      kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_HOME/server.properties" --standalone >/dev/null \
+        || die "formatting Kafka storage failed"
+    fi
+    log "starting Kafka $KAFKA_VERSION on localhost:$KAFKA_PORT"
+    nohup java -Xmx"$KAFKA_HEAP" -Xms"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$ROOT/scripts/services/log4j2.properties" -Dkafka.logs.dir="$KAFKA_HOME/logs" \
+      -cp "$(kafka_cp)" kafka.Kafka "$KAFKA_HOME/server.properties" >"$KAFKA_HOME/logs/stdout.log" 2>&1 &
+    echo "$!" >"$KAFKA_PID"
+  fi
+  local deadline=$((SECONDS + 90))
+  until kafka_ready; do
+    if ! kafka_pid_alive; then
+      tail -n 30 "$KAFKA_HOME/logs/server.log" "$KAFKA_HOME/logs/stdout.log" >&2 2>/dev/null || true
+      die "Kafka exited during start-up"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 30 "$KAFKA_HOME/logs/server.log" >&2 2>/dev/null || true
+      die "Kafka did not answer within 90 s"
+    fi
+    sleep 1
+  done
+  log "Kafka ready: localhost:$KAFKA_PORT"
+}
+
+stop_kafka() {
+  if ! kafka_pid_alive; then
+    log "Kafka not running"
+    rm -f "$KAFKA_PID"
+    return 0
+  fi
+  local pid
+  pid="$(cat "$KAFKA_PID")"
+  log "stopping Kafka (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "Kafka did not stop in 30 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$KAFKA_PID"
+}
+
+# ---------------------------------------------------------------- commands
+
+print_env() {
+  printf 'export KAFKA_BROKERS=localhost:%s\n' "$KAFKA_PORT"
+  printf 'export DATABASE_URL=postgres://etl:etl@localhost:%s/%s\n' "$PG_PORT" "$PG_USER_DB"
+}
+
+status() {
+  local rc=0
+  if pg_running; then log "postgres: running on localhost:$PG_PORT"; else log "postgres: not running"; rc=3; fi
+  if kafka_pid_alive; then log "kafka: running on localhost:$KAFKA_PORT (pid $(cat "$KAFKA_PID"))"; else log "kafka: not running"; rc=3; fi
+  return "$rc"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  up)
+    mkdir -p "$STATE"
+    start_postgres
+    start_kafka
+    print_env
+    ;;
+  down)
+    stop_kafka
+    stop_postgres
+    ;;
+  status) status ;;
+  env) print_env ;;
+  start-kafka) mkdir -p "$STATE"; start_kafka ;;
+  stop-kafka) stop_kafka ;;
+  start-postgres) mkdir -p "$STATE"; start_postgres ;;
+  stop-postgres) stop_postgres ;;
+  *)
+    echo "usage: $0 up|down|status|env|start-kafka|stop-kafka|start-postgres|stop-postgres" >&2
+    exit 2
+    ;;
+esac
