@@ -100,6 +100,11 @@ impl Application {
         self.status_addr
     }
 
+    /// The service's metrics, shared with the running service (tests read counters directly).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
     /// Runs until `shutdown` is cancelled or `EXTRACT_MAX_FETCHES` is reached, then flushes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let Application {
