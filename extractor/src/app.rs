@@ -5,6 +5,7 @@
 //! Backpressure is the no-loss mechanism: a fetch starts only once the backlog has room, so a
 //! broker outage stops fetching instead of piling up (or dropping) payloads.
 
+use crate::breaker::{self, CircuitBreaker};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::publish::{Publisher, RawMessage};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -130,7 +132,14 @@ impl Application {
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(1);
         let mut publishes: JoinSet<Option<usize>> = JoinSet::new();
         let mut summary = RunSummary::default();
-        let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
+        let mut pacing = Pacing {
+            backoff: Backoff::new(config.backoff_base, config.backoff_max),
+            breaker: CircuitBreaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown,
+                config.backoff_max.max(config.breaker_cooldown),
+            ),
+        };
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fatal: Option<anyhow::Error> = None;
@@ -154,8 +163,7 @@ impl Application {
                 p = backlog.clone().acquire_owned() => p?,
             };
             let Some(fetched) =
-                fetch_until_accepted(&source, &metrics, &mut backoff, &mut summary, &shutdown)
-                    .await
+                fetch_until_accepted(&source, &metrics, &mut pacing, &mut summary, &shutdown).await
             else {
                 break;
             };
@@ -261,11 +269,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn fetch_until_accepted(
     source: &Source,
     metrics: &Metrics,
-    backoff: &mut Backoff,
+    pacing: &mut Pacing,
     summary: &mut RunSummary,
     shutdown: &CancellationToken,
 ) -> Option<Fetched> {
     loop {
+        let wait = pacing.breaker.wait_before_request(Instant::now());
+        metrics.circuit_state.set(pacing.breaker.state().code());
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        if pacing.breaker.state() == breaker::State::HalfOpen {
+            tracing::info!("circuit half-open: probing the API");
+        }
         let timer = metrics.fetch_seconds.start_timer();
         // An in-flight request is finished, not cancelled, on shutdown: its answer may already
         // have counted against the API's quota, and it will be published like any other.
@@ -275,17 +295,34 @@ async fn fetch_until_accepted(
             Ok(f) => {
                 metrics.fetches.with_label_values(&["ok"]).inc();
                 metrics.users_fetched.inc_by(f.users as u64);
-                backoff.reset();
+                if pacing.breaker.state() != breaker::State::Closed {
+                    tracing::info!("API answered; circuit closed");
+                }
+                pacing.breaker.on_success();
+                metrics.circuit_state.set(pacing.breaker.state().code());
+                pacing.backoff.reset();
                 return Some(f);
             }
             Err(e) => {
                 summary.refused += 1;
                 metrics.fetches.with_label_values(&["error"]).inc();
                 metrics.fetch_errors.with_label_values(&[e.kind()]).inc();
-                let delay = backoff
-                    .next_delay()
-                    .max(e.retry_after().unwrap_or_default());
-                tracing::warn!(kind = e.kind(), error = %e, retry_in = ?delay, attempt = backoff.attempts(), "API answer refused; retrying");
+                let now = Instant::now();
+                let opened = pacing.breaker.on_failure(now);
+                let own_delay = if opened {
+                    metrics.circuit_opened.inc();
+                    metrics.circuit_state.set(pacing.breaker.state().code());
+                    pacing.breaker.wait_before_request(now)
+                } else {
+                    pacing.backoff.next_delay()
+                };
+                // The server's Retry-After wins when it asks for longer.
+                let delay = own_delay.max(e.retry_after().unwrap_or_default());
+                if opened {
+                    tracing::warn!(kind = e.kind(), error = %e, cooldown = ?delay, "API answer refused; circuit open");
+                } else {
+                    tracing::warn!(kind = e.kind(), error = %e, retry_in = ?delay, attempt = pacing.backoff.attempts(), "API answer refused; retrying");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
@@ -293,6 +330,12 @@ async fn fetch_until_accepted(
             }
         }
     }
+}
+
+/// How refused answers pace the next request: backoff between failures, and the breaker.
+struct Pacing {
+    backoff: Backoff,
+    breaker: CircuitBreaker,
 }
 
 /// Keeps the `kafka` readiness check current.

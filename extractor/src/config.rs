@@ -44,6 +44,12 @@ pub struct Config {
     /// Longest retry delay.
     #[arg(long = "extract-backoff-max", env = "EXTRACT_BACKOFF_MAX", value_name = "EXTRACT_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// Refused answers in a row that open the circuit breaker (no requests for a cool-down).
+    #[arg(long = "extract-breaker-threshold", env = "EXTRACT_BREAKER_THRESHOLD", value_name = "EXTRACT_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_threshold: u32,
+    /// First cool-down of an open breaker; doubles after each failed probe, up to EXTRACT_BACKOFF_MAX.
+    #[arg(long = "extract-breaker-cooldown", env = "EXTRACT_BREAKER_COOLDOWN", value_name = "EXTRACT_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
     /// Fetched payloads awaiting broker acknowledgement before fetching pauses (the backlog bound).
     #[arg(long = "extract-max-in-flight", env = "EXTRACT_MAX_IN_FLIGHT", value_name = "EXTRACT_MAX_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_in_flight: u32,
@@ -111,6 +117,8 @@ impl Config {
             "--extract-backoff-base",
             "10ms",
             "--extract-backoff-max",
+            "200ms",
+            "--extract-breaker-cooldown",
             "200ms",
         ];
         Ok(Self::try_parse_from(args)?)

@@ -2,12 +2,14 @@
 //! Kafka, at least once and never twice from our own retries.
 //!
 //! - [`config`]: the typed, validated config (clap + env).
+//! - [`breaker`]: the circuit breaker in front of the API.
 //! - [`source`]: one HTTP fetch and the verdict on its answer (accept or a classified error).
 //! - [`publish`]: the idempotent producer and the raw-message contract.
 //! - [`app`]: the schedule, retries, bounded in-flight backlog and graceful shutdown.
 //! - [`metrics`]: the `etl_extractor_*` series.
 
 pub mod app;
+pub mod breaker;
 pub mod config;
 pub mod metrics;
 pub mod publish;

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Unix time of the last acknowledged publish.
     pub last_publish: IntGauge,
+    /// Circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGauge,
+    /// Times the breaker opened.
+    pub circuit_opened: IntCounter,
 }
 
 impl Metrics {
@@ -70,6 +74,16 @@ impl Metrics {
             "etl_extractor_last_publish_timestamp_seconds",
             "Unix time of the last acknowledged publish",
         )?;
+        let circuit_state = IntGauge::new(
+            "etl_extractor_circuit_state",
+            "API circuit breaker: 0 closed, 1 open, 2 half-open",
+        )?;
+        let circuit_opened = IntCounter::new(
+            "etl_extractor_circuit_opened_total",
+            "Times the API circuit breaker opened",
+        )?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(circuit_opened.clone()))?;
         registry.register(Box::new(fetches.clone()))?;
         registry.register(Box::new(fetch_errors.clone()))?;
         registry.register(Box::new(fetch_seconds.clone()))?;
@@ -88,6 +102,8 @@ impl Metrics {
             produce_errors,
             in_flight,
             last_publish,
+            circuit_state,
+            circuit_opened,
         })
     }
 }

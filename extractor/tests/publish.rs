@@ -113,6 +113,13 @@ async fn refused_answers_are_retried_and_never_published() {
     ]);
     assert_eq!(errors, expected);
     assert_eq!(metrics.records_produced.get(), 2);
+    // Threshold 5: the fifth failure opens the breaker; the two half-open probes fail and reopen it.
+    assert_eq!(metrics.circuit_opened.get(), 3);
+    assert_eq!(
+        metrics.circuit_state.get(),
+        0,
+        "closed again after the good answer"
+    );
     assert_eq!(stub.stats().faults.values().sum::<u64>(), 7);
 
     let messages = read_all(&topic, 2).await;

@@ -238,11 +238,22 @@ impl Worker {
         let max_records = self.config.batch_max_records as usize;
         let max_age = self.config.batch_max_age;
         let consumer = self.consumer.clone();
+        let mut sweep = tokio::time::interval(self.config.recovery_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await; // the first tick is immediate; recovery just ran
         loop {
             let deadline = batch.deadline(max_age);
             let flush_now = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = sweep.tick() => {
+                    match self.sinks.recover().await {
+                        Ok(r) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "Parquet staging sweep failed; will retry"),
+                    }
+                    false
+                }
                 _ = sleep_until(deadline) => true,
                 msg = consumer.recv() => match msg {
                     Ok(m) => {
@@ -362,6 +373,7 @@ impl Worker {
             self.dead_letter(p).await?;
         }
         let outcome = self.write(&good).await?;
+        crate::failpoint::hit("after-sinks");
         self.commit(&offsets).await?;
 
         self.metrics.loaded.inc_by(outcome.new_records as u64);
@@ -441,8 +453,40 @@ impl Worker {
         }
     }
 
-    /// Writes to both sinks, waiting out outages with backoff; an outage is never poison.
-    async fn write(&self, good: &[LoadRecord]) -> Result<sink::WriteOutcome, Abandoned> {
+    /// Writes to both sinks, waiting out outages with backoff; an outage is never poison. If
+    /// PostgreSQL refuses the batch's *data*, the batch is written record by record and the
+    /// records it refuses are dead-lettered, so one bad record cannot hold its partition.
+    async fn write(&mut self, good: &[LoadRecord]) -> Result<sink::WriteOutcome, Abandoned> {
+        match self.write_with_retry(good).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                tracing::warn!(error = %e, records = good.len(), "PostgreSQL refused the batch's data; writing it record by record");
+                let mut total = sink::WriteOutcome::default();
+                for record in good {
+                    match self.write_with_retry(std::slice::from_ref(record)).await? {
+                        Ok(outcome) => total.add(outcome),
+                        Err(e) => {
+                            let poison = Poison {
+                                source: record.source.clone(),
+                                error: crate::transform::TransformError::RejectedBySink(
+                                    e.to_string(),
+                                ),
+                            };
+                            self.dead_letter(&poison).await?;
+                            self.summary.dead_lettered += 1;
+                        }
+                    }
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// Writes `records`, retrying outages; returns the data error if PostgreSQL refused the data.
+    async fn write_with_retry(
+        &self,
+        records: &[LoadRecord],
+    ) -> Result<Result<sink::WriteOutcome, SinkError>, Abandoned> {
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
         loop {
@@ -451,7 +495,7 @@ impl Worker {
                     // A failure may have left committed-but-unmoved files: finish them first.
                     self.sinks.recover().await?;
                 }
-                self.sinks.write(good).await
+                self.sinks.write(records).await
             };
             match attempt.await {
                 Ok(outcome) => {
@@ -460,8 +504,9 @@ impl Worker {
                     }
                     self.readiness.set_ok("postgres");
                     self.readiness.set_ok("parquet");
-                    return Ok(outcome);
+                    return Ok(Ok(outcome));
                 }
+                Err(e) if e.is_data_error() => return Ok(Err(e)),
                 Err(e) => {
                     failed_before = true;
                     self.metrics

@@ -125,6 +125,10 @@ pub struct RunConfig {
     /// Longest retry delay.
     #[arg(long = "loader-backoff-max", env = "LOADER_BACKOFF_MAX", value_name = "LOADER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// How often to sweep the Parquet staging area for files a crashed replica committed but
+    /// never moved into place (recovery also runs at start and after any failed write).
+    #[arg(long = "loader-recovery-interval", env = "LOADER_RECOVERY_INTERVAL", value_name = "LOADER_RECOVERY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub recovery_interval: Duration,
     /// Where `/metrics`, `/health` and `/ready` are served.
     #[arg(
         long = "metrics-addr",
@@ -155,6 +159,9 @@ impl RunConfig {
         }
         if self.batch_max_age.is_zero() {
             anyhow::bail!("BATCH_MAX_AGE must be greater than zero");
+        }
+        if self.recovery_interval.is_zero() {
+            anyhow::bail!("LOADER_RECOVERY_INTERVAL must be greater than zero");
         }
         if self.max_record_bytes == 0 {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
@@ -197,6 +204,8 @@ impl RunConfig {
             "50ms",
             "--loader-backoff-max",
             "1s",
+            "--loader-recovery-interval",
+            "2s",
         ])?;
         match cli.command {
             Command::Run(c) => Ok(*c),

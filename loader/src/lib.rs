@@ -7,6 +7,7 @@
 //! - [`sink`]: PostgreSQL + Parquet behind one ledgered write; start-up recovery.
 //! - [`dlq`]: the dead-letter topic.
 //! - [`app`]: the consume → batch → write → commit loop, rebalances and shutdown.
+//! - [`failpoint`]: crash injection for the fault suite (off unless `ETL_FAILPOINTS` is set).
 //! - [`migrate`]: applying and verifying migrations.
 //! - [`metrics`]: the `etl_loader_*` series.
 
@@ -14,6 +15,7 @@ pub mod app;
 pub mod batch;
 pub mod config;
 pub mod dlq;
+pub mod failpoint;
 pub mod metrics;
 pub mod migrate;
 pub mod sink;

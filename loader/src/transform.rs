@@ -101,6 +101,9 @@ pub enum TransformError {
     /// JSON, but not the 1.4 shape.
     #[error("unexpected shape: {0}")]
     WrongShape(String),
+    /// Transformed, but PostgreSQL refused its values (a data error, not an outage).
+    #[error("PostgreSQL refused the record's data: {0}")]
+    RejectedBySink(String),
 }
 
 impl TransformError {
@@ -116,6 +119,7 @@ impl TransformError {
             TransformError::EmptyResults => "empty_results",
             TransformError::LegacyShape { .. } => "legacy_shape",
             TransformError::WrongShape(_) => "wrong_shape",
+            TransformError::RejectedBySink(_) => "rejected_by_sink",
         }
     }
 }

@@ -232,3 +232,66 @@ async fn the_binary_migrates_loads_and_exits_zero_on_sigterm() {
     assert!(exit.success(), "exit status {exit:?}");
     db.drop_db().await;
 }
+
+/// A record the transform accepts but PostgreSQL refuses (an index row too large) is isolated:
+/// it goes to the DLQ as `rejected_by_sink` and the rest of its batch is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_postgres_refuses_is_dead_lettered_not_retried_forever() {
+    let topic = unique("refused");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut hostile: serde_json::Value = serde_json::from_slice(V13).unwrap();
+    let huge: String = (0..2000)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    hostile["results"][3]["login"]["uuid"] = serde_json::Value::String(huge);
+    let hostile = serde_json::to_vec(&hostile).unwrap();
+    produce(&topic, &[V14, &hostile, V13]).await;
+
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(
+        Duration::from_secs(60),
+        "the two good records loaded",
+        || async { db.count("SELECT count(*) FROM processed_data").await == 131 },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "1 dead-lettered", || async {
+        loader
+            .metric("etl_loader_records_dead_lettered_total")
+            .await
+            == 1.0
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!((summary.loaded, summary.dead_lettered), (2, 1));
+    assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 2);
+    assert_eq!(
+        parquet_rows(&data.path().join("processed"), &["raw_id"]).len(),
+        131,
+        "no Parquet row for the refused record"
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&format!("{topic}.dlq")]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let kind = m
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == dlq_header::ERROR_KIND)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(kind.as_deref(), Some("rejected_by_sink"));
+    assert_eq!(m.payload().unwrap(), hostile.as_slice());
+    db.drop_db().await;
+}

@@ -36,6 +36,16 @@ pub struct WriteOutcome {
     pub files_published: usize,
 }
 
+impl WriteOutcome {
+    /// Sums two outcomes (a batch written record by record).
+    pub fn add(&mut self, other: WriteOutcome) {
+        self.new_records += other.new_records;
+        self.duplicate_records += other.duplicate_records;
+        self.users_written += other.users_written;
+        self.files_published += other.files_published;
+    }
+}
+
 /// What start-up recovery did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -59,6 +69,18 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// True when PostgreSQL refused the *data* (SQLSTATE class 22 data exception, 23 integrity
+    /// violation, 54 program limit such as an index row too large): retrying cannot help, and the
+    /// record responsible is poison. Anything else is an outage and is waited out.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            SinkError::Postgres(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        }
+    }
+
     /// The `sink` label.
     pub fn sink(&self) -> &'static str {
         match self {
@@ -111,6 +133,7 @@ impl Sinks {
             .filter(|r| new_ids.contains(&r.raw_id) && seen.insert(r.raw_id))
             .collect();
         let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
+        crate::failpoint::hit("mid-batch");
         let staged = if fresh.is_empty() {
             Vec::new()
         } else {
@@ -128,6 +151,7 @@ impl Sinks {
             self.parquet.discard(&staged).await;
             return Err(e.into());
         }
+        crate::failpoint::hit("after-db-commit");
         let pairs: Vec<(String, String)> = staged
             .iter()
             .map(|f| (f.final_rel.clone(), f.staged_rel.clone()))

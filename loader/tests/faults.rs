@@ -1,0 +1,694 @@
+//! The fault suite: the guarantees of docs/DESIGN.md under real failures — killed loaders,
+//! a stopped broker, a stopped database, replicas joining and leaving, a flaky API, poison.
+//!
+//! Every scenario asserts exact results: each user the stub served is in PostgreSQL and in the
+//! Parquet files exactly once, each poison record is in the DLQ. Scenarios stop the shared broker
+//! and database (through `scripts/dev-services.sh`), so they run one at a time. Each prints a
+//! `RELIABILITY {json}` line and, when `ETL_RELIABILITY_OUT` names a file, appends it there
+//! (`scripts/fault-suite.sh` turns those lines into docs/RELIABILITY.md).
+
+mod support;
+
+use rand::Rng;
+use randomuser_stub::{Fault, FaultPlan, Stub};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Scenarios share the broker and the database, and some stop them: one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const DEV_SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services.sh");
+
+/// What a scenario saw, for docs/RELIABILITY.md.
+#[derive(Debug, Default, serde::Serialize)]
+struct Outcome {
+    scenario: &'static str,
+    records: u64,
+    users: usize,
+    kills: u32,
+    outages: Vec<String>,
+    poison: usize,
+    lost: usize,
+    duplicated: usize,
+    seconds: u64,
+}
+
+impl Outcome {
+    fn report(&self) {
+        let line = serde_json::to_string(self).unwrap_or_default();
+        println!("RELIABILITY {line}");
+        if let Ok(path) = std::env::var("ETL_RELIABILITY_OUT") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+fn services(cmd: &str) {
+    let status = std::process::Command::new("bash")
+        .args([DEV_SERVICES, cmd])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run dev-services.sh");
+    assert!(status.success(), "dev-services.sh {cmd} failed");
+}
+
+/// Stops a service and starts it again when dropped, so a failing scenario cannot leave the
+/// broker or the database down for the ones after it.
+struct Outage {
+    start: &'static str,
+    restarted: bool,
+}
+
+impl Outage {
+    fn begin(stop: &'static str, start: &'static str) -> Outage {
+        services(stop);
+        Outage {
+            start,
+            restarted: false,
+        }
+    }
+
+    fn end(mut self) {
+        services(self.start);
+        self.restarted = true;
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if !self.restarted {
+            services(self.start);
+        }
+    }
+}
+
+/// A loader process, as operators run it.
+fn spawn_loader(
+    db: &TestDb,
+    topic: &str,
+    group: &str,
+    data: &Path,
+    logs: &Path,
+    extra: &[(&str, &str)],
+) -> Child {
+    std::fs::create_dir_all(logs).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("loader.out"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loader"));
+    cmd.arg("run")
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", group)
+        .env("KAFKA_DLQ_TOPIC", format!("{topic}.dlq"))
+        .env("DATA_DIR", data)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("LOG_DIR", "")
+        .env("LOG_LEVEL", "warn,loader=info")
+        .env("BATCH_MAX_RECORDS", "5")
+        .env("BATCH_MAX_AGE", "200ms")
+        .env("LOADER_BACKOFF_BASE", "100ms")
+        .env("LOADER_BACKOFF_MAX", "2s")
+        .env("LOADER_RECOVERY_INTERVAL", "2s")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn loader")
+}
+
+async fn sigterm(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("loader exits within 60 s of SIGTERM")
+        .expect("wait for loader");
+    assert!(exit.success(), "loader exit status after SIGTERM: {exit:?}");
+}
+
+async fn kill9(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// Runs the real extractor in-process until `fetches` accepted fetches are acknowledged.
+fn extractor(
+    url: &str,
+    topic: &str,
+    fetches: u64,
+    results: u32,
+    interval: &str,
+) -> tokio::task::JoinHandle<extractor::RunSummary> {
+    let mut config = extractor::Config::for_test(url, &brokers(), topic).expect("extractor config");
+    config.max_fetches = Some(fetches);
+    config.results = results;
+    config.interval = etl_common::config::parse_duration(interval).unwrap();
+    config.backoff_max = Duration::from_secs(2);
+    tokio::spawn(async move {
+        let app = extractor::Application::build(config)
+            .await
+            .expect("extractor builds");
+        app.run(CancellationToken::new())
+            .await
+            .expect("extractor exits Ok")
+    })
+}
+
+/// Waits until PostgreSQL and Parquet both hold `expected` users and nothing is left staged,
+/// then counts what is lost and what is duplicated in each.
+async fn settle_and_count(
+    db: &TestDb,
+    data: &Path,
+    served: &HashSet<String>,
+    timeout: Duration,
+) -> (usize, usize) {
+    let expected = served.len() as i64;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let db_n = db.count("SELECT count(*) FROM processed_data").await;
+        let staged = db
+            .count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+            .await;
+        let pq_n = parquet_rows(&data.join("processed"), &["user_uuid"]).len() as i64;
+        if db_n >= expected
+            && staged == 0
+            && pq_n >= expected
+            && parquet_files(&data.join("_staging")).is_empty()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("not settled: db={db_n} parquet={pq_n} staged={staged} expected={expected}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let db_uuids: Vec<String> = sqlx::query_scalar("SELECT user_uuid FROM processed_data")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let pq_uuids: Vec<String> = parquet_rows(&data.join("processed"), &["user_uuid"])
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for (name, uuids) in [("PostgreSQL", db_uuids), ("Parquet", pq_uuids)] {
+        let h = histogram(uuids);
+        let dup: usize = h.values().map(|n| n - 1).sum();
+        let missing = served.iter().filter(|u| !h.contains_key(*u)).count();
+        let extra = h.keys().filter(|u| !served.contains(*u)).count();
+        eprintln!(
+            "{name}: {} distinct, {dup} duplicated, {missing} lost, {extra} never served",
+            h.len()
+        );
+        assert_eq!(extra, 0, "{name} holds users the stub never served");
+        lost += missing;
+        duplicated += dup;
+    }
+    (lost, duplicated)
+}
+
+async fn setup(partitions: i32) -> (String, TestDb, tempfile::TempDir) {
+    let topic = unique("fault");
+    create_topic(&topic, partitions).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    (topic, TestDb::new().await, tempfile::tempdir().unwrap())
+}
+
+/// 1. The loader killed (SIGKILL, or aborting itself at a failpoint: mid-batch, between the
+///    database commit and the Parquet move, between the sinks and the offset commit) again and
+///    again while a load of 6,000 users runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_killed_repeatedly_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(4).await;
+    let logs = data.path().join("logs");
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let group = unique("g");
+    let producing = extractor(&stub.url(), &topic, 60, 100, "300ms");
+
+    let failpoints = [
+        "",
+        "mid-batch=0.3",
+        "after-db-commit=0.3",
+        "after-sinks=0.3",
+    ];
+    let mut kills = 0;
+    for i in 0..12 {
+        let fp = failpoints[i % failpoints.len()];
+        let mut loader = spawn_loader(
+            &db,
+            &topic,
+            &group,
+            data.path(),
+            &logs,
+            &[("ETL_FAILPOINTS", fp)],
+        );
+        let wait = Duration::from_millis(rand::rng().random_range(700..2500));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => kill9(&mut loader).await,
+            // Aborted itself at a failpoint: a crash all the same.
+            _ = loader.wait() => {}
+        }
+        kills += 1;
+    }
+    let summary = producing.await.unwrap();
+    let mut last = spawn_loader(&db, &topic, &group, data.path(), &logs, &[]);
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(served.len(), 6000);
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    sigterm(&mut last).await;
+    assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 60);
+    Outcome {
+        scenario: "1. loader killed -9 / aborted at failpoints, 12 times, under load",
+        records: summary.published,
+        users: served.len(),
+        kills,
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(kills >= 10);
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 2. The broker stopped for 30 s mid-load, then started, with both services running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_30_seconds_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.batch_max_records = 5;
+    let loader = RunningLoader::start(config).await;
+    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
+
+    eventually(Duration::from_secs(60), "some users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await >= 200
+    })
+    .await;
+    let outage = Outage::begin("stop-kafka", "start-kafka");
+    let fetched_at_stop = stub.stats().ok;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let fetched_during = stub.stats().ok - fetched_at_stop;
+    let ready_during = reqwest::get(format!("http://{}/ready", loader.status))
+        .await
+        .unwrap()
+        .status();
+    outage.end();
+    let summary = tokio::time::timeout(Duration::from_secs(180), producing)
+        .await
+        .expect("extractor finishes after the broker is back")
+        .unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(served.len(), 2000);
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "2. broker stopped for 30 s mid-load (extractor and loader running)",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "broker 30 s; extractor fetched {fetched_during} responses meanwhile (bounded backlog)"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(
+        fetched_during <= 5,
+        "the extractor stops fetching when its backlog is full ({fetched_during})"
+    );
+    assert_eq!(
+        ready_during, 503,
+        "the loader is not ready without its broker"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 3. PostgreSQL stopped for 30 s mid-load, then started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_for_30_seconds_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.batch_max_records = 5;
+    let loader = RunningLoader::start(config).await;
+    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
+
+    eventually(Duration::from_secs(60), "some users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await >= 200
+    })
+    .await;
+    let outage = Outage::begin("stop-postgres", "start-postgres");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let ready_during = reqwest::get(format!("http://{}/ready", loader.status))
+        .await
+        .unwrap()
+        .status();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    outage.end();
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    let dead = loader
+        .metric("etl_loader_records_dead_lettered_total")
+        .await;
+    let sink_errors = loader.metric("etl_loader_sink_errors_total").await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "3. PostgreSQL stopped for 30 s mid-load",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "database 30 s; {sink_errors} failed writes retried, 0 dead-lettered"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!(
+        ready_during, 503,
+        "the loader is not ready without its database"
+    );
+    assert!(sink_errors > 0.0, "the outage was seen");
+    assert_eq!(dead, 0.0, "an outage is never poison");
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 4. Three loaders in one group, one joining or leaving (gracefully or killed) every few
+///    seconds, under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaders_join_and_leave_under_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(6).await;
+    let logs = data.path().join("logs");
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let group = unique("g");
+    let mut running: Vec<Child> = (0..3)
+        .map(|_| spawn_loader(&db, &topic, &group, data.path(), &logs, &[]))
+        .collect();
+    let producing = extractor(&stub.url(), &topic, 60, 50, "300ms");
+    let mut changes = Vec::new();
+    let mut kills = 0;
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(1500..3500))).await;
+        if running.len() > 1 && (running.len() == 3 || i % 2 == 0) {
+            let mut leaving = running.remove(rand::rng().random_range(0..running.len()));
+            if i % 3 == 0 {
+                kill9(&mut leaving).await;
+                kills += 1;
+                changes.push("killed");
+            } else {
+                sigterm(&mut leaving).await;
+                changes.push("left");
+            }
+        } else {
+            running.push(spawn_loader(&db, &topic, &group, data.path(), &logs, &[]));
+            changes.push("joined");
+        }
+    }
+    let summary = producing.await.unwrap();
+    while running.len() < 2 {
+        running.push(spawn_loader(&db, &topic, &group, data.path(), &logs, &[]));
+    }
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    for mut l in running {
+        sigterm(&mut l).await;
+    }
+    let counts = histogram(changes.iter().copied());
+    Outcome {
+        scenario: "4. three loaders in one group, one joining or leaving every 1.5-3.5 s",
+        records: summary.published,
+        users: served.len(),
+        kills,
+        outages: vec![format!("membership changes: {counts:?}")],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 5. The API failing 30% of requests, in every way it has been seen to fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_api_thirty_percent_failures() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    // Every kind once for certain, then 30% of requests fail with a kind drawn at random.
+    let plan = FaultPlan {
+        script: Fault::ALL_REJECTED.to_vec(),
+        fail_ratio: 0.3,
+        retry_after_secs: 0,
+        ..FaultPlan::default()
+    };
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), plan)
+        .await
+        .unwrap();
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    let summary = extractor(&stub.url(), &topic, 50, 40, "20ms")
+        .await
+        .unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(served.len(), 2000);
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    let dead = loader
+        .metric("etl_loader_records_dead_lettered_total")
+        .await;
+    loader.shutdown().await;
+    let faults = stub.stats().faults;
+    Outcome {
+        scenario: "5. API stub failing 30% of requests (429, 500, 502 HTML, truncated, not JSON, error body, empty results)",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!("{} refused answers: {faults:?}", summary.refused)],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!(summary.published, 50, "only accepted answers are published");
+    assert_eq!(dead, 0.0, "no refused answer reached the topic");
+    for f in Fault::ALL_REJECTED {
+        assert!(
+            faults.get(f.name()).copied().unwrap_or(0) > 0,
+            "{} never answered: {faults:?}",
+            f.name()
+        );
+    }
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 6. Poison of every kind interleaved with good records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_of_every_kind_interleaved_with_good_records() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(1).await;
+    let good: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    let legacy: &[u8] = include_bytes!("../../fixtures/randomuser/v1.0-legacy-6-users.json");
+    let mut huge_uuid: serde_json::Value = serde_json::from_slice(good).unwrap();
+    huge_uuid["results"][0]["login"]["uuid"] = serde_json::Value::String(
+        (0..2000)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect(),
+    );
+    let huge_uuid = serde_json::to_vec(&huge_uuid).unwrap();
+    let too_large = vec![b' '; 300 * 1024];
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("legacy_shape", legacy.to_vec()),
+        ("not_json", b"<html><body>502 Bad Gateway</body></html>".to_vec()),
+        ("not_json", good[..good.len() / 2].to_vec()),
+        ("invalid_utf8", b"\xff\xfe{\"results\":[]}".to_vec()),
+        ("empty_results", br#"{"results":[],"info":{"seed":"d3adb33f","results":1,"page":1,"version":"1.4"}}"#.to_vec()),
+        ("api_error", br#"{"error":"Uh oh, something has gone wrong."}"#.to_vec()),
+        ("wrong_shape", br#"{"results":[{"name":"x"}]}"#.to_vec()),
+        ("unstorable", br#"{"results":[{"name":{"first":"a\u0000","last":"b"},"email":"e","registered":{"date":"2020-01-01T00:00:00Z"}}]}"#.to_vec()),
+        ("too_large", too_large),
+        ("rejected_by_sink", huge_uuid),
+    ];
+    // good, poison, good, poison, ... with a distinct user set per good record.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let mut expected_poison = HashMap::new();
+    let mut served = HashSet::new();
+    let mut offset = 0i64;
+    for (i, (kind, bad)) in poison.iter().enumerate() {
+        let mut doc: serde_json::Value = serde_json::from_slice(good).unwrap();
+        for (j, u) in doc["results"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            let id = format!("good-{i}-{j}");
+            u["login"]["uuid"] = serde_json::Value::String(id.clone());
+            served.insert(id);
+        }
+        let good_i = serde_json::to_vec(&doc).unwrap();
+        for payload in [good_i.as_slice(), bad.as_slice()] {
+            producer
+                .send(
+                    FutureRecord::<str, [u8]>::to(&topic).payload(payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            offset += 1;
+        }
+        expected_poison.insert(offset - 1, (*kind, bad.clone()));
+    }
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.max_record_bytes = 256 * 1024;
+    config.batch_max_records = 7;
+    let loader = RunningLoader::start(config).await;
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(60)).await;
+    eventually(
+        Duration::from_secs(30),
+        "every poison record dead-lettered",
+        || async {
+            loader
+                .metric("etl_loader_records_dead_lettered_total")
+                .await
+                == poison.len() as f64
+        },
+    )
+    .await;
+    loader.shutdown().await;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&format!("{topic}.dlq")]).unwrap();
+    let mut in_dlq = HashMap::new();
+    for _ in 0..poison.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let h: HashMap<String, String> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        let off: i64 = h["etl-dlq-source-offset"].parse().unwrap();
+        in_dlq.insert(
+            off,
+            (
+                h["etl-dlq-error-kind"].clone(),
+                m.payload().unwrap_or_default().to_vec(),
+            ),
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), consumer.recv())
+            .await
+            .is_err(),
+        "nothing else in the DLQ"
+    );
+    let mut missing_poison = 0;
+    for (off, (kind, payload)) in &expected_poison {
+        match in_dlq.get(off) {
+            Some((k, p)) if k == kind && p == payload => {}
+            other => {
+                missing_poison += 1;
+                eprintln!(
+                    "offset {off}: expected {kind}, DLQ has {:?}",
+                    other.map(|(k, _)| k)
+                );
+            }
+        }
+    }
+    Outcome {
+        scenario: "6. poison of every kind interleaved with good records",
+        records: offset as u64,
+        users: served.len(),
+        poison: in_dlq.len(),
+        lost: lost + missing_poison,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!(
+        missing_poison, 0,
+        "every poison record in the DLQ with its kind, byte for byte"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
