@@ -142,6 +142,16 @@ impl Application {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
+            )
             .set("client.id", "randomuser-loader");
         let context = LoaderContext {
             revoked: Mutex::new(Vec::new()),

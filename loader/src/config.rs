@@ -87,6 +87,10 @@ pub struct RunConfig {
         default_value = "loader"
     )]
     pub group_id: String,
+    /// How long the group waits for a silent (crashed) replica before giving its partitions to
+    /// the others. librdkafka sends heartbeats from its own thread, so a busy loader stays alive.
+    #[arg(long = "kafka-session-timeout", env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
     /// Dead-letter topic for poison records.
     #[arg(
         long = "kafka-dlq-topic",
@@ -155,6 +159,11 @@ impl RunConfig {
             anyhow::bail!(
                 "KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC ({})",
                 self.topic
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.session_timeout) {
+            anyhow::bail!(
+                "KAFKA_SESSION_TIMEOUT must be between 1s and 5m (the broker's own limits apply too)"
             );
         }
         if self.batch_max_age.is_zero() {
