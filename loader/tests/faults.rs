@@ -161,11 +161,7 @@ fn extractor(
     results: u32,
     interval: &str,
 ) -> tokio::task::JoinHandle<extractor::RunSummary> {
-    let mut config = extractor::Config::for_test(url, &brokers(), topic).expect("extractor config");
-    config.max_fetches = Some(fetches);
-    config.results = results;
-    config.interval = etl_common::config::parse_duration(interval).unwrap();
-    config.backoff_max = Duration::from_secs(2);
+    let config = extractor_config(url, topic, fetches, results, interval);
     tokio::spawn(async move {
         let app = extractor::Application::build(config)
             .await
@@ -174,6 +170,21 @@ fn extractor(
             .await
             .expect("extractor exits Ok")
     })
+}
+
+fn extractor_config(
+    url: &str,
+    topic: &str,
+    fetches: u64,
+    results: u32,
+    interval: &str,
+) -> extractor::Config {
+    let mut config = extractor::Config::for_test(url, &brokers(), topic).expect("extractor config");
+    config.max_fetches = Some(fetches);
+    config.results = results;
+    config.interval = etl_common::config::parse_duration(interval).unwrap();
+    config.backoff_max = Duration::from_secs(2);
+    config
 }
 
 /// Waits until PostgreSQL and Parquet both hold `expected` users and nothing is left staged,
@@ -314,7 +325,12 @@ async fn broker_down_for_30_seconds_mid_load() {
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.batch_max_records = 5;
     let loader = RunningLoader::start(config).await;
-    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
+    let app = extractor::Application::build(extractor_config(&stub.url(), &topic, 60, 50, "500ms"))
+        .await
+        .unwrap();
+    let extractor_status = app.status_addr();
+    let in_flight = app.metrics().in_flight;
+    let producing = tokio::spawn(app.run(CancellationToken::new()));
 
     eventually(Duration::from_secs(60), "some users loaded", || async {
         db.count("SELECT count(*) FROM processed_data").await >= 200
@@ -322,9 +338,17 @@ async fn broker_down_for_30_seconds_mid_load() {
     .await;
     let outage = Outage::begin("stop-kafka", "start-kafka");
     let fetched_at_stop = stub.stats().ok;
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let fetched_at_20s = stub.stats().ok;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let fetched_during = stub.stats().ok - fetched_at_stop;
+    let paused = stub.stats().ok == fetched_at_20s;
+    let backlog_during = in_flight.get();
     let ready_during = reqwest::get(format!("http://{}/ready", loader.status))
+        .await
+        .unwrap()
+        .status();
+    let extractor_ready_during = reqwest::get(format!("http://{extractor_status}/ready"))
         .await
         .unwrap()
         .status();
@@ -332,9 +356,10 @@ async fn broker_down_for_30_seconds_mid_load() {
     let summary = tokio::time::timeout(Duration::from_secs(180), producing)
         .await
         .expect("extractor finishes after the broker is back")
-        .unwrap();
+        .unwrap()
+        .expect("extractor exits Ok");
     let served: HashSet<String> = stub.served_uuids().into_iter().collect();
-    assert_eq!(served.len(), 2000);
+    assert_eq!(served.len(), 3000);
     let (lost, duplicated) =
         settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
     loader.shutdown().await;
@@ -343,7 +368,7 @@ async fn broker_down_for_30_seconds_mid_load() {
         records: summary.published,
         users: served.len(),
         outages: vec![format!(
-            "broker 30 s; extractor fetched {fetched_during} responses meanwhile (bounded backlog)"
+            "broker 30 s; the extractor fetched {fetched_during} more responses, then paused with its backlog full ({backlog_during} awaiting the broker)"
         )],
         lost,
         duplicated,
@@ -351,9 +376,16 @@ async fn broker_down_for_30_seconds_mid_load() {
         ..Outcome::default()
     }
     .report();
+    // EXTRACT_MAX_IN_FLIGHT is 4: it fills its backlog, then stops fetching instead of dropping.
     assert!(
-        fetched_during <= 5,
-        "the extractor stops fetching when its backlog is full ({fetched_during})"
+        fetched_during <= 4,
+        "fetched during the outage: {fetched_during}"
+    );
+    assert!(paused, "no fetch in the last 10 s of the outage");
+    assert_eq!(backlog_during, 4, "the backlog is full and held");
+    assert_eq!(
+        extractor_ready_during, 503,
+        "the extractor is not ready without its broker"
     );
     assert_eq!(
         ready_during, 503,
