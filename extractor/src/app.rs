@@ -235,6 +235,7 @@ impl Application {
         }
         let unsent: Vec<(Uuid, usize)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
         if !unsent.is_empty() {
+            publisher.abandon();
             let users: usize = unsent.iter().map(|(_, n)| n).sum();
             let ids: Vec<String> = unsent.iter().map(|(id, _)| id.to_string()).collect();
             tracing::error!(

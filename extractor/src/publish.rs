@@ -10,7 +10,7 @@ use etl_common::contract::{self, header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use std::time::Duration;
 use uuid::Uuid;
@@ -127,6 +127,13 @@ impl Publisher {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+
+    /// Gives up on everything not yet acknowledged (after the shutdown grace), so the producer
+    /// can be closed while the broker is unreachable instead of waiting for it forever.
+    pub fn abandon(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
     }
 
     /// Waits up to `timeout` for everything queued to be acknowledged.

@@ -724,3 +724,106 @@ async fn poison_of_every_kind_interleaved_with_good_records() {
     assert_eq!((lost, duplicated), (0, 0));
     db.drop_db().await;
 }
+
+/// 7. The data directory unwritable for 10 s mid-load (its staging area replaced by a file):
+///    the loader holds the batch, reports `parquet` not ready, and resumes without loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_unwritable_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.batch_max_records = 5;
+    let loader = RunningLoader::start(config).await;
+    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
+    eventually(Duration::from_secs(60), "some users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await >= 200
+    })
+    .await;
+    // Root ignores permission bits, so break the directory itself: staging becomes a file.
+    let staging = data.path().join("_staging");
+    let away = data.path().join("_staging.away");
+    std::fs::rename(&staging, &away).unwrap();
+    std::fs::write(&staging, b"not a directory").unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ready = reqwest::get(format!("http://{}/ready", loader.status))
+        .await
+        .unwrap();
+    let ready_status = ready.status();
+    let ready_body = ready.text().await.unwrap();
+    std::fs::remove_file(&staging).unwrap();
+    std::fs::rename(&away, &staging).unwrap();
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    let dead = loader
+        .metric("etl_loader_records_dead_lettered_total")
+        .await;
+    let parquet_errors = loader.metric("etl_loader_sink_errors_total").await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "7. data directory unwritable for 10 s mid-load",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "DATA_DIR 10 s; {parquet_errors} failed writes retried, 0 dead-lettered"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!(ready_status, 503, "{ready_body}");
+    assert!(!ready_body.contains(r#""parquet":"ok""#), "{ready_body}");
+    assert!(parquet_errors > 0.0);
+    assert_eq!(dead, 0.0, "an outage is never poison");
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// SIGTERM while the broker is down: the extractor waits its grace period, then says what it
+/// could not send (and exits non-zero) instead of pretending all is well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extractor_stopped_during_a_broker_outage_reports_what_it_could_not_send() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique("fault");
+    create_topic(&topic, 1).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = extractor_config(&stub.url(), &topic, u64::MAX, 10, "100ms");
+    config.max_fetches = None;
+    config.shutdown_grace = Duration::from_secs(2);
+    let app = extractor::Application::build(config).await.unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(app.run(stop.clone()));
+    eventually(
+        Duration::from_secs(30),
+        "a few fetches published",
+        || async { stub.stats().ok >= 3 },
+    )
+    .await;
+    let outage = Outage::begin("stop-kafka", "start-kafka");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    outage.end();
+    let err = result.expect_err("unsent payloads make the run fail");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("were not acknowledged within EXTRACT_SHUTDOWN_GRACE"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("4 fetched payloads (40 users)"),
+        "the full backlog is reported: {text}"
+    );
+}
