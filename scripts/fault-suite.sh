@@ -27,6 +27,6 @@ print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
 for r in rows:
     outages = "; ".join(r["outages"]) or "-"
     print(f"| {r['scenario']} | {r['records']} | {r['users']} | {r['kills']} | {outages} | {r['poison']} | {r['lost']} | {r['duplicated']} | {r['seconds']} |")
-print("\nWhat each failure looks like in logs and metrics is in the README, section *Operating it*.")
+print("\nThe suite also stops the broker under a running extractor and sends it SIGTERM: after `EXTRACT_SHUTDOWN_GRACE` it reports the 4 payloads of its full backlog as not acknowledged (by fetch id in the log) and exits non-zero.\n\nWhat each failure looks like in logs and metrics is in the README, section *Operating it*.")
 PY
 echo "wrote docs/RELIABILITY.md" >&2
