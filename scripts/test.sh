@@ -28,10 +28,10 @@ if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
   log "cargo test (unit, integration and the fault suite, against the real broker and database)"
   cargo test --workspace --locked --no-fail-fast
 else
-  # The fault suite stops and starts the broker and the database through dev-services.sh, which
-  # it cannot do to services it did not start: everything else runs against yours.
+  # The fault suite stops and starts the broker and the database through dev-services.sh, and
+  # the Kafka-tools test uses the jars it resolved: everything else runs against your services.
   log "cargo test (unit and integration; the fault suite needs scripts/dev-services.sh)"
   cargo test --workspace --locked --no-fail-fast --exclude loader
-  cargo test --locked --no-fail-fast -p loader --lib --bins --test pipeline --test service --test sinks
+  cargo test --locked --no-fail-fast -p loader --lib --bins --test pipeline --test service --test sinks --test replay
 fi
 log "all green in $(( $(date +%s) - started ))s"

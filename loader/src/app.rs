@@ -20,8 +20,9 @@ use etl_common::status::{self, Readiness};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -115,12 +116,38 @@ pub struct Application {
     status_addr: SocketAddr,
     status_server: StatusFuture,
     status_stop: CancellationToken,
+    range: Option<Range>,
+}
+
+/// A bounded read for a backfill: per partition, the first offset and the end (exclusive).
+#[derive(Debug, Clone)]
+struct Range {
+    ends: BTreeMap<i32, i64>,
+    total: i64,
 }
 
 impl Application {
     /// Validates the config, creates the clients and binds the status endpoint. Connects to
     /// nothing yet: outages at start are waited out by [`Application::run`].
     pub async fn build(config: RunConfig) -> anyhow::Result<Self> {
+        Self::build_inner(config, None).await
+    }
+
+    /// A loader that reads exactly `[starts[p], ends[p])` of every partition of `KAFKA_TOPIC`
+    /// (assigned, not subscribed: no rebalancing), commits under its own group, and returns
+    /// from [`Application::run`] once every partition reached its end.
+    pub async fn build_range(
+        config: RunConfig,
+        starts: BTreeMap<i32, i64>,
+        ends: BTreeMap<i32, i64>,
+    ) -> anyhow::Result<Self> {
+        Self::build_inner(config, Some((starts, ends))).await
+    }
+
+    async fn build_inner(
+        config: RunConfig,
+        range: Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)>,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new()?;
         let readiness = Readiness::default();
@@ -140,7 +167,10 @@ impl Application {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.partition.eof", "false")
+            .set(
+                "enable.partition.eof",
+                if range.is_some() { "true" } else { "false" },
+            )
             .set("statistics.interval.ms", "10000")
             .set(
                 "session.timeout.ms",
@@ -160,9 +190,34 @@ impl Application {
         let consumer: LoaderConsumer = cfg
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
-        consumer
-            .subscribe(&[&config.topic])
-            .map_err(|e| anyhow::anyhow!("KAFKA_TOPIC={}: cannot subscribe: {e}", config.topic))?;
+        let range = match range {
+            None => {
+                consumer.subscribe(&[&config.topic]).map_err(|e| {
+                    anyhow::anyhow!("KAFKA_TOPIC={}: cannot subscribe: {e}", config.topic)
+                })?;
+                None
+            }
+            Some((starts, ends)) => {
+                let mut tpl = TopicPartitionList::new();
+                let mut remaining = BTreeMap::new();
+                let mut total = 0;
+                for (p, start) in &starts {
+                    let end = ends.get(p).copied().unwrap_or(*start);
+                    if end > *start {
+                        tpl.add_partition_offset(&config.topic, *p, Offset::Offset(*start))?;
+                        remaining.insert(*p, end);
+                        total += end - start;
+                    }
+                }
+                consumer.assign(&tpl).map_err(|e| {
+                    anyhow::anyhow!("KAFKA_TOPIC={}: cannot assign the range: {e}", config.topic)
+                })?;
+                Some(Range {
+                    ends: remaining,
+                    total,
+                })
+            }
+        };
 
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
@@ -192,6 +247,7 @@ impl Application {
             status_addr,
             status_server: Box::pin(server),
             status_stop,
+            range,
         })
     }
 
@@ -213,6 +269,7 @@ impl Application {
             readiness: self.readiness,
             shutdown,
             summary: RunSummary::default(),
+            range: self.range,
         };
         let result = worker.run().await;
         self.status_stop.cancel();
@@ -237,9 +294,46 @@ struct Worker {
     readiness: Readiness,
     shutdown: CancellationToken,
     summary: RunSummary,
+    range: Option<Range>,
 }
 
 impl Worker {
+    /// In a bounded read, whether `record` is inside the range; a partition whose end is
+    /// reached is paused and dropped from the remaining set.
+    fn in_range(&mut self, record: &batch::SourceRecord) -> bool {
+        let Some(range) = &mut self.range else {
+            return true;
+        };
+        let Some(end) = range.ends.get(&record.partition).copied() else {
+            return false;
+        };
+        if record.offset + 1 >= end {
+            self.finish_partition(record.partition);
+        }
+        record.offset < end
+    }
+
+    fn finish_partition(&mut self, partition: i32) {
+        let Some(range) = &mut self.range else { return };
+        if range.ends.remove(&partition).is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.config.topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::debug!(error = %e, partition, "cannot pause a finished partition");
+            }
+            tracing::info!(
+                partition,
+                remaining = range.ends.len(),
+                "partition reached the end of the range"
+            );
+        }
+    }
+
+    /// True when a bounded read has nothing left to read.
+    fn range_done(&self) -> bool {
+        self.range.as_ref().is_some_and(|r| r.ends.is_empty())
+    }
+
     async fn run(&mut self) -> anyhow::Result<()> {
         if !self.prepare_database().await {
             return Ok(());
@@ -251,11 +345,20 @@ impl Worker {
         let mut sweep = tokio::time::interval(self.config.recovery_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await; // the first tick is immediate; recovery just ran
+        let mut progress = Progress::new(self.range.as_ref().map_or(0, |r| r.total));
+        if self.range_done() {
+            tracing::info!("backfill range is empty: nothing to load");
+            return Ok(());
+        }
         loop {
             let deadline = batch.deadline(max_age);
             let flush_now = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = progress.tick(), if self.range.is_some() => {
+                    progress.log(self.summary.consumed);
+                    false
+                }
                 _ = sweep.tick() => {
                     match self.sinks.recover().await {
                         Ok(r) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
@@ -269,10 +372,16 @@ impl Worker {
                     Ok(m) => {
                         let record = batch::SourceRecord::from_message(&m.detach());
                         self.readiness.set_ok("kafka");
-                        self.metrics.consumed.inc();
-                        self.summary.consumed += 1;
-                        batch.push(record);
-                        false
+                        if self.in_range(&record) {
+                            self.metrics.consumed.inc();
+                            self.summary.consumed += 1;
+                            batch.push(record);
+                        }
+                        self.range_done()
+                    }
+                    Err(KafkaError::PartitionEOF(p)) => {
+                        self.finish_partition(p);
+                        self.range_done()
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Kafka consumer error");
@@ -285,6 +394,10 @@ impl Worker {
             if (flush_now || batch.len() >= max_records)
                 && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
             {
+                break;
+            }
+            if self.range_done() && batch.is_empty() {
+                tracing::info!(records = self.summary.consumed, "backfill range complete");
                 break;
             }
         }
@@ -545,14 +658,18 @@ impl Worker {
         &self,
         offsets: &std::collections::BTreeMap<(String, i32), i64>,
     ) -> Result<(), Abandoned> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+        let by = format!("loader {}", std::process::id());
+        let tpl = match crate::replay::commit_list(
+            offsets.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
+            &by,
+        ) {
+            Ok(tpl) => tpl,
+            Err(e) => {
                 tracing::error!(error = %e, "cannot build the commit list");
                 self.metrics.commit_errors.inc();
                 return Ok(());
             }
-        }
+        };
         let consumer = self.consumer.clone();
         let result =
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
@@ -570,6 +687,53 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Backfill progress as periodic log lines: records, rate, ETA.
+struct Progress {
+    total: i64,
+    started: Instant,
+    every: tokio::time::Interval,
+}
+
+impl Progress {
+    fn new(total: i64) -> Self {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            total,
+            started: Instant::now(),
+            every,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.every.tick().await;
+    }
+
+    fn log(&self, done: u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let left = (self.total - done as i64).max(0) as f64;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", left / rate)
+        } else {
+            "?".to_string()
+        };
+        let pct = if self.total > 0 {
+            100.0 * done as f64 / self.total as f64
+        } else {
+            100.0
+        };
+        tracing::info!(
+            records = done,
+            total = self.total,
+            percent = format!("{pct:.1}"),
+            per_second = format!("{rate:.1}"),
+            eta,
+            "backfill progress"
+        );
     }
 }
 

@@ -8,16 +8,20 @@
 //! - [`dlq`]: the dead-letter topic.
 //! - [`app`]: the consume → batch → write → commit loop, rebalances and shutdown.
 //! - [`failpoint`]: crash injection for the fault suite (off unless `ETL_FAILPOINTS` is set).
+//! - [`replay`]: positions, group offsets and replay plans (`loader replay|status|backfill`).
+//! - [`commands`]: `loader replay`, `status` and `backfill`.
 //! - [`migrate`]: applying and verifying migrations.
 //! - [`metrics`]: the `etl_loader_*` series.
 
 pub mod app;
 pub mod batch;
+pub mod commands;
 pub mod config;
 pub mod dlq;
 pub mod failpoint;
 pub mod metrics;
 pub mod migrate;
+pub mod replay;
 pub mod sink;
 pub mod transform;
 

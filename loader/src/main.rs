@@ -10,6 +10,9 @@ async fn main() -> ExitCode {
     let log = match &cli.command {
         Command::Run(c) => &c.log,
         Command::Migrate(c) => &c.log,
+        Command::Replay(c) => &c.log,
+        Command::Status(c) => &c.log,
+        Command::Backfill(c) => &c.run.log,
     };
     let _guard = match etl_common::telemetry::init("loader", log) {
         Ok(g) => g,
@@ -21,6 +24,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(config) => run(*config).await,
         Command::Migrate(config) => migrate(config).await,
+        Command::Replay(args) => blocking(move || loader::commands::replay(&args)).await,
+        Command::Status(args) => blocking(move || loader::commands::status(&args)).await,
+        Command::Backfill(args) => backfill(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +42,24 @@ async fn run(config: loader::RunConfig) -> anyhow::Result<()> {
     let app = loader::Application::build(config).await?;
     let summary = app.run(shutdown).await?;
     tracing::info!(?summary, "loader stopped");
+    Ok(())
+}
+
+async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("command task failed: {e}"))?
+}
+
+async fn backfill(args: loader::config::BackfillArgs) -> anyhow::Result<()> {
+    let shutdown = etl_common::shutdown::on_signal();
+    let app = loader::commands::backfill_app(args).await?;
+    let summary = app.run(shutdown).await?;
+    tracing::info!(?summary, "backfill finished");
+    println!(
+        "backfill finished: {} records read, {} loaded, {} already loaded, {} dead-lettered",
+        summary.consumed, summary.loaded, summary.duplicates, summary.dead_lettered
+    );
     Ok(())
 }
 

@@ -1,0 +1,136 @@
+//! `loader replay`, `loader status` and `loader backfill`: the operator's offset tools.
+
+use crate::app::Application;
+use crate::config::{BackfillArgs, ReplayArgs, StatusArgs};
+use crate::replay::{GroupOffsets, Position, render_plan};
+use std::collections::BTreeMap;
+
+/// Prints the plan; with `--execute`, moves the group (refused while it has members).
+pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let offsets = GroupOffsets::new(&t.kafka, &t.group, &t.topic)?;
+    let partitions = offsets.partitions(args.partitions.as_deref())?;
+    let (members, known) = offsets.members()?;
+    let plan = offsets.plan(&args.to, &partitions)?;
+    if !known && plan.iter().all(|p| p.current.is_none()) {
+        anyhow::bail!(
+            "group {} is unknown: it has no committed offsets on topic {} (check --group / KAFKA_GROUP_ID)",
+            t.group,
+            t.topic
+        );
+    }
+    print!(
+        "{}",
+        render_plan(&t.topic, &t.group, &format!("{:?}", args.to), &plan)
+    );
+    if !args.execute {
+        println!("dry run: nothing changed; add --execute to move the offsets");
+        return Ok(());
+    }
+    if members > 0 {
+        anyhow::bail!(
+            "group {} has {members} active member(s): stop its loaders first; offsets cannot be moved under a running group",
+            t.group
+        );
+    }
+    let targets: BTreeMap<i32, i64> = plan.iter().map(|p| (p.partition, p.target)).collect();
+    offsets.commit(&targets)?;
+    tracing::info!(group = %t.group, topic = %t.topic, to = ?args.to, "offsets moved");
+    println!("offsets moved: the group resumes from the new offsets when its loaders start");
+    Ok(())
+}
+
+/// Prints per partition the committed offset, end offset, lag and last commit time.
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let offsets = GroupOffsets::new(&t.kafka, &t.group, &t.topic)?;
+    let partitions = offsets.partitions(None)?;
+    let committed = offsets.committed(&partitions)?;
+    let (members, known) = offsets.members()?;
+    if !known && committed.values().all(|c| c.offset.is_none()) {
+        anyhow::bail!(
+            "group {} is unknown: it has no committed offsets on topic {}",
+            t.group,
+            t.topic
+        );
+    }
+    let mut rows = Vec::new();
+    for p in &partitions {
+        let (low, high) = offsets.watermarks(*p)?;
+        let c = committed
+            .get(p)
+            .cloned()
+            .unwrap_or(crate::replay::Committed {
+                offset: None,
+                committed_at: None,
+            });
+        let lag = high - c.offset.unwrap_or(low).max(low);
+        rows.push(serde_json::json!({
+            "partition": p,
+            "committed": c.offset,
+            "end": high,
+            "lag": lag,
+            "last_commit": c.committed_at,
+        }));
+    }
+    let total: i64 = rows.iter().filter_map(|r| r["lag"].as_i64()).sum();
+    if args.json {
+        let doc = serde_json::json!({
+            "group": t.group, "topic": t.topic, "members": members, "total_lag": total, "partitions": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "group {}, topic {}, {members} active member(s)",
+            t.group, t.topic
+        );
+        println!("partition  committed  end        lag        last commit");
+        for r in &rows {
+            println!(
+                "{:<10} {:<10} {:<10} {:<10} {}",
+                r["partition"],
+                r["committed"]
+                    .as_i64()
+                    .map_or("none".to_string(), |v| v.to_string()),
+                r["end"],
+                r["lag"],
+                r["last_commit"].as_str().unwrap_or("-")
+            );
+        }
+        println!("total lag: {total}");
+    }
+    Ok(())
+}
+
+/// Resolves the range and builds a loader that reads exactly it, under its own group.
+pub async fn backfill_app(args: BackfillArgs) -> anyhow::Result<Application> {
+    if matches!(args.to, Some(Position::Earliest)) {
+        anyhow::bail!("--to earliest is an empty range");
+    }
+    let mut config = args.run;
+    let group = args.group.clone().unwrap_or_else(|| {
+        format!(
+            "backfill-{}-{}",
+            config.topic,
+            chrono::Utc::now().timestamp()
+        )
+    });
+    config.group_id = group.clone();
+    let (kafka, topic, from, to) = (
+        config.kafka.clone(),
+        config.topic.clone(),
+        args.from.clone(),
+        args.to.clone(),
+    );
+    let (starts, ends) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let offsets = GroupOffsets::new(&kafka, &group, &topic)?;
+        let partitions = offsets.partitions(None)?;
+        let starts = offsets.resolve(&from, &partitions)?;
+        let ends = offsets.resolve(to.as_ref().unwrap_or(&Position::Latest), &partitions)?;
+        Ok((starts, ends))
+    })
+    .await??;
+    let total: i64 = starts.iter().map(|(p, s)| (ends[p] - s).max(0)).sum();
+    tracing::info!(group = %config.group_id, topic = %config.topic, ?starts, ?ends, records = total, "backfill range resolved");
+    Application::build_range(config, starts, ends).await
+}
