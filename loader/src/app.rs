@@ -42,6 +42,8 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Records recomputed by `--reprocess`.
+    pub reprocessed: u64,
 }
 
 /// librdkafka callbacks: revocations for the run loop, statistics for the lag gauge.
@@ -527,12 +529,14 @@ impl Worker {
         self.summary.duplicates += outcome.duplicate_records as u64;
         self.summary.dead_lettered += poison.len() as u64;
         self.summary.batches += 1;
+        self.summary.reprocessed += outcome.reprocessed_records as u64;
         tracing::info!(
             records = n,
             new = outcome.new_records,
             duplicates = outcome.duplicate_records,
             dead_lettered = poison.len(),
             users = outcome.users_written,
+            reprocessed = outcome.reprocessed_records,
             files = outcome.files_published,
             ms = started.elapsed().as_millis() as u64,
             "batch committed"
@@ -618,7 +622,7 @@ impl Worker {
                     // A failure may have left committed-but-unmoved files: finish them first.
                     self.sinks.recover().await?;
                 }
-                self.sinks.write(records).await
+                self.sinks.write_with(records, self.config.reprocess).await
             };
             match attempt.await {
                 Ok(outcome) => {

@@ -198,6 +198,15 @@ pub struct RunConfig {
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_record_bytes: usize,
+    /// Recompute records that are already loaded (after a transform change): their rows are
+    /// updated in place and the Parquet files holding them rewritten. Off: re-delivered records
+    /// change nothing.
+    #[arg(
+        long = "reprocess",
+        env = "LOADER_REPROCESS",
+        value_name = "LOADER_REPROCESS"
+    )]
+    pub reprocess: bool,
     /// Do not apply migrations at start (when a migrate Job owns them).
     #[arg(
         long = "skip-migrations",

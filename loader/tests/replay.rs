@@ -352,3 +352,116 @@ async fn backfill_bounds_are_respected() {
     assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 2);
     db.drop_db().await;
 }
+
+/// `--reprocess` (after a transform change): rows recomputed in place, Parquet files rewritten
+/// in place, nothing duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocess_updates_rows_in_place_and_rewrites_their_parquet_files() {
+    let stub = stub().await;
+    let topic = unique("reprocess");
+    create_topic(&topic, 2).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    run_extractor(&stub.url(), &topic, 3, 10).await;
+    load_all(&db, &topic, &unique("g"), data.path(), 30).await;
+    let files_before = parquet_files(data.path());
+    // What an older transform left behind.
+    sqlx::query(
+        "UPDATE processed_data SET full_name = 'stale', processed_at = '2000-01-01T00:00:00Z'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let created_before: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT user_uuid, created_at FROM processed_data ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let started = chrono::Utc::now();
+
+    let mut run = loader_config(&db, &topic, "ignored", data.path());
+    run.reprocess = true;
+    let args = BackfillArgs {
+        from: Position::Earliest,
+        to: None,
+        group: None,
+        run,
+    };
+    let app = loader::commands::backfill_app(args).await.unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        app.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (summary.loaded, summary.duplicates, summary.reprocessed),
+        (0, 3, 3)
+    );
+
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 30);
+    assert_eq!(
+        db.count("SELECT count(*) FROM processed_data WHERE full_name = 'stale'")
+            .await,
+        0
+    );
+    let after: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT user_uuid, created_at FROM processed_data ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        after, created_before,
+        "updated in place: same rows, created_at kept"
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM processed_data WHERE processed_at < now() - interval '1 hour'"
+        )
+        .await,
+        0
+    );
+
+    assert_eq!(
+        parquet_files(data.path()),
+        files_before,
+        "the same files, rewritten in place"
+    );
+    let rows = parquet_rows(
+        &data.path().join("processed"),
+        &["user_uuid", "full_name", "processed_at"],
+    );
+    assert_eq!(rows.len(), 30);
+    assert_eq!(
+        histogram(rows.iter().map(|r| r[0].clone())).len(),
+        30,
+        "no duplicates"
+    );
+    let db_names: HashSet<(String, String)> =
+        sqlx::query_as("SELECT user_uuid, full_name FROM processed_data")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let pq_names: HashSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(pq_names, db_names);
+    for r in &rows {
+        let at = chrono::DateTime::parse_from_rfc3339(r[2].as_deref().unwrap()).unwrap();
+        assert!(
+            at >= started - chrono::Duration::seconds(1),
+            "Parquet rewritten by the reprocess: {at}"
+        );
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+            .await,
+        0
+    );
+    assert!(parquet_files(&data.path().join("_staging")).is_empty());
+    db.drop_db().await;
+}

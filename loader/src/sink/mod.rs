@@ -17,7 +17,7 @@ pub mod postgres;
 
 use crate::batch::LoadRecord;
 use chrono::Utc;
-use parquet::ParquetSink;
+use parquet::{ParquetSink, StagedFile};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::collections::HashSet;
@@ -34,6 +34,8 @@ pub struct WriteOutcome {
     pub users_written: u64,
     /// Parquet files moved into place.
     pub files_published: usize,
+    /// Records recomputed by `--reprocess` (rows updated in place, files rewritten).
+    pub reprocessed_records: usize,
 }
 
 impl WriteOutcome {
@@ -43,6 +45,7 @@ impl WriteOutcome {
         self.duplicate_records += other.duplicate_records;
         self.users_written += other.users_written;
         self.files_published += other.files_published;
+        self.reprocessed_records += other.reprocessed_records;
     }
 }
 
@@ -119,6 +122,17 @@ impl Sinks {
 
     /// Writes a batch of decoded records to both sinks (see the module docs for the protocol).
     pub async fn write(&self, records: &[LoadRecord]) -> Result<WriteOutcome, SinkError> {
+        self.write_with(records, false).await
+    }
+
+    /// As [`Sinks::write`]; with `reprocess`, records already loaded are transformed again:
+    /// their processed rows are updated in place and every processed Parquet file holding them
+    /// is rewritten whole (all its records recomputed) and atomically replaced.
+    pub async fn write_with(
+        &self,
+        records: &[LoadRecord],
+        reprocess: bool,
+    ) -> Result<WriteOutcome, SinkError> {
         if records.is_empty() {
             return Ok(WriteOutcome::default());
         }
@@ -127,14 +141,14 @@ impl Sinks {
         postgres::lock_ledger_shared(&mut tx).await?;
         let new_ids = postgres::insert_raw(&mut tx, records, now).await?;
         // A record can appear twice in one batch (re-fetched after a rebalance): write it once.
-        let mut seen = HashSet::with_capacity(new_ids.len());
-        let fresh: Vec<&LoadRecord> = records
+        let mut seen = HashSet::with_capacity(records.len());
+        let (fresh, known): (Vec<&LoadRecord>, Vec<&LoadRecord>) = records
             .iter()
-            .filter(|r| new_ids.contains(&r.raw_id) && seen.insert(r.raw_id))
-            .collect();
+            .filter(|r| seen.insert(r.raw_id))
+            .partition(|r| new_ids.contains(&r.raw_id));
         let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
         crate::failpoint::hit("mid-batch");
-        let staged = if fresh.is_empty() {
+        let mut staged = if fresh.is_empty() {
             Vec::new()
         } else {
             self.parquet
@@ -142,8 +156,27 @@ impl Sinks {
                 .await
                 .map_err(SinkError::Parquet)?
         };
+        let mut reprocessed = 0;
+        if reprocess && !known.is_empty() {
+            match self.reprocess(&mut tx, &known, now).await {
+                Ok((n, files)) => {
+                    reprocessed = n;
+                    staged.extend(files);
+                }
+                Err(e) => {
+                    self.parquet.discard(&staged).await;
+                    return Err(e);
+                }
+            }
+        }
+        let (new_files, rewritten): (Vec<StagedFile>, Vec<StagedFile>) =
+            staged.iter().cloned().partition(|f| !f.replaces);
         let committed = async {
-            postgres::register_files(&mut tx, &staged).await?;
+            postgres::register_files(&mut tx, &new_files).await?;
+            for f in &rewritten {
+                postgres::restage_file(&mut tx, f).await?;
+            }
+            postgres::link_files(&mut tx, &new_files).await?;
             tx.commit().await
         }
         .await;
@@ -167,7 +200,53 @@ impl Sinks {
             duplicate_records: records.len() - fresh.len(),
             users_written,
             files_published: finals.len(),
+            reprocessed_records: reprocessed,
         })
+    }
+
+    /// Recomputes `known` records (and every other record sharing a processed file with them):
+    /// rows upserted in the transaction, rewritten files staged. Returns records recomputed.
+    async fn reprocess(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        known: &[&LoadRecord],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(usize, Vec<StagedFile>), SinkError> {
+        let ids: Vec<uuid::Uuid> = known.iter().map(|r| r.raw_id).collect();
+        let files = postgres::processed_files_of(tx, &ids).await?;
+        let mut covered = HashSet::new();
+        let mut restaged = Vec::new();
+        let mut count = 0;
+        for path in files {
+            let sources = postgres::records_in_file(tx, &path).await?;
+            let (records, poison) = crate::batch::decode(sources, usize::MAX, now);
+            if let Some(p) = poison.first() {
+                // The new transform refuses a record it accepted before: keep the old output.
+                tracing::error!(file = %path, offset = p.source.offset, error = %p.error, "reprocess: the transform now refuses a loaded record; its file is left as it was");
+                continue;
+            }
+            let refs: Vec<&LoadRecord> = records.iter().collect();
+            postgres::upsert_processed(tx, &refs, now).await?;
+            restaged.push(
+                self.parquet
+                    .restage_processed(&path, &refs)
+                    .await
+                    .map_err(SinkError::Parquet)?,
+            );
+            covered.extend(records.iter().map(|r| r.raw_id));
+            count += records.len();
+        }
+        // Records loaded before files were linked to records: rows only.
+        let rest: Vec<&LoadRecord> = known
+            .iter()
+            .copied()
+            .filter(|r| !covered.contains(&r.raw_id))
+            .collect();
+        if !rest.is_empty() {
+            postgres::upsert_processed(tx, &rest, now).await?;
+            count += rest.len();
+        }
+        Ok((count, restaged))
     }
 
     /// Finishes registered staged files and removes unregistered ones, holding the ledger lock

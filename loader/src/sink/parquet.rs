@@ -61,6 +61,10 @@ pub struct StagedFile {
     pub staged_rel: String,
     /// Path under `DATA_DIR` once in place.
     pub final_rel: String,
+    /// The records in the file.
+    pub raw_ids: Vec<uuid::Uuid>,
+    /// A new version of a published file (`--reprocess`), not a new file.
+    pub replaces: bool,
 }
 
 /// The Parquet sink rooted at `DATA_DIR`.
@@ -279,10 +283,60 @@ impl ParquetSink {
                         dataset.as_str(),
                         date.format("%Y-%m-%d")
                     ),
+                    raw_ids: recs.iter().map(|r| r.raw_id).collect(),
+                    replaces: false,
                 };
                 jobs.push((file, batch));
             }
         }
+        self.write_staged(jobs).await
+    }
+
+    /// Writes a new version of the processed file at `final_rel` (holding `records`) into
+    /// staging; publishing it replaces the old one atomically.
+    pub async fn restage_processed(
+        &self,
+        final_rel: &str,
+        records: &[&LoadRecord],
+    ) -> anyhow::Result<StagedFile> {
+        let first = records
+            .iter()
+            .map(|r| r.source.offset)
+            .min()
+            .unwrap_or_default();
+        let last = records
+            .iter()
+            .map(|r| r.source.offset)
+            .max()
+            .unwrap_or_default();
+        let batch = processed_batch(records)?;
+        let file = StagedFile {
+            dataset: Dataset::Processed,
+            topic: records
+                .first()
+                .map(|r| r.source.topic.clone())
+                .unwrap_or_default(),
+            partition: records.first().map_or(0, |r| r.source.partition),
+            first_offset: first,
+            last_offset: last,
+            rows: batch.num_rows(),
+            staged_rel: format!(
+                "{STAGING_DIR}/rewrite-{}.parquet",
+                uuid::Uuid::new_v4().simple()
+            ),
+            final_rel: final_rel.to_string(),
+            raw_ids: records.iter().map(|r| r.raw_id).collect(),
+            replaces: true,
+        };
+        let mut done = self.write_staged(vec![(file, batch)]).await?;
+        done.pop()
+            .ok_or_else(|| anyhow::anyhow!("no file staged for {final_rel}"))
+    }
+
+    async fn write_staged(
+        &self,
+        jobs: Vec<(StagedFile, RecordBatch)>,
+    ) -> anyhow::Result<Vec<StagedFile>> {
         let root = self.root.clone();
         let staged = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StagedFile>> {
             let mut done: Vec<StagedFile> = Vec::with_capacity(jobs.len());

@@ -4,8 +4,8 @@
 //! Re-delivery is absorbed by the natural keys: `INSERT ... ON CONFLICT DO NOTHING RETURNING`
 //! tells which records are new, and only those get processed rows and Parquet files.
 
-use crate::batch::LoadRecord;
-use crate::sink::parquet::StagedFile;
+use crate::batch::{LoadRecord, SourceRecord};
+use crate::sink::parquet::{Dataset, StagedFile};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::HashSet;
@@ -75,11 +75,54 @@ pub async fn insert_raw(
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
 }
 
+const INSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
+                                     gender, nationality, city, state, country, postcode, date_of_birth,
+                                     registered_date, fetched_at, processed_at, created_at)
+         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+                                     $18::timestamptz[]) AS u
+         ON CONFLICT DO NOTHING";
+
+/// The same rows, recomputed: existing rows are updated in place (their `created_at` kept).
+const UPSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
+                                     gender, nationality, city, state, country, postcode, date_of_birth,
+                                     registered_date, fetched_at, processed_at, created_at)
+         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+                                     $18::timestamptz[]) AS u
+         ON CONFLICT (raw_id, user_index) DO UPDATE SET
+             user_uuid = EXCLUDED.user_uuid, full_name = EXCLUDED.full_name, title = EXCLUDED.title,
+             first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = EXCLUDED.email,
+             gender = EXCLUDED.gender, nationality = EXCLUDED.nationality, city = EXCLUDED.city,
+             state = EXCLUDED.state, country = EXCLUDED.country, postcode = EXCLUDED.postcode,
+             date_of_birth = EXCLUDED.date_of_birth, registered_date = EXCLUDED.registered_date,
+             fetched_at = EXCLUDED.fetched_at, processed_at = EXCLUDED.processed_at";
+
 /// Inserts the processed rows of `records`; returns rows written.
 pub async fn insert_processed(
     tx: &mut PgConnection,
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    write_processed(tx, records, created_at, INSERT_PROCESSED).await
+}
+
+/// Recomputes the processed rows of `records` in place (`--reprocess`); returns rows written.
+pub async fn upsert_processed(
+    tx: &mut PgConnection,
+    records: &[&LoadRecord],
+    created_at: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    write_processed(tx, records, created_at, UPSERT_PROCESSED).await
+}
+
+async fn write_processed(
+    tx: &mut PgConnection,
+    records: &[&LoadRecord],
+    created_at: DateTime<Utc>,
+    sql: &'static str,
 ) -> sqlx::Result<u64> {
     let n: usize = records.iter().map(|r| r.users.len()).sum();
     if n == 0 {
@@ -125,37 +168,28 @@ pub async fn insert_processed(
             processed.push(u.processed_at);
         }
     }
-    let result = sqlx::query(
-        "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
-                                     gender, nationality, city, state, country, postcode, date_of_birth,
-                                     registered_date, fetched_at, processed_at, created_at)
-         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                                     $18::timestamptz[]) AS u
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(raw_ids)
-    .bind(idx)
-    .bind(uuids)
-    .bind(full)
-    .bind(titles)
-    .bind(firsts)
-    .bind(lasts)
-    .bind(emails)
-    .bind(genders)
-    .bind(nats)
-    .bind(cities)
-    .bind(states)
-    .bind(countries)
-    .bind(postcodes)
-    .bind(dobs)
-    .bind(registered)
-    .bind(fetched)
-    .bind(processed)
-    .bind(created_at)
-    .execute(tx)
-    .await?;
+    let result = sqlx::query(sql)
+        .bind(raw_ids)
+        .bind(idx)
+        .bind(uuids)
+        .bind(full)
+        .bind(titles)
+        .bind(firsts)
+        .bind(lasts)
+        .bind(emails)
+        .bind(genders)
+        .bind(nats)
+        .bind(cities)
+        .bind(states)
+        .bind(countries)
+        .bind(postcodes)
+        .bind(dobs)
+        .bind(registered)
+        .bind(fetched)
+        .bind(processed)
+        .bind(created_at)
+        .execute(tx)
+        .await?;
     Ok(result.rows_affected())
 }
 
@@ -196,6 +230,82 @@ pub async fn register_files(tx: &mut PgConnection, files: &[StagedFile]) -> sqlx
     .bind(rows)
     .execute(tx)
     .await?;
+    Ok(())
+}
+
+/// Records which files hold which records (see migration 2).
+pub async fn link_files(tx: &mut PgConnection, files: &[StagedFile]) -> sqlx::Result<()> {
+    for dataset in [Dataset::Raw, Dataset::Processed] {
+        let mut ids = Vec::new();
+        let mut paths = Vec::new();
+        for f in files.iter().filter(|f| f.dataset == dataset) {
+            for id in &f.raw_ids {
+                ids.push(*id);
+                paths.push(f.final_rel.clone());
+            }
+        }
+        if ids.is_empty() {
+            continue;
+        }
+        let sql = match dataset {
+            Dataset::Raw => {
+                "UPDATE raw_data r SET raw_file = u.path FROM UNNEST($1::uuid[], $2::text[]) AS u(raw_id, path) WHERE r.raw_id = u.raw_id"
+            }
+            Dataset::Processed => {
+                "UPDATE raw_data r SET processed_file = u.path FROM UNNEST($1::uuid[], $2::text[]) AS u(raw_id, path) WHERE r.raw_id = u.raw_id"
+            }
+        };
+        sqlx::query(sql)
+            .bind(ids)
+            .bind(paths)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The processed files holding any of `raw_ids`.
+pub async fn processed_files_of(
+    tx: &mut PgConnection,
+    raw_ids: &[Uuid],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT processed_file FROM raw_data WHERE raw_id = ANY($1) AND processed_file IS NOT NULL ORDER BY 1")
+        .bind(raw_ids.to_vec())
+        .fetch_all(tx)
+        .await
+}
+
+/// Every record in the processed file `path`, as the loader consumed it.
+pub async fn records_in_file(tx: &mut PgConnection, path: &str) -> sqlx::Result<Vec<SourceRecord>> {
+    let rows = sqlx::query(
+        "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at
+         FROM raw_data WHERE processed_file = $1 ORDER BY kafka_partition, kafka_offset",
+    )
+    .bind(path)
+    .fetch_all(tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SourceRecord {
+                topic: r.try_get(0)?,
+                partition: r.try_get(1)?,
+                offset: r.try_get(2)?,
+                key: r.try_get(3)?,
+                payload: Some(r.try_get::<String, _>(4)?.into_bytes()),
+                fetched_at: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// Puts a published file back in the ledger as staged, pointing at its rewritten version.
+pub async fn restage_file(tx: &mut PgConnection, file: &StagedFile) -> sqlx::Result<()> {
+    sqlx::query("UPDATE parquet_files SET state = 'staged', staged_path = $2, row_count = $3, published_at = NULL WHERE path = $1")
+        .bind(&file.final_rel)
+        .bind(&file.staged_rel)
+        .bind(file.rows as i64)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

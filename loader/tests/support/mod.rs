@@ -233,8 +233,24 @@ pub fn parquet_rows(dir: &Path, cols: &[&str]) -> Vec<Vec<Option<String>>> {
                     let a = batch
                         .column_by_name(c)
                         .unwrap_or_else(|| panic!("column {c} in {}", path.display()));
-                    arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)
-                        .expect("cast to text")
+                    use arrow::datatypes::{DataType, TimeUnit};
+                    if let DataType::Timestamp(_, Some(_)) = a.data_type() {
+                        // Render UTC timestamps as RFC 3339 without needing a timezone database.
+                        let naive = arrow::compute::cast(
+                            a,
+                            &DataType::Timestamp(TimeUnit::Microsecond, None),
+                        )
+                        .expect("cast timestamp");
+                        let text =
+                            arrow::compute::cast(&naive, &DataType::Utf8).expect("cast to text");
+                        let with_z: arrow::array::StringArray = text
+                            .as_string::<i32>()
+                            .iter()
+                            .map(|v| v.map(|v| format!("{v}Z")))
+                            .collect();
+                        return std::sync::Arc::new(with_z) as arrow::array::ArrayRef;
+                    }
+                    arrow::compute::cast(a, &DataType::Utf8).expect("cast to text")
                 })
                 .collect();
             for i in 0..batch.num_rows() {
