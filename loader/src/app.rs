@@ -377,6 +377,7 @@ impl Worker {
                         if self.in_range(&record) {
                             self.metrics.consumed.inc();
                             self.summary.consumed += 1;
+                            progress.record(self.summary.consumed);
                             batch.push(record);
                         }
                         self.range_done()
@@ -399,6 +400,7 @@ impl Worker {
                 break;
             }
             if self.range_done() && batch.is_empty() {
+                progress.finish();
                 tracing::info!(records = self.summary.consumed, "backfill range complete");
                 break;
             }
@@ -694,21 +696,34 @@ impl Worker {
     }
 }
 
-/// Backfill progress as periodic log lines: records, rate, ETA.
+/// Backfill progress: a progress bar (records, records/s, ETA) when stderr is a terminal,
+/// periodic log lines otherwise (containers, CI, log shippers).
 struct Progress {
     total: i64,
     started: Instant,
     every: tokio::time::Interval,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn new(total: i64) -> Self {
+        use std::io::IsTerminal;
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
         Self {
             total,
             started: Instant::now(),
             every,
+            bar,
         }
     }
 
@@ -716,7 +731,16 @@ impl Progress {
         self.every.tick().await;
     }
 
+    fn record(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
     fn log(&self, done: u64) {
+        if self.bar.is_some() {
+            return;
+        }
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
         let left = (self.total - done as i64).max(0) as f64;
@@ -738,6 +762,12 @@ impl Progress {
             eta,
             "backfill progress"
         );
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
     }
 }
 
