@@ -141,8 +141,22 @@ async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
 async fn migrate_check_reports_pending_then_up_to_date() {
     let db = TestDb::new().await;
     let before = loader::migrate::problems(&db.pool).await.unwrap();
-    assert_eq!(before.len(), 1, "{before:?}");
-    assert!(before[0].contains("not applied"));
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    assert_eq!(
+        before.len(),
+        migrations,
+        "every migration pending: {before:?}"
+    );
+    assert!(
+        before.iter().all(|p| p.contains("not applied")),
+        "{before:?}"
+    );
     loader::migrate::apply(&db.pool).await.unwrap();
     loader::migrate::apply(&db.pool).await.unwrap();
     assert!(
@@ -151,5 +165,13 @@ async fn migrate_check_reports_pending_then_up_to_date() {
             .unwrap()
             .is_empty()
     );
+    // A migration edited after it was applied is reported, not silently accepted.
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = (SELECT min(version) FROM _sqlx_migrations)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let changed = loader::migrate::problems(&db.pool).await.unwrap();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].contains("different contents"), "{changed:?}");
     db.drop_db().await;
 }
