@@ -494,8 +494,15 @@ impl Worker {
         let started = Instant::now();
         let offsets = batch::next_offsets(&records);
         let n = records.len();
-        let (good, poison) =
+        let (mut good, poison) =
             batch::decode(records, self.config.max_record_bytes, chrono::Utc::now());
+        if !self.config.raw_keep_login_secrets {
+            for r in &mut good {
+                if let Some(stripped) = crate::transform::strip_login_secrets(&r.payload_text) {
+                    r.payload_text = stripped;
+                }
+            }
+        }
         for p in &poison {
             self.dead_letter(p).await?;
         }

@@ -198,6 +198,15 @@ pub struct RunConfig {
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_record_bytes: usize,
+    /// Keep the raw copies in PostgreSQL and Parquet byte for byte. Off (the default), the users'
+    /// `login.password`, `salt`, `md5`, `sha1` and `sha256` are removed from them; the topic
+    /// always keeps the unmodified response, bounded by its retention.
+    #[arg(
+        long = "raw-keep-login-secrets",
+        env = "LOADER_RAW_KEEP_LOGIN_SECRETS",
+        value_name = "LOADER_RAW_KEEP_LOGIN_SECRETS"
+    )]
+    pub raw_keep_login_secrets: bool,
     /// Recompute records that are already loaded (after a transform change): their rows are
     /// updated in place and the Parquet files holding them rewritten. Off: re-delivered records
     /// change nothing.

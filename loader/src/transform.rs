@@ -180,6 +180,30 @@ struct Dated {
     date: String,
 }
 
+/// The `login` fields randomuser.me fills with a password and its salt and hashes: credentials
+/// (even fake ones) that nothing downstream needs.
+pub const LOGIN_SECRETS: [&str; 5] = ["password", "salt", "md5", "sha1", "sha256"];
+
+/// The payload without the users' [`LOGIN_SECRETS`], key order otherwise kept; `None` when
+/// there was nothing to remove (or the text is not a JSON object, which the transform refuses
+/// anyway). The raw copies in PostgreSQL and Parquet store this; the topic keeps the original.
+pub fn strip_login_secrets(payload: &str) -> Option<String> {
+    let mut doc: Value = serde_json::from_str(payload).ok()?;
+    let mut removed = false;
+    for user in doc.get_mut("results")?.as_array_mut()? {
+        if let Some(login) = user.get_mut("login").and_then(Value::as_object_mut) {
+            for key in LOGIN_SECRETS {
+                removed |= login.shift_remove(key).is_some();
+            }
+        }
+    }
+    if removed {
+        serde_json::to_string(&doc).ok()
+    } else {
+        None
+    }
+}
+
 /// Checks the payload's envelope without transforming: used where only validity matters.
 pub fn check_size(payload: &[u8], limit: usize) -> Result<(), TransformError> {
     if payload.len() > limit {
@@ -472,6 +496,41 @@ mod tests {
         }
         assert_eq!(check_size(&[0; 11], 10).unwrap_err().kind(), "too_large");
         assert!(check_size(&[0; 10], 10).is_ok());
+    }
+
+    #[test]
+    fn login_secrets_are_stripped_and_nothing_else() {
+        let text = std::str::from_utf8(V14).unwrap();
+        let stripped = strip_login_secrets(text).expect("the fixture has login secrets");
+        let mut original: Value = serde_json::from_str(text).unwrap();
+        let mut after: Value = serde_json::from_str(&stripped).unwrap();
+        for (o, a) in original["results"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(after["results"].as_array_mut().unwrap())
+        {
+            let login = o["login"].as_object_mut().unwrap();
+            for key in LOGIN_SECRETS {
+                assert!(
+                    login.shift_remove(key).is_some(),
+                    "fixture user has login.{key}"
+                );
+                assert!(a["login"].get(key).is_none(), "login.{key} stripped");
+            }
+            assert!(a["login"]["uuid"].is_string() && a["login"]["username"].is_string());
+        }
+        assert_eq!(original, after, "everything else is kept");
+        assert_eq!(
+            strip_login_secrets(&stripped),
+            None,
+            "nothing left to strip"
+        );
+        assert_eq!(strip_login_secrets("not json"), None);
+        assert_eq!(
+            transform(stripped.as_bytes(), Uuid::nil(), at()).unwrap(),
+            transform(V14, Uuid::nil(), at()).unwrap()
+        );
     }
 
     #[test]

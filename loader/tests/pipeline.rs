@@ -56,6 +56,20 @@ async fn extractor_to_postgres_and_parquet_exactly_once() {
         0
     );
 
+    // Data minimisation: the users' login password, salt and hashes are not in the raw copies.
+    assert_eq!(
+        db.count("SELECT count(*) FROM raw_data, jsonb_array_elements(payload->'results') u WHERE u->'login' ?| array['password','salt','md5','sha1','sha256']").await,
+        0
+    );
+    assert_eq!(db.count("SELECT count(*) FROM raw_data, jsonb_array_elements(payload->'results') u WHERE u->'login' ? 'uuid'").await, 240);
+    let raw_payloads = parquet_rows(&data.path().join("raw"), &["payload"]);
+    assert!(
+        raw_payloads
+            .iter()
+            .all(|r| !r[0].as_deref().unwrap().contains("\"sha256\"")),
+        "no hashes in raw Parquet"
+    );
+
     // Parquet: the same users, once each, and the same names as PostgreSQL.
     let rows = parquet_rows(
         &data.path().join("processed"),

@@ -295,3 +295,29 @@ async fn a_record_postgres_refuses_is_dead_lettered_not_retried_forever() {
     assert_eq!(m.payload().unwrap(), hostile.as_slice());
     db.drop_db().await;
 }
+
+/// With LOADER_RAW_KEEP_LOGIN_SECRETS the raw Parquet copy is the response byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_copies_can_be_kept_byte_for_byte() {
+    let topic = unique("verbatim");
+    create_topic(&topic, 1).await;
+    produce(&topic, &[V13]).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.raw_keep_login_secrets = true;
+    let loader = RunningLoader::start(config).await;
+    eventually(Duration::from_secs(60), "20 users", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 20
+    })
+    .await;
+    loader.shutdown().await;
+    let raw = parquet_rows(&data.path().join("raw"), &["payload"]);
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0][0].as_deref().unwrap().as_bytes(), V13);
+    assert_eq!(
+        db.count("SELECT count(*) FROM raw_data, jsonb_array_elements(payload->'results') u WHERE u->'login' ? 'sha256'").await,
+        20
+    );
+    db.drop_db().await;
+}

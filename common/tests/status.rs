@@ -1,0 +1,136 @@
+//! The status endpoint faces whatever can reach its port: it answers GET on its three paths only
+//! and keeps answering through junk (bad methods, huge paths, garbage, clients that never finish).
+
+use etl_common::status::{self, Readiness};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+async fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn only_get_on_three_paths_and_it_survives_junk() {
+    let registry = prometheus::Registry::new();
+    let readiness = Readiness::default();
+    readiness.register("kafka");
+    readiness.set_failed("kafka", "broker unreachable");
+    let stop = CancellationToken::new();
+    let (addr, server) = status::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        registry,
+        readiness.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(server);
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+
+    assert_eq!(
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("broker unreachable"));
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Other methods and paths are refused.
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let r = client
+            .request(method.clone(), format!("{base}/metrics"))
+            .body(vec![b'x'; 1 << 20])
+            .send()
+            .await;
+        if let Ok(r) = r {
+            assert!(
+                r.status().is_client_error(),
+                "{method} answered {}",
+                r.status()
+            );
+        }
+    }
+    assert_eq!(
+        client
+            .get(format!("{base}/admin"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/health/../metrics/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // A huge path, garbage bytes, and a client that opens a request and never finishes it.
+    let huge = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(200_000));
+    let answer = raw_request(addr, huge.as_bytes()).await;
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(80)]
+    );
+    let _ = raw_request(addr, b"\x00\x01\x02 not http at all\r\n\r\n").await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+
+    // Still serving.
+    readiness.set_ok("kafka");
+    assert_eq!(
+        client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(slow);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
