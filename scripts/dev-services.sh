@@ -123,10 +123,13 @@ start_postgres() {
     [ "$i" -eq 60 ] && die "PostgreSQL did not become ready"
     sleep 1
   done
-  # The application's role and database (CREATEDB: the tests make one database per test).
+  # The application's role and database. CREATEDB: the tests make one database per test;
+  # CREATEROLE: the security tests make roles with known passwords and least privileges.
   psql_admin -c "DO \$\$ BEGIN
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'etl') THEN
-        CREATE ROLE etl LOGIN PASSWORD 'etl' CREATEDB;
+        CREATE ROLE etl LOGIN PASSWORD 'etl' CREATEDB CREATEROLE;
+      ELSE
+        ALTER ROLE etl CREATEDB CREATEROLE;
       END IF; END \$\$;"
   if [ -z "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_USER_DB'")" ]; then
     psql_admin -c "CREATE DATABASE $PG_USER_DB OWNER etl"

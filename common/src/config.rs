@@ -29,6 +29,16 @@ impl Secret {
     }
 }
 
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    /// Lets clap parse a flag or variable straight into a `Secret`, so the config struct's own
+    /// `Debug` can never print it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
@@ -38,12 +48,12 @@ impl std::fmt::Debug for Secret {
 /// Takes a secret from its variable or, as Kubernetes and Docker secrets are mounted, from the
 /// file named by `<VAR>_FILE`. The file wins only when the plain value is absent.
 pub fn secret_from(
-    value: Option<String>,
+    value: Option<Secret>,
     file: Option<&PathBuf>,
     var: &str,
 ) -> anyhow::Result<Option<Secret>> {
     if let Some(v) = value {
-        return Ok(Some(Secret::new(v)));
+        return Ok(Some(v));
     }
     match file {
         None => Ok(None),

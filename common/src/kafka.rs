@@ -45,7 +45,7 @@ pub struct KafkaArgs {
         value_name = "KAFKA_SASL_PASSWORD",
         hide_env_values = true
     )]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<Secret>,
     /// File holding the SASL password (a mounted secret).
     #[arg(
         long = "kafka-sasl-password-file",

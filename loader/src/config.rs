@@ -121,7 +121,7 @@ pub struct DbArgs {
         value_name = "DATABASE_URL",
         hide_env_values = true
     )]
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     /// File holding the PostgreSQL URL (a mounted secret); used when `DATABASE_URL` is unset.
     #[arg(
         long = "database-url-file",

@@ -1,0 +1,182 @@
+//! Secrets never leak: the loader is run with a database password it must use, and with a wrong
+//! one (a failed login), and that password appears nowhere in what it prints, in its log files,
+//! in `/metrics`, in `/ready`, or in `--help`.
+
+mod support;
+
+use sqlx::Connection;
+use std::process::Stdio;
+use std::time::Duration;
+use support::*;
+
+const CANARY: &str = "Leak-Canary-7f3a9c";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn url_with(db: &TestDb, user: &str, password: &str) -> String {
+    let mut u = url::Url::parse(&db.url).unwrap();
+    u.set_username(user).unwrap();
+    u.set_password(Some(password)).unwrap();
+    u.to_string()
+}
+
+async fn run_loader_for(
+    url: &str,
+    topic: &str,
+    data: &std::path::Path,
+    logs: &std::path::Path,
+    until: impl AsyncFnOnce(u16),
+) -> String {
+    let port = free_port();
+    let out = logs.join(format!("out-{port}.txt"));
+    let file = std::fs::File::create(&out).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .arg("run")
+        .env("DATABASE_URL", url)
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", unique("g"))
+        .env("DATA_DIR", data)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_DIR", logs)
+        .env("BATCH_MAX_AGE", "200ms")
+        .env("LOADER_BACKOFF_BASE", "100ms")
+        .env("LOADER_BACKOFF_MAX", "500ms")
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    until(port).await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    std::fs::read_to_string(out).unwrap()
+}
+
+async fn get(port: u16, path: &str) -> String {
+    for _ in 0..50 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+            return r.text().await.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("status endpoint on {port} never answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_appears_nowhere() {
+    let db = TestDb::new().await;
+    let role = format!("leak_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{CANARY}'"),
+        format!("GRANT CREATE, USAGE ON SCHEMA public TO {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let topic = unique("secrets");
+    create_topic(&topic, 1).await;
+    let payload = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic).payload(&payload[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let good = url_with(&db, &role, CANARY);
+    let wrong = url_with(&db, &role, &format!("{CANARY}-wrong"));
+    let mut seen = String::new();
+
+    // A failed login: `migrate` fails, `run` waits for the database and says why in /ready.
+    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .args(["migrate"])
+        .env("DATABASE_URL", &wrong)
+        .env("LOG_DIR", logs.path())
+        .output()
+        .unwrap();
+    assert!(!migrate.status.success());
+    seen += &String::from_utf8_lossy(&migrate.stdout);
+    seen += &String::from_utf8_lossy(&migrate.stderr);
+    seen += &run_loader_for(&wrong, &topic, data.path(), logs.path(), async |port| {
+        let ready = get(port, "/ready").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let ready = ready + &get(port, "/ready").await + &get(port, "/metrics").await;
+        assert!(
+            ready.contains("password authentication failed"),
+            "the failed login is reported: {ready}"
+        );
+        seen_push(&ready);
+    })
+    .await;
+
+    // The right password: it loads, and still says nothing of it. (The tables are the role's.)
+    let as_role = sqlx::PgPool::connect(&good).await.unwrap();
+    seen += &run_loader_for(&good, &topic, data.path(), logs.path(), async |port| {
+        eventually(Duration::from_secs(60), "20 users loaded", || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_data")
+                .fetch_one(&as_role)
+                .await
+                .unwrap_or(0)
+                == 20
+        })
+        .await;
+        seen_push(&(get(port, "/ready").await + &get(port, "/metrics").await));
+    })
+    .await;
+
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .args(["run", "--help"])
+        .env("DATABASE_URL", &good)
+        .output()
+        .unwrap();
+    seen += &String::from_utf8_lossy(&help.stdout);
+    for entry in std::fs::read_dir(logs.path()).unwrap().flatten() {
+        seen += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+    }
+    seen += &SEEN.lock().unwrap().clone();
+
+    assert!(
+        seen.contains("postgres://") && seen.contains(":***@"),
+        "URLs are printed, redacted"
+    );
+    assert!(
+        !seen.contains(CANARY),
+        "the password leaked:\n{}",
+        seen.lines()
+            .filter(|l| l.contains(CANARY))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    as_role.close().await;
+    db.drop_db().await;
+}
+
+static SEEN: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn seen_push(text: &str) {
+    SEEN.lock().unwrap().push_str(text);
+}
