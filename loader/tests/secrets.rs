@@ -180,3 +180,78 @@ static SEEN: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 fn seen_push(text: &str) {
     SEEN.lock().unwrap().push_str(text);
 }
+
+/// Least privilege: the owner migrates; `loader run` works as a role that may only read and write
+/// rows in its three tables (SELECT, INSERT, UPDATE — no DELETE, no DDL) and read the migration
+/// history, with LOADER_SKIP_MIGRATIONS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_run_needs_only_select_insert_update() {
+    let db = TestDb::new().await;
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let role = format!("writer_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE ON raw_data, processed_data, parquet_files TO {role}"
+        ),
+        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let topic = unique("leastpriv");
+    create_topic(&topic, 1).await;
+    let payload = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic).payload(&payload[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());
+    config.skip_migrations = true;
+    let loader = RunningLoader::start(config).await;
+    eventually(
+        Duration::from_secs(60),
+        "20 users loaded by the restricted role",
+        || async { db.count("SELECT count(*) FROM processed_data").await == 20 },
+    )
+    .await;
+    loader.shutdown().await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")
+            .await,
+        2
+    );
+    // And it really is restricted.
+    let as_role = sqlx::PgPool::connect(&url_with(&db, &role, &password))
+        .await
+        .unwrap();
+    assert!(
+        sqlx::query("DELETE FROM processed_data")
+            .execute(&as_role)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("CREATE TABLE x (y int)")
+            .execute(&as_role)
+            .await
+            .is_err()
+    );
+    as_role.close().await;
+    db.drop_db().await;
+}
