@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[run-local] %s\n' "$*" >&2; }
 
+scripts/build-deps.sh
 scripts/dev-services.sh up
 eval "$(scripts/dev-services.sh env)"
 export KAFKA_BROKERS DATABASE_URL

@@ -12,6 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
 started=$(date +%s)
 
+scripts/build-deps.sh
+
 if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
   scripts/dev-services.sh up
   eval "$(scripts/dev-services.sh env)"
