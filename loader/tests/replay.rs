@@ -33,6 +33,18 @@ fn loader_cli(args: &[&str]) -> std::process::Output {
         .expect("run the loader binary")
 }
 
+/// Runs a backfill in-process; it must exit by itself.
+async fn backfill(args: BackfillArgs) -> loader::RunSummary {
+    let app = loader::commands::backfill_app(args).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        app.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the backfill exits by itself")
+    .unwrap()
+}
+
 /// Loads everything on `topic` with `group` and stops.
 async fn load_all(db: &TestDb, topic: &str, group: &str, data: &std::path::Path, users: i64) {
     let loader = RunningLoader::start(loader_config(db, topic, group, data)).await;
@@ -266,14 +278,7 @@ async fn backfill_from_a_time_loads_exactly_what_was_fetched_after_it() {
         group: None,
         run: loader_config(&db, &topic, "ignored", data.path()),
     };
-    let app = loader::commands::backfill_app(args).await.unwrap();
-    let summary = tokio::time::timeout(
-        Duration::from_secs(60),
-        app.run(tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .expect("the backfill exits by itself")
-    .unwrap();
+    let summary = backfill(args).await;
     assert_eq!((summary.consumed, summary.loaded), (2, 2));
     let loaded: HashSet<String> = sqlx::query_scalar("SELECT user_uuid FROM processed_data")
         .fetch_all(&db.pool)
@@ -340,14 +345,7 @@ async fn backfill_bounds_are_respected() {
         group: None,
         run: loader_config(&db, &topic, "ignored", data.path()),
     };
-    let app = loader::commands::backfill_app(args).await.unwrap();
-    let summary = tokio::time::timeout(
-        Duration::from_secs(30),
-        app.run(tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let summary = backfill(args).await;
     assert_eq!(summary.consumed, 0);
     assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 2);
     db.drop_db().await;
@@ -387,14 +385,7 @@ async fn reprocess_updates_rows_in_place_and_rewrites_their_parquet_files() {
         group: None,
         run,
     };
-    let app = loader::commands::backfill_app(args).await.unwrap();
-    let summary = tokio::time::timeout(
-        Duration::from_secs(60),
-        app.run(tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let summary = backfill(args).await;
     assert_eq!(
         (summary.loaded, summary.duplicates, summary.reprocessed),
         (0, 3, 3)

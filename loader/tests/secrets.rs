@@ -92,19 +92,13 @@ async fn the_database_password_appears_nowhere() {
     }
     let topic = unique("secrets");
     create_topic(&topic, 1).await;
-    let payload = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic).payload(&payload[..]),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    produce(
+        &topic,
+        &[include_bytes!(
+            "../../fixtures/randomuser/v1.3-compact-20-users.json"
+        )],
+    )
+    .await;
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let good = url_with(&db, &role, CANARY);
@@ -206,19 +200,13 @@ async fn loader_run_needs_only_select_insert_update() {
     }
     let topic = unique("leastpriv");
     create_topic(&topic, 1).await;
-    let payload = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic).payload(&payload[..]),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    produce(
+        &topic,
+        &[include_bytes!(
+            "../../fixtures/randomuser/v1.3-compact-20-users.json"
+        )],
+    )
+    .await;
     let data = tempfile::tempdir().unwrap();
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());

@@ -7,7 +7,6 @@ use etl_common::contract::dlq_header;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
@@ -16,24 +15,6 @@ const V14: &[u8] =
     include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
 const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
 const V10: &[u8] = include_bytes!("../../fixtures/randomuser/v1.0-legacy-6-users.json");
-
-async fn produce(topic: &str, payloads: &[&[u8]]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for (i, p) in payloads.iter().enumerate() {
-        let key = format!("k{i}");
-        producer
-            .send(
-                FutureRecord::to(topic).key(&key).payload(*p),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_with_its_reason_and_the_partition_moves_on() {

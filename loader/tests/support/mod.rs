@@ -291,3 +291,24 @@ pub async fn assigned(addr: SocketAddr) -> usize {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as usize
 }
+
+/// Produces each payload to `topic` (keys k0, k1, ...) and waits for the acknowledgements.
+pub async fn produce(topic: &str, payloads: &[&[u8]]) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for (i, p) in payloads.iter().enumerate() {
+        let key = format!("k{i}");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(*p),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
