@@ -242,6 +242,31 @@ async fn settle_and_count(
     (lost, duplicated)
 }
 
+/// A stub, an in-process loader (small batches) and the extractor loading 2,000 users, returned
+/// once the first 200 are in PostgreSQL: the moment a scenario breaks something.
+async fn load_under_way(
+    db: &TestDb,
+    topic: &str,
+    data: &Path,
+) -> (
+    Stub,
+    RunningLoader,
+    tokio::task::JoinHandle<extractor::RunSummary>,
+) {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = loader_config(db, topic, &unique("g"), data);
+    config.batch_max_records = 5;
+    let loader = RunningLoader::start(config).await;
+    let producing = extractor(&stub.url(), topic, 40, 50, "250ms");
+    eventually(Duration::from_secs(60), "some users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await >= 200
+    })
+    .await;
+    (stub, loader, producing)
+}
+
 async fn setup(partitions: i32) -> (String, TestDb, tempfile::TempDir) {
     let topic = unique("fault");
     create_topic(&topic, partitions).await;
@@ -401,18 +426,7 @@ async fn database_down_for_30_seconds_mid_load() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (topic, db, data) = setup(2).await;
-    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
-        .await
-        .unwrap();
-    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
-    config.batch_max_records = 5;
-    let loader = RunningLoader::start(config).await;
-    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
-
-    eventually(Duration::from_secs(60), "some users loaded", || async {
-        db.count("SELECT count(*) FROM processed_data").await >= 200
-    })
-    .await;
+    let (stub, loader, producing) = load_under_way(&db, &topic, data.path()).await;
     let outage = Outage::begin("stop-postgres", "start-postgres");
     tokio::time::sleep(Duration::from_secs(15)).await;
     let ready_during = reqwest::get(format!("http://{}/ready", loader.status))
@@ -732,17 +746,7 @@ async fn data_dir_unwritable_mid_load() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let (topic, db, data) = setup(2).await;
-    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
-        .await
-        .unwrap();
-    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
-    config.batch_max_records = 5;
-    let loader = RunningLoader::start(config).await;
-    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
-    eventually(Duration::from_secs(60), "some users loaded", || async {
-        db.count("SELECT count(*) FROM processed_data").await >= 200
-    })
-    .await;
+    let (stub, loader, producing) = load_under_way(&db, &topic, data.path()).await;
     // Root ignores permission bits, so break the directory itself: staging becomes a file.
     let staging = data.path().join("_staging");
     let away = data.path().join("_staging.away");
