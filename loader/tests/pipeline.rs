@@ -198,10 +198,11 @@ async fn two_loaders_in_one_group_split_the_partitions() {
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    assert_eq!(
-        partitions,
-        vec![0, 1, 2, 3],
-        "keys spread over every partition"
+    // 24 random keys over 4 partitions: all four hold data with probability 99.6%, three or more
+    // with 1 - 4e-7, so this does not flake while still showing the keys spread.
+    assert!(
+        partitions.len() >= 3,
+        "keys spread over the partitions: {partitions:?}"
     );
     let rows = parquet_rows(&data.path().join("processed"), &["user_uuid"]);
     assert_eq!(rows.len(), 240);

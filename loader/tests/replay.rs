@@ -74,8 +74,12 @@ async fn replay_to_earliest_over_a_loaded_database_changes_nothing() {
             .sum::<i64>(),
         4
     );
+    // (Both fetches may hash to one partition; the other then has no commit at all.)
     assert!(
-        committed_before.values().all(|c| c.committed_at.is_some()),
+        committed_before
+            .values()
+            .filter(|c| c.offset.is_some())
+            .all(|c| c.committed_at.is_some()),
         "the loader stamps its commits"
     );
 
