@@ -22,6 +22,9 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-localhost:9092}"
 export DATABASE_URL="${DATABASE_URL:-postgres://etl:etl@localhost:5432/etl}"
 log "broker ${KAFKA_BROKERS}; database $(printf '%s' "$DATABASE_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
 
+log "deployment files (Dockerfile, compose, k8s, alerts, dashboard): scripts/validate-deploy.sh"
+scripts/validate-deploy.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
@@ -29,6 +32,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
   log "cargo test (unit, integration and the fault suite, against the real broker and database)"
   cargo test --workspace --locked --no-fail-fast
+  log "benchmark, tiny size (keeps scripts/bench.sh working; figures are not asserted)"
+  BENCH_PROFILE=debug ETL_USE_EXISTING_SERVICES=1 scripts/bench.sh --tiny
 else
   # The fault suite stops and starts the broker and the database through dev-services.sh, and
   # the Kafka-tools test uses the jars it resolved: everything else runs against your services.

@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How often the `DATA_DIR` free-space gauges are refreshed.
+const DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -46,14 +49,24 @@ pub struct RunSummary {
     pub reprocessed: u64,
 }
 
-/// librdkafka callbacks: revocations for the run loop, statistics for the lag gauge.
+/// librdkafka callbacks: revocations for the run loop, statistics for the lag gauge, and the
+/// Kafka readiness check (an idle replica that joined its group is ready, not waiting for a record).
 pub struct LoaderContext {
     revoked: Mutex<Vec<(String, i32)>>,
     metrics: Metrics,
+    readiness: Readiness,
 }
 
 impl ClientContext for LoaderContext {
     fn stats(&self, stats: Statistics) {
+        // Only ever clears a failure: errors seen by the run loop set it.
+        if stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.readiness.set_ok("kafka");
+        }
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -94,6 +107,7 @@ impl ConsumerContext for LoaderContext {
                     .collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
                 self.metrics.assigned_partitions.add(parts.len() as i64);
+                self.readiness.set_ok("kafka");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -184,10 +198,14 @@ impl Application {
                     .max(100)
                     .to_string(),
             )
+            // librdkafka prefetches up to 64 MiB by default; a quarter keeps a batch's worth
+            // of full-size responses ready while holding peak memory down (BENCHMARKS.md).
+            .set("queued.max.messages.kbytes", "16384")
             .set("client.id", "randomuser-loader");
         let context = LoaderContext {
             revoked: Mutex::new(Vec::new()),
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
         };
         let consumer: LoaderConsumer = cfg
             .create_with_context(context)
@@ -342,23 +360,33 @@ impl Worker {
         }
         let mut batch = Batch::default();
         let max_records = self.config.batch_max_records as usize;
+        let max_bytes = usize::try_from(self.config.batch_max_bytes).unwrap_or(usize::MAX);
         let max_age = self.config.batch_max_age;
+        let linger = self.config.batch_linger;
         let consumer = self.consumer.clone();
         let mut sweep = tokio::time::interval(self.config.recovery_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await; // the first tick is immediate; recovery just ran
+        let mut disk = tokio::time::interval(DISK_INTERVAL);
+        disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = Progress::new(self.range.as_ref().map_or(0, |r| r.total));
         if self.range_done() {
             tracing::info!("backfill range is empty: nothing to load");
             return Ok(());
         }
         loop {
-            let deadline = batch.deadline(max_age);
+            let deadline = batch.deadline(max_age, linger);
             let flush_now = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = progress.tick(), if self.range.is_some() => {
                     progress.log(self.summary.consumed);
+                    false
+                }
+                _ = disk.tick() => {
+                    if let Err(e) = self.metrics.observe_data_dir(&self.config.data_dir) {
+                        tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
+                    }
                     false
                 }
                 _ = sweep.tick() => {
@@ -394,7 +422,7 @@ impl Worker {
                 },
             };
             self.drop_revoked(&mut batch);
-            if (flush_now || batch.len() >= max_records)
+            if (flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes)
                 && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
             {
                 break;
@@ -494,15 +522,20 @@ impl Worker {
         let started = Instant::now();
         let offsets = batch::next_offsets(&records);
         let n = records.len();
-        let (mut good, poison) =
-            batch::decode(records, self.config.max_record_bytes, chrono::Utc::now());
-        if !self.config.raw_keep_login_secrets {
-            for r in &mut good {
-                if let Some(stripped) = crate::transform::strip_login_secrets(&r.payload_text) {
-                    r.payload_text = stripped;
-                }
-            }
-        }
+        let (max_bytes, strip) = (
+            self.config.max_record_bytes,
+            !self.config.raw_keep_login_secrets,
+        );
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let decoded = tokio::task::spawn_blocking(move || {
+            batch::decode_parallel(records, max_bytes, chrono::Utc::now(), strip, threads)
+        })
+        .await;
+        let (good, poison) = match decoded {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(Abandoned::Shutdown),
+        };
         for p in &poison {
             self.dead_letter(p).await?;
         }
@@ -602,8 +635,10 @@ impl Worker {
                     match self.write_with_retry(std::slice::from_ref(record)).await? {
                         Ok(outcome) => total.add(outcome),
                         Err(e) => {
+                            let mut source = record.source.clone();
+                            source.payload = Some(record.original().to_vec());
                             let poison = Poison {
-                                source: record.source.clone(),
+                                source,
                                 error: crate::transform::TransformError::RejectedBySink(
                                     e.to_string(),
                                 ),

@@ -1,5 +1,6 @@
-//! Batching: records gather until the batch holds `BATCH_MAX_RECORDS` or its oldest record is
-//! `BATCH_MAX_AGE` old, whichever comes first, so an idle partition still flushes on time.
+//! Batching: records gather until the batch holds `BATCH_MAX_RECORDS`, its oldest record is
+//! `BATCH_MAX_AGE` old, or nothing has arrived for `BATCH_LINGER` (the consumer has caught up),
+//! whichever comes first: a backlog is written in whole batches, a trickle at once.
 //! Then the batch is decoded into loadable records and poison, and knows the offsets to commit.
 
 use crate::transform::{self, ProcessedUser, TransformError};
@@ -70,6 +71,16 @@ pub struct LoadRecord {
     pub users: Vec<ProcessedUser>,
 }
 
+impl LoadRecord {
+    /// The record's payload byte for byte, as the topic holds it (for the dead-letter topic).
+    pub fn original(&self) -> &[u8] {
+        self.source
+            .payload
+            .as_deref()
+            .unwrap_or(self.payload_text.as_bytes())
+    }
+}
+
 /// A record that did not, and why.
 #[derive(Debug, Clone)]
 pub struct Poison {
@@ -83,15 +94,20 @@ pub struct Poison {
 #[derive(Debug, Default)]
 pub struct Batch {
     records: Vec<SourceRecord>,
+    bytes: usize,
     opened: Option<Instant>,
+    last: Option<Instant>,
 }
 
 impl Batch {
     /// Adds a record; the first one starts the age clock.
     pub fn push(&mut self, r: SourceRecord) {
+        let now = Instant::now();
         if self.records.is_empty() {
-            self.opened = Some(Instant::now());
+            self.opened = Some(now);
         }
+        self.last = Some(now);
+        self.bytes += r.payload.as_ref().map_or(0, Vec::len);
         self.records.push(r);
     }
 
@@ -100,19 +116,28 @@ impl Batch {
         self.records.len()
     }
 
+    /// Payload bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
-    /// When the batch must close by age, if it holds anything.
-    pub fn deadline(&self, max_age: Duration) -> Option<Instant> {
-        self.opened.map(|t| t + max_age)
+    /// When the batch must close, if it holds anything: its oldest record `max_age` old, or
+    /// `linger` after the newest one arrived, whichever is sooner.
+    pub fn deadline(&self, max_age: Duration, linger: Duration) -> Option<Instant> {
+        let age = self.opened? + max_age;
+        Some(self.last.map_or(age, |l| age.min(l + linger)))
     }
 
     /// Takes the records out, leaving an empty batch.
     pub fn take(&mut self) -> Vec<SourceRecord> {
         self.opened = None;
+        self.last = None;
+        self.bytes = 0;
         std::mem::take(&mut self.records)
     }
 
@@ -120,43 +145,107 @@ impl Batch {
     pub fn retain_partitions(&mut self, keep: impl Fn(&str, i32) -> bool) -> usize {
         let before = self.records.len();
         self.records.retain(|r| keep(&r.topic, r.partition));
+        self.bytes = self
+            .records
+            .iter()
+            .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+            .sum();
         if self.records.is_empty() {
             self.opened = None;
+            self.last = None;
         }
         before - self.records.len()
     }
 }
 
-/// Splits records into loadable ones and poison. Pure apart from the clock it is given.
+/// Splits records into loadable ones and poison. Pure apart from the clock it is given. A
+/// loadable record's payload moves into its `payload_text` (without the users' login secrets
+/// when `strip_login_secrets`; then `source.payload` keeps the original, else it is `None`);
+/// poison keeps its payload byte for byte for the dead-letter topic. See [`LoadRecord::original`].
 pub fn decode(
     records: Vec<SourceRecord>,
     max_bytes: usize,
     now: DateTime<Utc>,
+    strip_login_secrets: bool,
 ) -> (Vec<LoadRecord>, Vec<Poison>) {
     let mut good = Vec::with_capacity(records.len());
     let mut bad = Vec::new();
-    for source in records {
+    for mut source in records {
         let raw_id = transform::raw_id(&source.topic, source.partition, source.offset);
-        let result = match source.payload.as_deref() {
+        let payload = match source.payload.take() {
             None => Err(TransformError::NoPayload),
-            Some(p) => transform::check_size(p, max_bytes)
-                .and_then(|()| transform::transform(p, raw_id, now)),
+            Some(p) => match transform::check_size(&p, max_bytes) {
+                Ok(()) => Ok(p),
+                Err(e) => {
+                    source.payload = Some(p);
+                    Err(e)
+                }
+            },
         };
+        let result = payload.and_then(|p| {
+            transform::transform_owned(p, raw_id, now, strip_login_secrets).map_err(
+                |(error, bytes)| {
+                    source.payload = Some(bytes);
+                    error
+                },
+            )
+        });
         match result {
-            Ok(users) => {
-                // The transform validated UTF-8; this cannot fail, but never panic on input.
-                let payload_text =
-                    String::from_utf8_lossy(source.payload.as_deref().unwrap_or_default())
-                        .into_owned();
+            Ok(t) => {
+                source.payload = t.original;
                 good.push(LoadRecord {
                     raw_id,
                     source,
-                    payload_text,
-                    users,
-                });
+                    payload_text: t.stored,
+                    users: t.users,
+                })
             }
             Err(error) => bad.push(Poison { source, error }),
         }
+    }
+    (good, bad)
+}
+
+/// [`decode`] split over `threads` threads (order kept): parsing is most of the loader's own
+/// CPU, and PostgreSQL sits idle while a batch is decoded. Call it off the async runtime.
+pub fn decode_parallel(
+    records: Vec<SourceRecord>,
+    max_bytes: usize,
+    now: DateTime<Utc>,
+    strip_login_secrets: bool,
+    threads: usize,
+) -> (Vec<LoadRecord>, Vec<Poison>) {
+    let threads = threads.clamp(1, records.len().max(1));
+    if threads == 1 {
+        return decode(records, max_bytes, now, strip_login_secrets);
+    }
+    let per = records.len().div_ceil(threads);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut rest = records;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    let parts: Vec<(Vec<LoadRecord>, Vec<Poison>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || decode(chunk, max_bytes, now, strip_login_secrets)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (g, b) in parts {
+        good.extend(g);
+        bad.extend(b);
     }
     (good, bad)
 }
@@ -214,7 +303,7 @@ mod tests {
             rec(0, 2, b"nope"),
             rec(0, 3, good),
         ];
-        let (ok, poison) = decode(recs, 1 << 20, Utc::now());
+        let (ok, poison) = decode(recs, 1 << 20, Utc::now(), true);
         assert_eq!(
             ok.iter().map(|r| r.source.offset).collect::<Vec<_>>(),
             vec![0, 3]
@@ -227,24 +316,102 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, "legacy_shape"), (2, "not_json")]
         );
-        let (_, too_big) = decode(vec![rec(0, 9, good)], 100, Utc::now());
+        // Poison keeps its bytes for the dead-letter topic; loaded records lose their secrets.
+        assert_eq!(poison[0].source.payload.as_deref(), Some(&legacy[..]));
+        assert_eq!(poison[1].source.payload.as_deref(), Some(&b"nope"[..]));
+        assert!(!ok[0].payload_text.contains("\"password\""));
+        assert_eq!(
+            ok[0].original(),
+            &good[..],
+            "the original is kept for the DLQ"
+        );
+        assert!(ok[0].payload_text.contains("\"uuid\""));
+        let (_, too_big) = decode(vec![rec(0, 9, good)], 100, Utc::now(), true);
         assert_eq!(too_big[0].error.kind(), "too_large");
+        assert_eq!(too_big[0].source.payload.as_deref(), Some(&good[..]));
+        let bad_utf8 = decode(vec![rec(0, 10, b"{\"a\":\"\xff\"}")], 100, Utc::now(), true).1;
+        assert_eq!(bad_utf8[0].error.kind(), "invalid_utf8");
+        assert_eq!(
+            bad_utf8[0].source.payload.as_deref(),
+            Some(&b"{\"a\":\"\xff\"}"[..])
+        );
+        let (kept, _) = decode(vec![rec(0, 11, good)], 1 << 20, Utc::now(), false);
+        assert_eq!(
+            kept[0].payload_text.as_bytes(),
+            &good[..],
+            "kept byte for byte"
+        );
+    }
+
+    #[test]
+    fn parallel_decode_matches_sequential_decode_in_order() {
+        let good = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+        let recs: Vec<SourceRecord> = (0..23)
+            .map(|o| rec(0, o, if o % 5 == 3 { b"nope" } else { good }))
+            .collect();
+        let now = Utc::now();
+        let (g1, b1) = decode(recs.clone(), 1 << 20, now, true);
+        for threads in [1, 2, 3, 8, 64] {
+            let (g, b) = decode_parallel(recs.clone(), 1 << 20, now, true, threads);
+            let offs = |v: &[LoadRecord]| v.iter().map(|r| r.source.offset).collect::<Vec<_>>();
+            assert_eq!(offs(&g), offs(&g1), "{threads} threads");
+            assert_eq!(
+                b.iter().map(|p| p.source.offset).collect::<Vec<_>>(),
+                b1.iter().map(|p| p.source.offset).collect::<Vec<_>>()
+            );
+            assert!(
+                g.iter()
+                    .zip(&g1)
+                    .all(|(a, b)| a.users == b.users && a.payload_text == b.payload_text)
+            );
+        }
+        assert!(decode_parallel(Vec::new(), 1, now, true, 4).0.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn age_deadline_starts_with_the_first_record() {
+        let (age, linger) = (Duration::from_secs(1), Duration::from_secs(10));
         let mut b = Batch::default();
-        assert_eq!(b.deadline(Duration::from_secs(1)), None);
+        assert_eq!(b.deadline(age, linger), None);
         b.push(rec(0, 0, b""));
-        let d = b.deadline(Duration::from_secs(1)).unwrap();
+        let d = b.deadline(age, linger).unwrap();
         tokio::time::advance(Duration::from_millis(500)).await;
         b.push(rec(0, 1, b""));
         assert_eq!(
-            b.deadline(Duration::from_secs(1)),
+            b.deadline(age, linger),
             Some(d),
             "later records do not extend the age"
         );
+        assert_eq!(b.bytes(), 0);
+        b.push(rec(1, 2, b"12345"));
+        assert_eq!(b.bytes(), 5);
+        assert_eq!(b.retain_partitions(|_, p| p == 0), 1);
+        assert_eq!(b.bytes(), 0);
         assert_eq!(b.take().len(), 2);
-        assert!(b.is_empty() && b.deadline(Duration::from_secs(1)).is_none());
+        assert!(b.is_empty() && b.deadline(age, linger).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_closes_a_batch_once_records_stop_arriving() {
+        let (age, linger) = (Duration::from_secs(5), Duration::from_millis(50));
+        let mut b = Batch::default();
+        b.push(rec(0, 0, b""));
+        let first = b.deadline(age, linger).unwrap();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        b.push(rec(0, 1, b""));
+        let second = b.deadline(age, linger).unwrap();
+        assert_eq!(
+            second - first,
+            Duration::from_millis(30),
+            "each record restarts the linger"
+        );
+        assert_eq!(second, Instant::now() + linger);
+        // A steady trickle never lingers out, but the age still bounds the batch.
+        for i in 2..200 {
+            tokio::time::advance(Duration::from_millis(40)).await;
+            b.push(rec(0, i, b""));
+        }
+        let opened = b.opened.unwrap();
+        assert_eq!(b.deadline(age, linger), Some(opened + age));
     }
 }

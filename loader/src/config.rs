@@ -184,9 +184,17 @@ pub struct RunConfig {
     /// A batch closes at this many records...
     #[arg(long = "batch-max-records", env = "BATCH_MAX_RECORDS", value_name = "BATCH_MAX_RECORDS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_records: u32,
+    /// ...or holds this many payload bytes, which bounds the loader's memory whatever the size
+    /// of a response (a 5,000-user response is ~5.5 MB).
+    #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_max_bytes: u64,
     /// ...or when its oldest record is this old, even if nothing else arrives.
     #[arg(long = "batch-max-age", env = "BATCH_MAX_AGE", value_name = "BATCH_MAX_AGE", default_value = "5s", value_parser = parse_duration)]
     pub batch_max_age: Duration,
+    /// ...or when no record has arrived for this long (the topic is caught up): light traffic
+    /// is written at once, a backlog still fills whole batches.
+    #[arg(long = "batch-linger", env = "BATCH_LINGER", value_name = "BATCH_LINGER", default_value = "50ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
     /// Root of the Parquet datasets (`raw/`, `processed/`, `_staging/`).
     #[arg(
         long = "data-dir",
@@ -265,6 +273,9 @@ impl RunConfig {
             anyhow::bail!(
                 "KAFKA_SESSION_TIMEOUT must be between 1s and 5m (the broker's own limits apply too)"
             );
+        }
+        if self.batch_linger.is_zero() {
+            anyhow::bail!("BATCH_LINGER must be greater than zero");
         }
         if self.batch_max_age.is_zero() {
             anyhow::bail!("BATCH_MAX_AGE must be greater than zero");
@@ -358,6 +369,8 @@ mod tests {
         assert_eq!(c.dlq_topic, "randomuser.raw.dlq");
         assert_eq!(c.metrics_addr.port(), 2113);
         assert_eq!(c.batch_max_age, Duration::from_secs(5));
+        assert_eq!(c.batch_linger, Duration::from_millis(50));
+        assert_eq!(c.batch_max_bytes, 8 << 20);
         c.validate().unwrap();
     }
 
@@ -365,6 +378,8 @@ mod tests {
     fn bad_values_name_their_variable() {
         for (flag, bad, var) in [
             ("--batch-max-age", "often", "BATCH_MAX_AGE"),
+            ("--batch-linger", "soon", "BATCH_LINGER"),
+            ("--batch-max-bytes", "0", "BATCH_MAX_BYTES"),
             ("--batch-max-records", "0", "BATCH_MAX_RECORDS"),
             ("--metrics-addr", "nowhere", "METRICS_ADDR"),
             (
@@ -403,6 +418,8 @@ mod tests {
             "KAFKA_DLQ_TOPIC",
             "BATCH_MAX_RECORDS",
             "BATCH_MAX_AGE",
+            "BATCH_LINGER",
+            "BATCH_MAX_BYTES",
             "DATA_DIR",
             "METRICS_ADDR",
             "LOG_DIR",

@@ -33,9 +33,25 @@ pub struct Metrics {
     pub last_commit: IntGauge,
     /// Partitions this replica owns now.
     pub assigned_partitions: IntGauge,
+    /// Bytes free to this process on the `DATA_DIR` filesystem (alert before Parquet writes fail).
+    pub data_dir_available: IntGauge,
+    /// Size of the `DATA_DIR` filesystem.
+    pub data_dir_capacity: IntGauge,
 }
 
 impl Metrics {
+    /// Reads the `DATA_DIR` filesystem's free and total space into the gauges.
+    pub fn observe_data_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let st = rustix::fs::statvfs(dir)?;
+        let unit = st.f_frsize.max(1);
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.data_dir_available
+            .set(clamp(st.f_bavail.saturating_mul(unit)));
+        self.data_dir_capacity
+            .set(clamp(st.f_blocks.saturating_mul(unit)));
+        Ok(())
+    }
+
     /// Creates and registers every series.
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
@@ -100,8 +116,18 @@ impl Metrics {
             "etl_loader_assigned_partitions",
             "Partitions this replica owns",
         )?;
+        let data_dir_available = IntGauge::new(
+            "etl_loader_data_dir_available_bytes",
+            "Bytes available to the loader on the DATA_DIR filesystem",
+        )?;
+        let data_dir_capacity = IntGauge::new(
+            "etl_loader_data_dir_capacity_bytes",
+            "Size of the DATA_DIR filesystem in bytes",
+        )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(data_dir_available.clone()),
+            Box::new(data_dir_capacity.clone()),
             Box::new(consumed.clone()),
             Box::new(loaded.clone()),
             Box::new(duplicates.clone()),
@@ -130,6 +156,8 @@ impl Metrics {
             consumer_lag,
             last_commit,
             assigned_partitions,
+            data_dir_available,
+            data_dir_capacity,
         })
     }
 }

@@ -125,14 +125,6 @@ impl TransformError {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    results: Option<Vec<Value>>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
 struct ApiUser {
     #[serde(default)]
     gender: Option<String>,
@@ -189,19 +181,30 @@ pub const LOGIN_SECRETS: [&str; 5] = ["password", "salt", "md5", "sha1", "sha256
 /// anyway). The raw copies in PostgreSQL and Parquet store this; the topic keeps the original.
 pub fn strip_login_secrets(payload: &str) -> Option<String> {
     let mut doc: Value = serde_json::from_str(payload).ok()?;
+    if strip_parsed(&mut doc) {
+        serde_json::to_string(&doc).ok()
+    } else {
+        None
+    }
+}
+
+/// Removes the users' [`LOGIN_SECRETS`] from a parsed response; true if anything went.
+fn strip_parsed(doc: &mut Value) -> bool {
     let mut removed = false;
-    for user in doc.get_mut("results")?.as_array_mut()? {
+    let users = doc
+        .get_mut("results")
+        .and_then(Value::as_array_mut)
+        .map(|a| a.iter_mut())
+        .into_iter()
+        .flatten();
+    for user in users {
         if let Some(login) = user.get_mut("login").and_then(Value::as_object_mut) {
             for key in LOGIN_SECRETS {
                 removed |= login.shift_remove(key).is_some();
             }
         }
     }
-    if removed {
-        serde_json::to_string(&doc).ok()
-    } else {
-        None
-    }
+    removed
 }
 
 /// Checks the payload's envelope without transforming: used where only validity matters.
@@ -223,20 +226,96 @@ pub fn transform(
 ) -> Result<Vec<ProcessedUser>, TransformError> {
     let text =
         std::str::from_utf8(payload).map_err(|e| TransformError::InvalidUtf8(e.to_string()))?;
-    let env: Envelope =
+    let doc: Value =
         serde_json::from_str(text).map_err(|e| TransformError::NotJson(e.to_string()))?;
+    users_of(text, &doc, raw_id, processed_at)
+}
+
+/// What the loader keeps of a record that transformed.
+#[derive(Debug)]
+pub struct Transformed {
+    /// The users' rows.
+    pub users: Vec<ProcessedUser>,
+    /// What the raw sinks store: the payload, or the payload without the users' login secrets.
+    pub stored: String,
+    /// The payload byte for byte when `stored` differs from it (kept for the dead-letter topic,
+    /// should PostgreSQL refuse the record); `None` when `stored` is the payload itself.
+    pub original: Option<Vec<u8>>,
+}
+
+/// The loader's hot path: [`transform`] plus the text the raw sinks store — the payload itself
+/// (moved, not copied) or, with `strip`, the payload without the users' [`LOGIN_SECRETS`] —
+/// from a single parse. On error the payload comes back untouched, for the dead-letter topic.
+pub fn transform_owned(
+    payload: Vec<u8>,
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+    strip: bool,
+) -> Result<Transformed, (TransformError, Vec<u8>)> {
+    let text = String::from_utf8(payload).map_err(|e| {
+        let error = TransformError::InvalidUtf8(e.utf8_error().to_string());
+        (error, e.into_bytes())
+    })?;
+    let mut doc: Value = match serde_json::from_str(&text) {
+        Ok(doc) => doc,
+        Err(e) => return Err((TransformError::NotJson(e.to_string()), text.into_bytes())),
+    };
+    let users = match users_of(&text, &doc, raw_id, processed_at) {
+        Ok(users) => users,
+        Err(e) => return Err((e, text.into_bytes())),
+    };
+    if strip && strip_parsed(&mut doc) {
+        match serde_json::to_string(&doc) {
+            Ok(stored) => {
+                return Ok(Transformed {
+                    users,
+                    stored,
+                    original: Some(text.into_bytes()),
+                });
+            }
+            Err(e) => {
+                let error = TransformError::WrongShape(format!("cannot re-serialise: {e}"));
+                return Err((error, text.into_bytes()));
+            }
+        }
+    }
+    Ok(Transformed {
+        users,
+        stored: text,
+        original: None,
+    })
+}
+
+/// The checks and rows of a parsed response.
+fn users_of(
+    text: &str,
+    doc: &Value,
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+) -> Result<Vec<ProcessedUser>, TransformError> {
+    let envelope = doc.as_object().ok_or_else(|| {
+        TransformError::NotJson(format!("expected a JSON object, found {}", json_type(doc)))
+    })?;
     if text.contains("\\u0000") {
         return Err(TransformError::Unstorable);
     }
-    if let Some(err) = env.error {
-        return Err(TransformError::ApiError(match err {
-            Value::String(s) => s,
-            other => other.to_string(),
-        }));
+    match envelope.get("error") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => return Err(TransformError::ApiError(s.clone())),
+        Some(other) => return Err(TransformError::ApiError(other.to_string())),
     }
-    let results = env
-        .results
-        .ok_or_else(|| TransformError::WrongShape("no `results` array".to_string()))?;
+    let results = match envelope.get("results") {
+        None | Some(Value::Null) => {
+            return Err(TransformError::WrongShape("no `results` array".to_string()));
+        }
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(TransformError::NotJson(format!(
+                "`results` is {}, expected an array",
+                json_type(other)
+            )));
+        }
+    };
     if results.is_empty() {
         return Err(TransformError::EmptyResults);
     }
@@ -245,6 +324,17 @@ pub fn transform(
         .enumerate()
         .map(|(index, value)| user_row(index, value, raw_id, processed_at))
         .collect()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn user_row(

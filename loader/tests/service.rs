@@ -109,18 +109,34 @@ async fn status_endpoints_answer() {
     let base = format!("http://{}", loader.status);
     let health = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(health.status(), 200);
-    // Ready once PostgreSQL is migrated (Kafka turns ready on the first successful poll).
-    eventually(Duration::from_secs(30), "postgres ready", || async {
-        let text = reqwest::get(format!("{base}/ready"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
-        r["checks"]["postgres"] == "ok" && r["checks"]["parquet"] == "ok"
-    })
+    // Ready once PostgreSQL is migrated and the group has assigned the (empty) topic's
+    // partition: an idle replica is ready, it does not wait for a record.
+    eventually(
+        Duration::from_secs(30),
+        "ready on an empty topic",
+        || async {
+            let text = reqwest::get(format!("{base}/ready"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+            r["checks"]["postgres"] == "ok"
+                && r["checks"]["parquet"] == "ok"
+                && r["checks"]["kafka"] == "ok"
+        },
+    )
     .await;
+    let ready = reqwest::get(format!("{base}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Free space on DATA_DIR, for the "almost full" alert.
+    let capacity = loader.metric("etl_loader_data_dir_capacity_bytes").await;
+    let available = loader.metric("etl_loader_data_dir_available_bytes").await;
+    assert!(
+        capacity > 0.0 && available > 0.0 && available <= capacity,
+        "{available} of {capacity}"
+    );
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()

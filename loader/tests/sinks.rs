@@ -21,7 +21,7 @@ fn records(topic: &str, offsets: std::ops::Range<i64>) -> Vec<loader::batch::Loa
             fetched_at: Utc::now(),
         })
         .collect();
-    let (good, bad) = decode(recs, 1 << 24, Utc::now());
+    let (good, bad) = decode(recs, 1 << 24, Utc::now(), false);
     assert!(bad.is_empty());
     good
 }
@@ -66,6 +66,49 @@ async fn a_batch_written_twice_is_written_once() {
         db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")
             .await,
         4
+    );
+    // The second write was speculative (the first was all new) and met duplicates: offset 3's
+    // files hold it alone, and its row names them, not the discarded speculative ones.
+    let (first, last): (i64, i64) = sqlx::query_as(
+        "SELECT f.first_offset, f.last_offset FROM raw_data r JOIN parquet_files f ON f.path = r.processed_file WHERE r.kafka_offset = 3",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((first, last), (3, 3));
+    // All duplicates, then new records again: the careful order, then back to speculation.
+    let third = s.write(&records("t", 0..4)).await.unwrap();
+    assert_eq!(
+        (
+            third.new_records,
+            third.duplicate_records,
+            third.files_published
+        ),
+        (0, 4, 0)
+    );
+    let fourth = s.write(&records("t", 4..6)).await.unwrap();
+    assert_eq!((fourth.new_records, fourth.files_published), (2, 2));
+    let fifth = s.write(&records("t", 6..7)).await.unwrap();
+    assert_eq!((fifth.new_records, fifth.files_published), (1, 2));
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM raw_data r WHERE NOT EXISTS (SELECT 1 FROM parquet_files f WHERE f.path = r.raw_file AND f.state = 'published' AND f.dataset = 'raw' AND r.kafka_offset BETWEEN f.first_offset AND f.last_offset)
+                                              OR NOT EXISTS (SELECT 1 FROM parquet_files f WHERE f.path = r.processed_file AND f.state = 'published' AND f.dataset = 'processed' AND r.kafka_offset BETWEEN f.first_offset AND f.last_offset)"
+        )
+        .await,
+        0,
+        "every raw row names the published files that hold it"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 777);
+    assert_eq!(
+        parquet_rows(&dir.path().join("processed"), &["raw_id"]).len(),
+        777
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("_staging"))
+            .unwrap()
+            .count(),
+        0
     );
     // Persian script survives PostgreSQL and Parquet byte for byte.
     let persian: Vec<String> =

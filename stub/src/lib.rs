@@ -258,28 +258,41 @@ fn answer(state: &Mutex<State>, q: &HashMap<String, String>) -> Response<Vec<u8>
         .cloned()
         .unwrap_or_else(|| format!("{:016x}", rand::rng().random::<u64>()));
     let page: u64 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    let mut results = Vec::with_capacity(n);
-    for i in 0..n {
-        let key = format!("{seed}/{page}/{i}");
-        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes());
-        let pick = (id.as_u128() % s.pool.len() as u128) as usize;
-        let mut user = s.pool[pick].clone();
-        if let Some(login) = user.get_mut("login").and_then(Value::as_object_mut) {
-            login.insert("uuid".to_string(), Value::String(id.to_string()));
-        }
-        s.served_uuids.push(id.to_string());
-        results.push(user);
-    }
+    let (body, uuids) = response(&s.pool, &seed, page, n);
+    s.served_uuids.extend(uuids);
     s.stats.ok += 1;
     s.stats.users_served += n as u64;
-    let body = json!({
-        "results": results,
-        "info": {"seed": seed, "results": n, "page": page, "version": "1.4"}
-    });
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// A 1.4 response of `n` users drawn from `pool` (the real captures), each with a fresh
+/// `login.uuid` derived from `seed`/`page`/index, so the same arguments give the same body and
+/// different pages never repeat a user. Returns the body and the uuids it holds. The benchmark
+/// builds its topic with this, so it loads exactly what the stub serves.
+pub fn response(pool: &[Value], seed: &str, page: u64, n: usize) -> (Value, Vec<String>) {
+    let mut results = Vec::with_capacity(n);
+    let mut uuids = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("{seed}/{page}/{i}");
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, key.as_bytes());
+        let Some(user) = pool.get((id.as_u128() % pool.len().max(1) as u128) as usize) else {
+            break;
+        };
+        let mut user = user.clone();
+        if let Some(login) = user.get_mut("login").and_then(Value::as_object_mut) {
+            login.insert("uuid".to_string(), Value::String(id.to_string()));
+        }
+        uuids.push(id.to_string());
+        results.push(user);
+    }
+    let body = json!({
+        "results": results,
+        "info": {"seed": seed, "results": n, "page": page, "version": "1.4"}
+    });
+    (body, uuids)
 }
 
 fn json_response(code: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {

@@ -8,6 +8,11 @@
 //! 5. commit — rows and ledger entries become durable together;
 //! 6. rename the files into place, fsync, mark them `published`.
 //!
+//! In steady running every record of a batch is new, so 2–4 overlap: the rows are inserted
+//! already naming their files while the files are encoded. If the insert reports records that
+//! were loaded before (a replay), the speculative files are discarded, the new records' files
+//! written and linked, and the next batch takes the careful order until a batch is all new.
+//!
 //! A crash before 5 leaves unregistered staged files (removed by recovery) and no rows; a crash
 //! after 5 leaves registered staged files (moved into place by recovery). Either way a
 //! re-delivered record finds its raw row and writes nothing twice.
@@ -20,7 +25,9 @@ use chrono::Utc;
 use parquet::{ParquetSink, StagedFile};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What one batch write did.
@@ -98,6 +105,9 @@ impl SinkError {
 pub struct Sinks {
     pool: PgPool,
     parquet: ParquetSink,
+    /// Whether the last batch was all new records: if so the next one is written
+    /// speculatively (see [`Sinks::write_with`]); a replay falls back to the careful order.
+    all_new_last_time: Arc<AtomicBool>,
 }
 
 /// A pool that connects lazily, so a database that is down at start is waited for, not fatal.
@@ -112,7 +122,11 @@ pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
 impl Sinks {
     /// Both sinks.
     pub fn new(pool: PgPool, parquet: ParquetSink) -> Self {
-        Self { pool, parquet }
+        Self {
+            pool,
+            parquet,
+            all_new_last_time: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     /// The pool.
@@ -137,25 +151,81 @@ impl Sinks {
             return Ok(WriteOutcome::default());
         }
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
-        postgres::lock_ledger_shared(&mut tx).await?;
-        let new_ids = postgres::insert_raw(&mut tx, records, now).await?;
         // A record can appear twice in one batch (re-fetched after a rebalance): write it once.
         let mut seen = HashSet::with_capacity(records.len());
-        let (fresh, known): (Vec<&LoadRecord>, Vec<&LoadRecord>) = records
-            .iter()
-            .filter(|r| seen.insert(r.raw_id))
-            .partition(|r| new_ids.contains(&r.raw_id));
-        let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
-        crate::failpoint::hit("mid-batch");
-        let mut staged = if fresh.is_empty() {
-            Vec::new()
+        let unique: Vec<&LoadRecord> = records.iter().filter(|r| seen.insert(r.raw_id)).collect();
+        let mut tx = self.pool.begin().await?;
+        postgres::lock_ledger_shared(&mut tx).await?;
+        let speculate = !reprocess && self.all_new_last_time.load(Ordering::Relaxed);
+        let (new_ids, users_written, mut staged, linked) = if speculate {
+            // Expect every record to be new, as in steady running: the rows carry their file
+            // names and the files are encoded while PostgreSQL inserts.
+            let plan = self.parquet.plan(&unique);
+            let links = postgres::links_of(&plan);
+            let rows = async {
+                let ids = postgres::insert_raw(&mut tx, &unique, now, &links).await?;
+                let users = postgres::insert_processed(&mut tx, &unique, now).await?;
+                Ok::<_, sqlx::Error>((ids, users))
+            };
+            let (rows, files) = tokio::join!(rows, self.parquet.write_plan(plan.clone(), &unique));
+            let (ids, users) = match rows {
+                Ok(v) => v,
+                Err(e) => {
+                    if let Ok(files) = &files {
+                        self.parquet.discard(files).await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            let files = files.map_err(SinkError::Parquet)?;
+            crate::failpoint::hit("mid-batch");
+            if ids.len() == unique.len() {
+                (ids, users, files, true)
+            } else {
+                // Some were loaded before (re-delivery, replay): only the new ones get files.
+                self.parquet.discard(&files).await;
+                self.all_new_last_time.store(false, Ordering::Relaxed);
+                let fresh: Vec<&LoadRecord> = unique
+                    .iter()
+                    .copied()
+                    .filter(|r| ids.contains(&r.raw_id))
+                    .collect();
+                let files = if fresh.is_empty() {
+                    Vec::new()
+                } else {
+                    self.parquet
+                        .stage(&fresh)
+                        .await
+                        .map_err(SinkError::Parquet)?
+                };
+                (ids, users, files, false)
+            }
         } else {
-            self.parquet
-                .stage(&fresh)
-                .await
-                .map_err(SinkError::Parquet)?
+            let ids = postgres::insert_raw(&mut tx, &unique, now, &HashMap::new()).await?;
+            let fresh: Vec<&LoadRecord> = unique
+                .iter()
+                .copied()
+                .filter(|r| ids.contains(&r.raw_id))
+                .collect();
+            let users = postgres::insert_processed(&mut tx, &fresh, now).await?;
+            crate::failpoint::hit("mid-batch");
+            let files = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                self.parquet
+                    .stage(&fresh)
+                    .await
+                    .map_err(SinkError::Parquet)?
+            };
+            self.all_new_last_time
+                .store(fresh.len() == unique.len(), Ordering::Relaxed);
+            (ids, users, files, false)
         };
+        let known: Vec<&LoadRecord> = unique
+            .iter()
+            .copied()
+            .filter(|r| !new_ids.contains(&r.raw_id))
+            .collect();
         let mut reprocessed = 0;
         if reprocess && !known.is_empty() {
             match self.reprocess(&mut tx, &known, now).await {
@@ -176,7 +246,9 @@ impl Sinks {
             for f in &rewritten {
                 postgres::restage_file(&mut tx, f).await?;
             }
-            postgres::link_files(&mut tx, &new_files).await?;
+            if !linked {
+                postgres::link_files(&mut tx, &new_files).await?;
+            }
             tx.commit().await
         }
         .await;
@@ -196,8 +268,8 @@ impl Sinks {
             .map_err(|e| SinkError::Parquet(e.into()))?;
         postgres::mark_published(&self.pool, &finals).await?;
         Ok(WriteOutcome {
-            new_records: fresh.len(),
-            duplicate_records: records.len() - fresh.len(),
+            new_records: new_ids.len(),
+            duplicate_records: records.len() - new_ids.len(),
             users_written,
             files_published: finals.len(),
             reprocessed_records: reprocessed,
@@ -219,7 +291,7 @@ impl Sinks {
         let mut count = 0;
         for path in files {
             let sources = postgres::records_in_file(tx, &path).await?;
-            let (records, poison) = crate::batch::decode(sources, usize::MAX, now);
+            let (records, poison) = crate::batch::decode(sources, usize::MAX, now, false);
             if let Some(p) = poison.first() {
                 // The new transform refuses a record it accepted before: keep the old output.
                 tracing::error!(file = %path, offset = p.source.offset, error = %p.error, "reprocess: the transform now refuses a loaded record; its file is left as it was");

@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -238,6 +238,12 @@ impl ParquetSink {
     /// Writes the Parquet files for `records` (the batch's *new* records) into staging:
     /// per topic-partition and fetch date, one raw and one processed file.
     pub async fn stage(&self, records: &[&LoadRecord]) -> anyhow::Result<Vec<StagedFile>> {
+        self.write_plan(self.plan(records), records).await
+    }
+
+    /// Names the files [`ParquetSink::stage`] would write for `records`, writing nothing, so
+    /// the rows can carry their file names before the files exist.
+    pub fn plan(&self, records: &[&LoadRecord]) -> Vec<StagedFile> {
         let mut groups: BTreeMap<(String, i32, NaiveDate), Vec<&LoadRecord>> = BTreeMap::new();
         for r in records {
             groups
@@ -249,7 +255,7 @@ impl ParquetSink {
                 .or_default()
                 .push(r);
         }
-        let mut jobs = Vec::new();
+        let mut files = Vec::new();
         for ((topic, partition, date), recs) in groups {
             let first = recs
                 .iter()
@@ -262,21 +268,21 @@ impl ParquetSink {
                 .max()
                 .unwrap_or_default();
             let tag = uuid::Uuid::new_v4().simple().to_string();
-            for (dataset, batch) in [
-                (Dataset::Raw, raw_batch(&recs)?),
-                (Dataset::Processed, processed_batch(&recs)?),
-            ] {
-                let name = format!(
-                    "{topic}-p{partition}-o{first}-o{last}-{}.parquet",
-                    &tag[..8]
-                );
-                let file = StagedFile {
+            let name = format!(
+                "{topic}-p{partition}-o{first}-o{last}-{}.parquet",
+                &tag[..8]
+            );
+            for dataset in [Dataset::Raw, Dataset::Processed] {
+                files.push(StagedFile {
                     dataset,
                     topic: topic.clone(),
                     partition,
                     first_offset: first,
                     last_offset: last,
-                    rows: batch.num_rows(),
+                    rows: match dataset {
+                        Dataset::Raw => recs.len(),
+                        Dataset::Processed => recs.iter().map(|r| r.users.len()).sum(),
+                    },
                     staged_rel: format!("{STAGING_DIR}/{}-{name}", dataset.as_str()),
                     final_rel: format!(
                         "{}/date={}/{name}",
@@ -285,9 +291,40 @@ impl ParquetSink {
                     ),
                     raw_ids: recs.iter().map(|r| r.raw_id).collect(),
                     replaces: false,
-                };
-                jobs.push((file, batch));
+                });
             }
+        }
+        files
+    }
+
+    /// Writes the planned files, each with the records its `raw_ids` name.
+    pub async fn write_plan(
+        &self,
+        plan: Vec<StagedFile>,
+        records: &[&LoadRecord],
+    ) -> anyhow::Result<Vec<StagedFile>> {
+        let by_id: HashMap<uuid::Uuid, &LoadRecord> =
+            records.iter().map(|r| (r.raw_id, *r)).collect();
+        let mut jobs = Vec::with_capacity(plan.len());
+        for file in plan {
+            let recs =
+                file.raw_ids
+                    .iter()
+                    .map(|id| {
+                        by_id.get(id).copied().ok_or_else(|| {
+                            anyhow::anyhow!("planned record {id} is not in the batch")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<&LoadRecord>>>()?;
+            let batches = match file.dataset {
+                // Raw rows are whole responses: a row group per few MB keeps the encoder's
+                // buffers (and the Arrow copy) small and lets readers skip through big files.
+                Dataset::Raw => chunks_by_bytes(&recs, RAW_ROW_GROUP_BYTES)
+                    .map(raw_batch)
+                    .collect::<Result<Vec<_>, _>>()?,
+                Dataset::Processed => vec![processed_batch(&recs)?],
+            };
+            jobs.push((file, batches));
         }
         self.write_staged(jobs).await
     }
@@ -328,21 +365,21 @@ impl ParquetSink {
             raw_ids: records.iter().map(|r| r.raw_id).collect(),
             replaces: true,
         };
-        let mut done = self.write_staged(vec![(file, batch)]).await?;
+        let mut done = self.write_staged(vec![(file, vec![batch])]).await?;
         done.pop()
             .ok_or_else(|| anyhow::anyhow!("no file staged for {final_rel}"))
     }
 
     async fn write_staged(
         &self,
-        jobs: Vec<(StagedFile, RecordBatch)>,
+        jobs: Vec<(StagedFile, Vec<RecordBatch>)>,
     ) -> anyhow::Result<Vec<StagedFile>> {
         let root = self.root.clone();
         let staged = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StagedFile>> {
             let mut done: Vec<StagedFile> = Vec::with_capacity(jobs.len());
-            for (file, batch) in jobs {
+            for (file, batches) in jobs {
                 let path = root.join(&file.staged_rel);
-                if let Err(e) = write_file(&path, &batch) {
+                if let Err(e) = write_file(&path, &batches) {
                     let _ = std::fs::remove_file(&path);
                     for f in &done {
                         let _ = std::fs::remove_file(root.join(&f.staged_rel));
@@ -389,14 +426,47 @@ impl ParquetSink {
     }
 }
 
-fn write_file(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
+/// Payload bytes per row group of a raw file.
+pub const RAW_ROW_GROUP_BYTES: usize = 4 << 20;
+
+/// Consecutive runs of `records` holding about `limit` payload bytes each (at least one record).
+pub fn chunks_by_bytes<'a, 'r>(
+    records: &'a [&'r LoadRecord],
+    limit: usize,
+) -> impl Iterator<Item = &'a [&'r LoadRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || bytes + rest[n].payload_text.len() <= limit) {
+            bytes += rest[n].payload_text.len();
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// Writes `batches` as one file, a row group each, and fsyncs it.
+fn write_file(path: &Path, batches: &[RecordBatch]) -> anyhow::Result<()> {
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .ok_or_else(|| anyhow::anyhow!("no rows for {}", path.display()))?;
     let file = std::fs::File::create(path)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by(concat!("randomuser-etl-loader ", env!("CARGO_PKG_VERSION")).to_string())
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(batch)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    for batch in batches {
+        writer.write(batch)?;
+        writer.flush()?;
+    }
     let file = writer.into_inner()?;
     file.sync_all()?;
     Ok(())
@@ -460,7 +530,7 @@ mod tests {
                 fetched_at: at,
             })
             .collect();
-        let (good, bad) = decode(recs, 1 << 20, Utc::now());
+        let (good, bad) = decode(recs, 1 << 20, Utc::now(), false);
         assert!(bad.is_empty());
         good
     }

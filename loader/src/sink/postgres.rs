@@ -8,7 +8,7 @@ use crate::batch::{LoadRecord, SourceRecord};
 use crate::sink::parquet::{Dataset, StagedFile};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// Advisory-lock key guarding the Parquet staging area: batches hold it shared while they stage
@@ -28,36 +28,61 @@ pub async fn lock_ledger_shared(tx: &mut PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Inserts the raw rows; returns the ids that were new (the rest were already loaded).
+/// Inserts the raw rows, each with the Parquet files `links` names for it (or none, to be
+/// linked later); returns the ids that were new (the rest were already loaded).
 pub async fn insert_raw(
     tx: &mut PgConnection,
-    records: &[LoadRecord],
+    records: &[&LoadRecord],
     created_at: DateTime<Utc>,
+    links: &HashMap<Uuid, (&str, &str)>,
 ) -> sqlx::Result<HashSet<Uuid>> {
+    // A statement per few MB of payload: the driver holds each statement's parameters twice
+    // while sending, so this bounds memory without adding round trips worth measuring.
+    let mut new = HashSet::with_capacity(records.len());
+    for chunk in crate::sink::parquet::chunks_by_bytes(records, RAW_STATEMENT_BYTES) {
+        new.extend(insert_raw_chunk(&mut *tx, chunk, created_at, links).await?);
+    }
+    Ok(new)
+}
+
+/// Payload bytes per raw `INSERT` statement.
+const RAW_STATEMENT_BYTES: usize = 4 << 20;
+
+async fn insert_raw_chunk(
+    tx: &mut PgConnection,
+    records: &[&LoadRecord],
+    created_at: DateTime<Utc>,
+    links: &HashMap<Uuid, (&str, &str)>,
+) -> sqlx::Result<Vec<Uuid>> {
     let n = records.len();
     let mut ids = Vec::with_capacity(n);
     let mut topics = Vec::with_capacity(n);
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);
-    let mut keys: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
     let mut fetched = Vec::with_capacity(n);
+    let mut raw_files: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut processed_files: Vec<Option<&str>> = Vec::with_capacity(n);
     for r in records {
         ids.push(r.raw_id);
-        topics.push(r.source.topic.clone());
+        topics.push(r.source.topic.as_str());
         partitions.push(r.source.partition);
         offsets.push(r.source.offset);
-        keys.push(r.source.key.clone());
-        payloads.push(r.payload_text.clone());
+        keys.push(r.source.key.as_deref());
+        payloads.push(r.payload_text.as_str());
         counts.push(r.users.len() as i32);
         fetched.push(r.source.fetched_at);
+        let link = links.get(&r.raw_id);
+        raw_files.push(link.map(|l| l.0));
+        processed_files.push(link.map(|l| l.1));
     }
     let rows = sqlx::query(
-        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at)
-         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9
-         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[])
-              AS r(raw_id, topic, p, o, k, payload, n, f)
+        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file)
+         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rf, r.pf
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::text[])
+              AS r(raw_id, topic, p, o, k, payload, n, f, rf, pf)
          ON CONFLICT DO NOTHING
          RETURNING raw_id",
     )
@@ -70,9 +95,26 @@ pub async fn insert_raw(
     .bind(counts)
     .bind(fetched)
     .bind(created_at)
+    .bind(raw_files)
+    .bind(processed_files)
     .fetch_all(tx)
     .await?;
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+/// The `raw_file`/`processed_file` of each record in `files`.
+pub fn links_of(files: &[StagedFile]) -> HashMap<Uuid, (&str, &str)> {
+    let mut out: HashMap<Uuid, (&str, &str)> = HashMap::new();
+    for f in files {
+        for id in &f.raw_ids {
+            let e = out.entry(*id).or_insert(("", ""));
+            match f.dataset {
+                Dataset::Raw => e.0 = &f.final_rel,
+                Dataset::Processed => e.1 = &f.final_rel,
+            }
+        }
+    }
+    out
 }
 
 const INSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,

@@ -1,0 +1,150 @@
+//! The ceiling: PostgreSQL's own `COPY` of exactly the rows the loader writes for the topic
+//! (`raw_data` with its stripped JSONB payload and file links, `processed_data`), into a fresh
+//! database with the loader's schema and indexes, in one transaction. Building the rows is not
+//! timed; sending them and committing is.
+
+use crate::Rate;
+use crate::db::FreshDb;
+use crate::preload::Topic;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+/// Rows as `COPY ... (FORMAT csv)` text, one buffer per table.
+pub struct CopyData {
+    /// `raw_data` rows.
+    pub raw: String,
+    /// `processed_data` rows.
+    pub processed: String,
+    /// Users in them.
+    pub users: u64,
+}
+
+fn field(out: &mut String, value: Option<&str>) {
+    if let Some(v) = value {
+        out.push('"');
+        out.push_str(&v.replace('"', "\"\""));
+        out.push('"');
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// What the loader would write for `topic`'s records (login secrets stripped, as by default).
+pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
+    let now = Utc::now();
+    let mut raw = String::new();
+    let mut processed = String::new();
+    let mut users = 0;
+    for r in &topic.records {
+        let body = &topic.payloads[r.payload].body;
+        let raw_id = loader::transform::raw_id(topic_name, r.partition, r.offset);
+        let rows = loader::transform::transform(body, raw_id, now)
+            .map_err(|e| anyhow::anyhow!("a preloaded record does not transform: {e}"))?;
+        let text = std::str::from_utf8(body).context("a preloaded record is not UTF-8")?;
+        let stored =
+            loader::transform::strip_login_secrets(text).unwrap_or_else(|| text.to_string());
+        let date = r.fetched_at.format("%Y-%m-%d");
+        let file = |dataset: &str| {
+            format!(
+                "{dataset}/date={date}/{topic_name}-{}-{:020}-{:020}.parquet",
+                r.partition, r.offset, r.offset
+            )
+        };
+        let _ = write!(raw, "{raw_id},");
+        field(&mut raw, Some(topic_name));
+        let _ = write!(raw, ",{},{},", r.partition, r.offset);
+        field(&mut raw, Some(&r.key));
+        raw.push(',');
+        field(&mut raw, Some(&stored));
+        let _ = write!(raw, ",{},{},{},", rows.len(), ts(r.fetched_at), ts(now));
+        field(&mut raw, Some(&file("raw")));
+        raw.push(',');
+        field(&mut raw, Some(&file("processed")));
+        raw.push('\n');
+        for u in &rows {
+            let _ = write!(processed, "{},{},", u.raw_id, u.user_index);
+            for v in [
+                u.user_uuid.as_deref(),
+                Some(u.full_name.as_str()),
+                u.title.as_deref(),
+                Some(u.first_name.as_str()),
+                Some(u.last_name.as_str()),
+                Some(u.email.as_str()),
+                u.gender.as_deref(),
+                u.nationality.as_deref(),
+                u.city.as_deref(),
+                u.state.as_deref(),
+                u.country.as_deref(),
+                u.postcode.as_deref(),
+            ] {
+                field(&mut processed, v);
+                processed.push(',');
+            }
+            if let Some(d) = u.date_of_birth {
+                processed.push_str(&ts(d));
+            }
+            let _ = writeln!(
+                processed,
+                ",{},{},{},{}",
+                ts(u.registered_date),
+                ts(r.fetched_at),
+                ts(u.processed_at),
+                ts(now)
+            );
+        }
+        users += rows.len() as u64;
+    }
+    Ok(CopyData {
+        raw,
+        processed,
+        users,
+    })
+}
+
+const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file) FROM STDIN (FORMAT csv)";
+const COPY_PROCESSED: &str = "COPY processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email, gender, nationality, city, state, country, postcode, date_of_birth, registered_date, fetched_at, processed_at, created_at) FROM STDIN (FORMAT csv)";
+
+async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &str) -> anyhow::Result<u64> {
+    let mut copy = conn
+        .copy_in_raw(statement)
+        .await
+        .with_context(|| format!("starting {statement}"))?;
+    for chunk in data.as_bytes().chunks(1 << 20) {
+        copy.send(chunk).await.context("sending COPY data")?;
+    }
+    copy.finish().await.context("finishing COPY")
+}
+
+/// Times the COPY of the loader's rows for `topic` into a fresh database.
+pub async fn measure(admin_url: &str, topic_name: &str, topic: &Topic) -> anyhow::Result<Rate> {
+    let data = rows(topic_name, topic)?;
+    let db = FreshDb::create(admin_url, "bench_ceiling", true).await?;
+    let pool = db.pool().await?;
+    let result = async {
+        let mut tx = pool.begin().await?;
+        let started = Instant::now();
+        let raw_rows = copy(&mut tx, COPY_RAW, &data.raw).await?;
+        let processed_rows = copy(&mut tx, COPY_PROCESSED, &data.processed).await?;
+        tx.commit().await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            raw_rows == topic.records.len() as u64 && processed_rows == data.users,
+            "COPY wrote {raw_rows} raw and {processed_rows} processed rows, expected {} and {}",
+            topic.records.len(),
+            data.users
+        );
+        Ok(Rate {
+            users: data.users,
+            bytes: topic.bytes,
+            elapsed,
+        })
+    }
+    .await;
+    pool.close().await;
+    db.drop().await;
+    result
+}

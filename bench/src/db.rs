@@ -1,0 +1,66 @@
+//! A fresh database per step, so no step sees another's rows, indexes or cache of them.
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A database made for one step, dropped by [`FreshDb::drop`].
+pub struct FreshDb {
+    /// Its name.
+    pub name: String,
+    /// A URL for it, with the admin URL's credentials.
+    pub url: String,
+    admin_url: String,
+}
+
+impl FreshDb {
+    /// Creates `<prefix>_<uuid>` on the server of `admin_url` and, with `migrate`, applies the
+    /// loader's migrations (the same schema and indexes the loader writes into).
+    pub async fn create(admin_url: &str, prefix: &str, migrate: bool) -> anyhow::Result<Self> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to DATABASE_URL")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating database {name} (the role needs CREATEDB)"))?;
+        let mut url = url::Url::parse(admin_url).context("DATABASE_URL is not a URL")?;
+        url.set_path(&name);
+        let db = Self {
+            name,
+            url: url.to_string(),
+            admin_url: admin_url.to_string(),
+        };
+        if migrate {
+            let pool = db.pool().await?;
+            loader::migrate::apply(&pool).await?;
+            pool.close().await;
+        }
+        Ok(db)
+    }
+
+    /// A small pool on it.
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to {}", self.name))
+    }
+
+    /// Drops it; a failure only leaves a database behind, so it is logged.
+    pub async fn drop(self) {
+        let result = async {
+            let mut conn = PgConnection::connect(&self.admin_url).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            eprintln!("[bench] could not drop database {}: {e:#}", self.name);
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The loader end to end: the real release `loader run` binary as its own process, on a fresh
+//! database, data directory and group, from offset 0 until the group has committed the end of
+//! every partition. Its peak RSS and CPU time are read from `/proc` just before it is stopped.
+
+use crate::Config;
+use crate::Rate;
+use crate::db::FreshDb;
+use crate::preload::Topic;
+use anyhow::Context;
+use etl_common::kafka::KafkaArgs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One loader run.
+#[derive(Debug, Clone)]
+pub struct LoaderRun {
+    /// Settings on top of the defaults.
+    pub settings: Vec<(String, String)>,
+    /// From the first record consumed to the last offset committed.
+    pub rate: Rate,
+    /// From process start to the last offset committed (start-up and group join included).
+    pub wall: Duration,
+    /// Peak resident set (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// User + system CPU time of the process.
+    pub cpu: Duration,
+}
+
+impl LoaderRun {
+    /// CPU time ÷ wall time: 1.0 is one core busy.
+    pub fn cores(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A free local port for the loader's status server.
+pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    l.local_addr().context("reading the probe port")
+}
+
+/// `/proc/<pid>`'s peak RSS and CPU time.
+pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc status")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|i| {
+            fields
+                .get(*i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    Ok((
+        hwm_kb * 1024,
+        Duration::from_secs_f64(ticks as f64 / clock_ticks()),
+    ))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Sends SIGTERM and waits for the process to finish its drain.
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts a service binary with only the given environment; output goes to `log`.
+pub fn spawn(
+    bin: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone().context("duplicating the log handle")?;
+    Command::new(bin)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// The tail of a log, for an error message.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A counter's value from a `/metrics` page (summed over labels), 0 when absent.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let Ok(resp) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return 0.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The environment of a loader run: defaults, plus `settings`.
+pub fn loader_env(
+    brokers: &str,
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    data_dir: &Path,
+    status: std::net::SocketAddr,
+    settings: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("KAFKA_BROKERS", brokers.to_string()),
+        ("DATABASE_URL", db_url.to_string()),
+        ("KAFKA_TOPIC", topic.to_string()),
+        ("KAFKA_GROUP_ID", group.to_string()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("LOG_DIR", String::new()),
+        ("METRICS_ADDR", status.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(settings.iter().cloned());
+    env
+}
+
+/// Runs the loader over the whole preloaded topic.
+pub async fn measure(
+    config: &Config,
+    bin_dir: &Path,
+    topic_name: &str,
+    topic: &Topic,
+    settings: &[(String, String)],
+) -> anyhow::Result<LoaderRun> {
+    let db = FreshDb::create(&config.database_url, "bench_loader", false).await?;
+    let dir = tempfile::tempdir().context("creating a data directory")?;
+    let result = run_once(
+        config,
+        bin_dir,
+        topic_name,
+        topic,
+        settings,
+        &db,
+        dir.path(),
+    )
+    .await;
+    db.drop().await;
+    result
+}
+
+async fn run_once(
+    config: &Config,
+    bin_dir: &Path,
+    topic_name: &str,
+    topic: &Topic,
+    settings: &[(String, String)],
+    db: &FreshDb,
+    dir: &Path,
+) -> anyhow::Result<LoaderRun> {
+    let group = format!("bench-loader-{}", uuid::Uuid::new_v4().simple());
+    let status = free_addr()?;
+    let data_dir: PathBuf = dir.join("data");
+    let log = dir.join("loader.log");
+    let env = loader_env(
+        &config.brokers,
+        &db.url,
+        topic_name,
+        &group,
+        &data_dir,
+        status,
+        settings,
+    );
+    let offsets = loader::replay::GroupOffsets::new(
+        &KafkaArgs::for_brokers(&config.brokers),
+        &group,
+        topic_name,
+    )?;
+    let started = Instant::now();
+    let mut child = spawn(&bin_dir.join("loader"), &["run"], &env, &log)?;
+    let outcome = async {
+        let mut first: Option<Instant> = None;
+        loop {
+            if let Some(code) = child.try_wait().context("waiting on the loader")? {
+                anyhow::bail!("the loader exited early ({code}):\n{}", tail(&log));
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(1800),
+                "the loader did not catch up within 30 min:\n{}",
+                tail(&log)
+            );
+            if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
+                first = Some(Instant::now());
+            }
+            if first.is_some() && crate::kafka::caught_up(&offsets, &topic.ends)? {
+                let done = Instant::now();
+                let (peak_rss, cpu) = proc_usage(child.id())?;
+                return Ok((first.unwrap_or(started), done, peak_rss, cpu));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    stop(&mut child);
+    let (first, done, peak_rss, cpu) = outcome?;
+    let pool = db.pool().await?;
+    let (raw, processed): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM raw_data), (SELECT count(*) FROM processed_data)",
+    )
+    .fetch_one(&pool)
+    .await
+    .context("counting the loaded rows")?;
+    pool.close().await;
+    anyhow::ensure!(
+        raw == topic.records.len() as i64 && processed == topic.users as i64,
+        "the loader wrote {raw} raw and {processed} processed rows, expected {} and {}",
+        topic.records.len(),
+        topic.users
+    );
+    let parquet_files = count_files(&data_dir.join("processed"));
+    anyhow::ensure!(
+        parquet_files > 0,
+        "the loader wrote no processed Parquet file"
+    );
+    Ok(LoaderRun {
+        settings: settings.to_vec(),
+        rate: Rate {
+            users: topic.users,
+            bytes: topic.bytes,
+            elapsed: done - first,
+        },
+        wall: done - started,
+        peak_rss,
+        cpu,
+    })
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,228 @@
+//! `BENCHMARKS.md`: one section per run, newest first, under a fixed header.
+
+use crate::freshness::Freshness;
+use crate::loader_run::LoaderRun;
+use crate::{Config, Rate};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Where new runs go: everything above it is the file's fixed header.
+pub const MARKER: &str = "<!-- runs, newest first -->";
+
+/// Everything one run measured.
+pub struct Results {
+    /// When the run started.
+    pub started: DateTime<Utc>,
+    /// Its configuration.
+    pub config: Config,
+    /// Records in the topic.
+    pub produced_records: usize,
+    /// Users in the topic.
+    pub produced_users: u64,
+    /// Payload bytes in the topic.
+    pub produced_bytes: u64,
+    /// PostgreSQL COPY.
+    pub ceiling: Rate,
+    /// rdkafka into nothing.
+    pub consume: Rate,
+    /// The loader at default settings.
+    pub default_run: LoaderRun,
+    /// The loader at the best settings.
+    pub best_run: LoaderRun,
+    /// One INSERT per user.
+    pub naive: Rate,
+    /// Fetch-to-row latency.
+    pub fresh: Freshness,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn settings(run: &LoaderRun) -> String {
+    if run.settings.is_empty() {
+        "defaults".to_string()
+    } else {
+        run.settings
+            .iter()
+            .map(|(k, v)| format!("`{k}={v}`"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The run as Markdown.
+pub fn render(r: &Results) -> String {
+    let mut s = String::new();
+    let c = &r.config;
+    let _ = writeln!(
+        s,
+        "## {} — {} records × {} users\n",
+        r.started.format("%Y-%m-%d %H:%M UTC"),
+        r.produced_records,
+        c.users
+    );
+    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(s, "- command: `{}`", c.command);
+    let _ = writeln!(
+        s,
+        "- topic: {} records, {} users, {:.1} MB of JSON, {} partitions (lz4)",
+        r.produced_records,
+        r.produced_users,
+        r.produced_bytes as f64 / 1e6,
+        c.partitions
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| step | users/s | MB/s | time | peak RSS | CPU (cores) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let row = |s: &mut String, name: &str, rate: &Rate, extra: Option<&LoaderRun>| {
+        let (rss, cpu) = extra.map_or(("".to_string(), "".to_string()), |l| {
+            (
+                format!("{:.0} MB", l.peak_rss as f64 / 1024.0 / 1024.0),
+                format!("{:.2}", l.cores()),
+            )
+        });
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.1} | {} | {rss} | {cpu} |",
+            rate.users_per_sec(),
+            rate.mb_per_sec(),
+            secs(rate.elapsed)
+        );
+    };
+    row(&mut s, "PostgreSQL COPY (ceiling)", &r.ceiling, None);
+    row(&mut s, "rdkafka consume into nothing", &r.consume, None);
+    row(
+        &mut s,
+        &format!("loader, {}", settings(&r.default_run)),
+        &r.default_run.rate,
+        Some(&r.default_run),
+    );
+    row(
+        &mut s,
+        &format!("loader, {}", settings(&r.best_run)),
+        &r.best_run.rate,
+        Some(&r.best_run),
+    );
+    row(
+        &mut s,
+        &format!(
+            "naive: INSERT per user, commit per record ({} records)",
+            c.naive_records.min(r.produced_records)
+        ),
+        &r.naive,
+        None,
+    );
+    let best = &r.best_run.rate;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "- loader ÷ ceiling: {:.2} (defaults), {:.2} (best); loader ÷ naive: {:.1} (defaults), {:.1} (best)",
+        r.default_run.rate.users_per_sec() / r.ceiling.users_per_sec(),
+        best.users_per_sec() / r.ceiling.users_per_sec(),
+        r.default_run.rate.users_per_sec() / r.naive.users_per_sec(),
+        best.users_per_sec() / r.naive.users_per_sec(),
+    );
+    let _ = writeln!(
+        s,
+        "- loader wall time incl. start-up and group join: {} (defaults), {} (best)",
+        secs(r.default_run.wall),
+        secs(r.best_run.wall)
+    );
+    let _ = writeln!(
+        s,
+        "- freshness (extractor → stub every {}, {} users per fetch, loader at defaults): p50 {}, p99 {}, max {} over {} records",
+        humanize(c.freshness_interval),
+        c.freshness_users,
+        ms(r.fresh.p50),
+        ms(r.fresh.p99),
+        ms(r.fresh.max),
+        r.fresh.samples
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "ratio: {:.2}",
+        best.users_per_sec() / r.ceiling.users_per_sec()
+    );
+    s
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+const HEADER: &str = "# Benchmarks\n\nWritten by `scripts/bench.sh` (the `bench` binary, release build). Each run measures, on one\nmachine in one go, the loader against PostgreSQL's own `COPY` of the same rows, raw rdkafka\nconsumption of the same topic, and a naive loader. Newest first.\n\n";
+
+/// Adds `section` at the top of the runs in `path` (creating the file with its header).
+pub fn prepend(path: &Path, section: &str) -> anyhow::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (head, runs) = match existing.split_once(MARKER) {
+        Some((h, r)) => (h.to_string(), r.trim_start().to_string()),
+        None => (HEADER.to_string(), String::new()),
+    };
+    let text = format!(
+        "{}{MARKER}\n\n{section}\n{runs}",
+        head.trim_end().to_string() + "\n\n"
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_run_goes_first_under_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("B.md");
+        prepend(&path, "## one\n").unwrap();
+        prepend(&path, "## two\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (head, runs) = text.split_once(MARKER).unwrap();
+        assert!(head.starts_with("# Benchmarks"));
+        let two = runs.find("## two").unwrap();
+        let one = runs.find("## one").unwrap();
+        assert!(two < one, "{text}");
+        assert_eq!(text.matches("# Benchmarks").count(), 1);
+    }
+}

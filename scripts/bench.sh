@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The loader's benchmark (issue: loader vs. PostgreSQL's COPY ceiling). Provisions Kafka and
+# PostgreSQL like the tests do, builds the release binaries, runs `bench` and adds the run to
+# BENCHMARKS.md (newest first). Arguments go to `bench` (`target/release/bench --help`).
+#
+#   scripts/bench.sh                      the full run: 2,000 records x 100 users
+#   scripts/bench.sh --tiny               a seconds-long run into target/bench-tiny.md (CI keeps it working)
+#
+#   BENCH_PROFILE=debug                   use the debug build (CI's tiny run: no second compile)
+#   ETL_USE_EXISTING_SERVICES=1           use KAFKA_BROKERS / DATABASE_URL as set
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+profile="${BENCH_PROFILE:-release}"
+args=()
+for a in "$@"; do
+  if [ "$a" = "--tiny" ]; then
+    args+=(--records 20 --users 10 --naive-records 5 --freshness-for 5s --freshness-interval 500ms
+           --freshness-users 10 --out target/bench-tiny.md)
+  else
+    args+=("$a")
+  fi
+done
+
+scripts/build-deps.sh
+if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
+  scripts/dev-services.sh up
+  eval "$(scripts/dev-services.sh env)"
+fi
+if [ "$profile" = "release" ]; then
+  cargo build --release --locked -p loader -p extractor -p etl-bench
+else
+  cargo build --locked -p loader -p extractor -p etl-bench
+fi
+export BENCH_COMMAND="scripts/bench.sh${*:+ $*}"
+exec "target/$profile/bench" "${args[@]}"
