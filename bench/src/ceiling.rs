@@ -126,11 +126,13 @@ pub async fn measure(admin_url: &str, topic_name: &str, topic: &Topic) -> anyhow
     let pool = db.pool().await?;
     let result = async {
         let mut tx = pool.begin().await?;
+        let pg_before = crate::procfs::postgres_cpu();
         let started = Instant::now();
         let raw_rows = copy(&mut tx, COPY_RAW, &data.raw).await?;
         let processed_rows = copy(&mut tx, COPY_PROCESSED, &data.processed).await?;
         tx.commit().await?;
         let elapsed = started.elapsed();
+        let pg = crate::procfs::postgres_cpu().saturating_sub(pg_before);
         anyhow::ensure!(
             raw_rows == topic.records.len() as u64 && processed_rows == data.users,
             "COPY wrote {raw_rows} raw and {processed_rows} processed rows, expected {} and {}",
@@ -141,6 +143,7 @@ pub async fn measure(admin_url: &str, topic_name: &str, topic: &Topic) -> anyhow
             users: data.users,
             bytes: topic.bytes,
             elapsed,
+            pg_cores: Some(crate::procfs::cores(pg, elapsed)),
         })
     }
     .await;

@@ -50,6 +50,7 @@ pub async fn measure(brokers: &str, topic_name: &str, topic: &Topic) -> anyhow::
             users,
             bytes,
             elapsed: started.elapsed(),
+            pg_cores: None,
         })
     })
     .await

@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod loader_run;
 pub mod naive;
 pub mod preload;
+pub mod procfs;
 pub mod report;
 
 use anyhow::Context;
@@ -120,6 +121,8 @@ pub struct Rate {
     pub bytes: u64,
     /// Time taken.
     pub elapsed: Duration,
+    /// PostgreSQL's CPU over that time, in cores busy, where measured.
+    pub pg_cores: Option<f64>,
 }
 
 impl Rate {

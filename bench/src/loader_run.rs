@@ -6,6 +6,7 @@ use crate::Config;
 use crate::Rate;
 use crate::db::FreshDb;
 use crate::preload::Topic;
+use crate::procfs;
 use anyhow::Context;
 use etl_common::kafka::KafkaArgs;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ pub struct LoaderRun {
 impl LoaderRun {
     /// CPU time ÷ wall time: 1.0 is one core busy.
     pub fn cores(&self) -> f64 {
-        self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+        procfs::cores(self.cpu, self.wall)
     }
 }
 
@@ -38,49 +39,6 @@ impl LoaderRun {
 pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
     l.local_addr().context("reading the probe port")
-}
-
-/// `/proc/<pid>`'s peak RSS and CPU time.
-pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc status")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|i| {
-            fields
-                .get(*i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum();
-    Ok((
-        hwm_kb * 1024,
-        Duration::from_secs_f64(ticks as f64 / clock_ticks()),
-    ))
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// Sends SIGTERM and waits for the process to finish its drain.
@@ -218,7 +176,7 @@ async fn run_once(
     let started = Instant::now();
     let mut child = spawn(&bin_dir.join("loader"), &["run"], &env, &log)?;
     let outcome = async {
-        let mut first: Option<Instant> = None;
+        let mut first: Option<(Instant, Duration)> = None;
         loop {
             if let Some(code) = child.try_wait().context("waiting on the loader")? {
                 anyhow::bail!("the loader exited early ({code}):\n{}", tail(&log));
@@ -229,19 +187,23 @@ async fn run_once(
                 tail(&log)
             );
             if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
-                first = Some(Instant::now());
+                first = Some((Instant::now(), procfs::postgres_cpu()));
             }
-            if first.is_some() && crate::kafka::caught_up(&offsets, &topic.ends)? {
+            if let Some((at, pg_before)) = first
+                && crate::kafka::caught_up(&offsets, &topic.ends)?
+            {
                 let done = Instant::now();
-                let (peak_rss, cpu) = proc_usage(child.id())?;
-                return Ok((first.unwrap_or(started), done, peak_rss, cpu));
+                let pg = procfs::postgres_cpu().saturating_sub(pg_before);
+                let peak_rss = procfs::peak_rss(child.id())?;
+                let cpu = procfs::cpu(child.id())?;
+                return Ok((at, done, peak_rss, cpu, pg));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     .await;
     stop(&mut child);
-    let (first, done, peak_rss, cpu) = outcome?;
+    let (first, done, peak_rss, cpu, pg_cpu) = outcome?;
     let pool = db.pool().await?;
     let (raw, processed): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM raw_data), (SELECT count(*) FROM processed_data)",
@@ -267,6 +229,7 @@ async fn run_once(
             users: topic.users,
             bytes: topic.bytes,
             elapsed: done - first,
+            pg_cores: Some(procfs::cores(pg_cpu, done - first)),
         },
         wall: done - started,
         peak_rss,

@@ -49,6 +49,7 @@ async fn run(
     let want = config.naive_records.min(topic.records.len());
     let (mut users, mut bytes, mut seen) = (0u64, 0u64, 0usize);
     let mut started = None;
+    let pg_before = crate::procfs::postgres_cpu();
     while seen < want {
         let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
@@ -107,9 +108,12 @@ async fn run(
         seen += 1;
     }
     pool.close().await;
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    let pg = crate::procfs::postgres_cpu().saturating_sub(pg_before);
     Ok(Rate {
         users,
         bytes,
-        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
+        elapsed,
+        pg_cores: Some(crate::procfs::cores(pg, elapsed)),
     })
 }

@@ -113,9 +113,10 @@ pub fn render(r: &Results) -> String {
                 format!("{:.2}", l.cores()),
             )
         });
+        let pg = rate.pg_cores.map_or(String::new(), |c| format!("{c:.2}"));
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.1} | {} | {rss} | {cpu} |",
+            "| {name} | {:.0} | {:.1} | {} | {rss} | {cpu} | {pg} |",
             rate.users_per_sec(),
             rate.mb_per_sec(),
             secs(rate.elapsed)

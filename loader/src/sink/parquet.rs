@@ -511,6 +511,49 @@ mod tests {
     use crate::batch::{SourceRecord, decode};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    #[test]
+    fn chunks_hold_about_the_limit_and_every_record_once() {
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        let size = refs[0].payload_text.len();
+        for (limit, want) in [
+            (1, vec![1, 1, 1]),
+            (size * 2, vec![2, 1]),
+            (usize::MAX, vec![3]),
+        ] {
+            let chunks: Vec<usize> = chunks_by_bytes(&refs, limit).map(<[_]>::len).collect();
+            assert_eq!(chunks, want, "limit {limit}");
+        }
+        assert_eq!(chunks_by_bytes(&[], 10).count(), 0);
+    }
+
+    #[test]
+    fn raw_files_get_a_row_group_per_few_megabytes() {
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        let big: Vec<&LoadRecord> = std::iter::repeat_n(refs[0], 600).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<RecordBatch> = chunks_by_bytes(&big, RAW_ROW_GROUP_BYTES)
+            .map(raw_batch)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let path = dir.path().join("x.parquet");
+        write_file(&path, &batches).unwrap();
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        let groups = reader.metadata().num_row_groups();
+        let total = big.len() * big[0].payload_text.len();
+        assert_eq!(groups, batches.len());
+        assert!(
+            groups >= total / RAW_ROW_GROUP_BYTES,
+            "{groups} groups for {total} bytes"
+        );
+        assert!(groups > 1, "{total} bytes in one row group");
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 600);
+    }
+
     fn records() -> Vec<LoadRecord> {
         let payload = include_bytes!("../../../fixtures/randomuser/v1.3-compact-20-users.json");
         let day1 = DateTime::parse_from_rfc3339("2026-11-23T23:59:59Z")
