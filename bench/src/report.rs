@@ -103,9 +103,9 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| step | users/s | MB/s | time | peak RSS | CPU (cores) |"
+        "| step | users/s | MB/s | time | loader peak RSS | loader CPU (cores) | PostgreSQL CPU (cores) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     let row = |s: &mut String, name: &str, rate: &Rate, extra: Option<&LoaderRun>| {
         let (rss, cpu) = extra.map_or(("".to_string(), "".to_string()), |l| {
             (
