@@ -3,7 +3,7 @@
 #   up       install what is missing, start what is not running, wait until both answer
 #   down     stop both (data is kept)
 #   status   one line per service; exit 0 if both run, 3 otherwise
-#   env      print the export lines for KAFKA_BROKERS and DATABASE_URL
+#   env      print the export lines for KAFKA_BROKERS and DATABASE_URL (and the TLS test settings)
 #   start-kafka | stop-kafka | start-postgres | stop-postgres
 #            one service alone, data kept (for fault tests that stop a service mid-load)
 #
@@ -11,8 +11,13 @@
 # into the state dir, run with the machine's Java. PostgreSQL: Debian's packages (apt-get installs
 # them when missing), our own cluster in the state dir. Everything is idempotent.
 #
+# TLS, for the transport tests: a throwaway CA and a `localhost` certificate in $STATE/tls
+# (openssl). PostgreSQL also accepts TLS on its port (ssl=on; plain connections still work);
+# Kafka has a second listener on KAFKA_TLS_PORT speaking SASL_SSL with SCRAM-SHA-512 for user
+# `etl` (password generated into $STATE/tls/scram-password). `env` prints where they are.
+#
 # Environment: ETL_SERVICES_DIR (state, default <repo>/.services), KAFKA_PORT (9092),
-# KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), KAFKA_HEAP (512m).
+# KAFKA_CONTROLLER_PORT (9093), KAFKA_TLS_PORT (9094), PG_PORT (5432), KAFKA_HEAP (512m).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +25,8 @@ STATE="${ETL_SERVICES_DIR:-$ROOT/.services}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 PG_PORT="${PG_PORT:-5432}"
+KAFKA_TLS_PORT="${KAFKA_TLS_PORT:-9094}"
+TLS="$STATE/tls"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 POM="$ROOT/scripts/services/kafka-pom.xml"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
@@ -33,6 +40,36 @@ log() { printf '[dev-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- TLS material
+
+# A CA, a server certificate for localhost signed by it, and a second CA that signed nothing
+# (the tests use it to prove that verification is on). Made once; kept with the state.
+tls_setup() {
+  [ -f "$TLS/.complete" ] && return 0
+  command -v openssl >/dev/null || die "openssl is required for the TLS test material (Debian: apt-get install openssl)"
+  log "creating a throwaway CA and a localhost certificate in $TLS"
+  rm -rf "$TLS"
+  mkdir -p "$TLS"
+  (
+    cd "$TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=etl dev CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=unrelated CA" \
+      -keyout other-ca.key -out other-ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    # Kafka's PEM keystore: a PKCS#8 key followed by the certificate chain (unencrypted: the
+    # JDK cannot read openssl's PBES2-encrypted keys, and the file is as private as a password).
+    openssl pkcs8 -topk8 -nocrypt -in server.key -out kafka.key
+    cat kafka.key server.crt ca.pem >kafka-keystore.pem
+    openssl rand -hex 16 >scram-password
+    chmod 600 ca.key other-ca.key server.key kafka.key kafka-keystore.pem scram-password
+  ) || die "creating the TLS material failed"
+  touch "$TLS/.complete"
+}
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -112,9 +149,14 @@ start_postgres() {
         --encoding=UTF8 --locale=C.UTF-8 >/dev/null
     fi
     pg_as mkdir -p "$PG_SOCK"
-    log "starting PostgreSQL on localhost:$PG_PORT"
+    # The server's certificate and key live in the data dir, owned by the server's user.
+    tls_setup
+    cat "$TLS/server.crt" | pg_as tee "$PGDATA_DIR/server.crt" >/dev/null
+    cat "$TLS/server.key" | pg_as tee "$PGDATA_DIR/server.key" >/dev/null
+    pg_as chmod 600 "$PGDATA_DIR/server.key"
+    log "starting PostgreSQL on localhost:$PG_PORT (TLS accepted)"
     pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start \
-      -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=localhost -c max_connections=200 -c shared_buffers=128MB" >/dev/null \
+      -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=localhost -c max_connections=200 -c shared_buffers=128MB -c ssl=on" >/dev/null \
       || { tail -n 20 "$PG_LOG" >&2 || true; die "PostgreSQL did not start"; }
   fi
   local i
@@ -185,11 +227,16 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_TLS_PORT
+advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT,SASL_SSL://localhost:$KAFKA_TLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+# The TLS listener: SCRAM-SHA-512 over TLS, the certificate from a PEM keystore.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/kafka-keystore.pem
 log.dirs=$KAFKA_DATA
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -211,9 +258,10 @@ start_kafka() {
   if kafka_pid_alive; then
     log "Kafka already running (pid $(cat "$KAFKA_PID"), port $KAFKA_PORT)"
   else
-    if port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT"; then
-      die "port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is taken by something that is not our Kafka; set KAFKA_PORT/KAFKA_CONTROLLER_PORT or stop it"
+    if port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_TLS_PORT"; then
+      die "port $KAFKA_PORT, $KAFKA_CONTROLLER_PORT or $KAFKA_TLS_PORT is taken by something that is not our Kafka; set KAFKA_PORT/KAFKA_CONTROLLER_PORT/KAFKA_TLS_PORT or stop it"
     fi
+    tls_setup
     write_kafka_config
     if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
       local cluster_id
@@ -240,7 +288,12 @@ start_kafka() {
     fi
     sleep 1
   done
-  log "Kafka ready: localhost:$KAFKA_PORT"
+  # The SCRAM user of the TLS listener (idempotent: setting the same password again).
+  kafka_java kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
+    --entity-type users --entity-name etl \
+    --add-config "SCRAM-SHA-512=[iterations=8192,password=$(cat "$TLS/scram-password")]" >/dev/null \
+    || die "creating the SCRAM user failed"
+  log "Kafka ready: localhost:$KAFKA_PORT (SASL_SSL on localhost:$KAFKA_TLS_PORT)"
 }
 
 stop_kafka() {
@@ -270,6 +323,12 @@ stop_kafka() {
 print_env() {
   printf 'export KAFKA_BROKERS=localhost:%s\n' "$KAFKA_PORT"
   printf 'export DATABASE_URL=postgres://etl:etl@localhost:%s/%s\n' "$PG_PORT" "$PG_USER_DB"
+  # For the transport tests (loader/tests/tls.rs).
+  printf 'export ETL_TEST_KAFKA_TLS_BROKERS=localhost:%s\n' "$KAFKA_TLS_PORT"
+  printf 'export ETL_TEST_TLS_CA=%s\n' "$TLS/ca.pem"
+  printf 'export ETL_TEST_TLS_OTHER_CA=%s\n' "$TLS/other-ca.pem"
+  printf 'export ETL_TEST_KAFKA_SCRAM_USER=etl\n'
+  printf 'export ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE=%s\n' "$TLS/scram-password"
 }
 
 status() {

@@ -1,0 +1,172 @@
+//! Transport security against real servers: Kafka's SASL_SSL listener (SCRAM-SHA-512) and
+//! PostgreSQL over TLS with `sslmode=verify-full`, both from `scripts/dev-services.sh` (whose
+//! `env` command exports the settings read here). The pipeline runs end to end over TLS, and
+//! wrong credentials or an unrelated CA are refused — so TLS is on and verified, not merely set.
+
+mod support;
+
+use etl_common::kafka::KafkaArgs;
+use randomuser_stub::{FaultPlan, Stub};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::{Connection, PgConnection};
+use std::path::PathBuf;
+use std::time::Duration;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+/// A setting `scripts/dev-services.sh env` exports; the test fails (never skips) without it.
+fn setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
+    })
+}
+
+/// SASL_SSL client settings, as a user would give them to either service.
+fn tls_kafka(password_file: PathBuf, ca: &str) -> KafkaArgs {
+    let mut k = KafkaArgs::for_brokers(setting("ETL_TEST_KAFKA_TLS_BROKERS"));
+    k.security_protocol = Some("sasl_ssl".to_string());
+    k.sasl_mechanism = Some("SCRAM-SHA-512".to_string());
+    k.sasl_username = Some(setting("ETL_TEST_KAFKA_SCRAM_USER"));
+    k.sasl_password_file = Some(password_file);
+    k.ssl_ca_location = Some(PathBuf::from(ca));
+    k
+}
+
+fn good_kafka() -> KafkaArgs {
+    tls_kafka(
+        PathBuf::from(setting("ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE")),
+        &setting("ETL_TEST_TLS_CA"),
+    )
+}
+
+/// `url` with TLS required and the server's certificate checked against `ca` and `localhost`.
+fn verify_full(url: &str, ca: &str) -> String {
+    let mut u = url::Url::parse(url).expect("database URL parses");
+    u.set_host(Some("localhost")).expect("host");
+    u.query_pairs_mut()
+        .append_pair("sslmode", "verify-full")
+        .append_pair("sslrootcert", ca);
+    u.to_string()
+}
+
+/// Whether a client built from `kafka` can read the cluster's metadata.
+async fn metadata_ok(kafka: &KafkaArgs) -> Result<(), String> {
+    let mut cfg = kafka.client_config().map_err(|e| e.to_string())?;
+    cfg.set("group.id", unique("tls-probe"));
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_over_sasl_ssl_and_verified_postgres_tls() {
+    let ca = setting("ETL_TEST_TLS_CA");
+    let topic = unique("tls");
+    create_topic(&topic, 2).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+
+    // The extractor publishes through the SASL_SSL listener only.
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut ex = extractor::Config::for_test(&stub.url(), "unused:1", &topic).unwrap();
+    ex.kafka = good_kafka();
+    ex.max_fetches = Some(3);
+    ex.results = 40;
+    let app = extractor::Application::build(ex).await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), app.run(CancellationToken::new()))
+        .await
+        .expect("extractor finishes over TLS")
+        .expect("extractor exits Ok");
+    assert_eq!(summary.published, 3);
+
+    // The loader consumes over SASL_SSL and writes over verified TLS.
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.kafka = good_kafka();
+    config.db.url = Some(etl_common::config::Secret::new(verify_full(&db.url, &ca)));
+    let loader = RunningLoader::start(config).await;
+    eventually(Duration::from_secs(60), "120 users over TLS", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 120
+    })
+    .await;
+    // Every connection the loader holds to this database is encrypted.
+    let (tls, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(tls >= 1, "the loader holds a TLS connection");
+    assert_eq!(plain, 0, "the loader holds no plain connection");
+    let summary = loader.shutdown().await;
+    assert_eq!(summary.loaded, 3);
+    let users: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT user_uuid FROM processed_data")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let served: std::collections::HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(users, served, "exactly the users the stub served");
+    stub.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn kafka_refuses_a_wrong_password_and_an_unverified_broker() {
+    let ca = setting("ETL_TEST_TLS_CA");
+    metadata_ok(&good_kafka())
+        .await
+        .expect("the right password and CA connect");
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let err = metadata_ok(&tls_kafka(wrong, &ca))
+        .await
+        .expect_err("a wrong SCRAM password must not connect");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password leaked: {err}"
+    );
+
+    let other = tls_kafka(
+        PathBuf::from(setting("ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE")),
+        &setting("ETL_TEST_TLS_OTHER_CA"),
+    );
+    metadata_ok(&other)
+        .await
+        .expect_err("a broker certificate the CA did not sign must be refused");
+}
+
+#[tokio::test]
+async fn postgres_verify_full_checks_the_certificate() {
+    let url = admin_database_url();
+    let mut conn = PgConnection::connect(&verify_full(&url, &setting("ETL_TEST_TLS_CA")))
+        .await
+        .expect("verify-full with the right CA connects");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ssl, "the connection is encrypted");
+    conn.close().await.unwrap();
+
+    let refused =
+        PgConnection::connect(&verify_full(&url, &setting("ETL_TEST_TLS_OTHER_CA"))).await;
+    assert!(
+        refused.is_err(),
+        "a server certificate the CA did not sign must be refused"
+    );
+}
