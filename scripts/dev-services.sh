@@ -27,6 +27,7 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 PG_PORT="${PG_PORT:-5432}"
 KAFKA_TLS_PORT="${KAFKA_TLS_PORT:-9094}"
 TLS="$STATE/tls"
+SCRAM_USER="etl"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 POM="$ROOT/scripts/services/kafka-pom.xml"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
@@ -53,12 +54,16 @@ tls_setup() {
   mkdir -p "$TLS"
   (
     cd "$TLS"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=etl dev CA" \
+    # CA extensions spelled out (not left to the distribution's openssl.cnf): rustls, which
+    # sqlx uses, accepts only proper v3 CA and end-entity certificates.
+    local ext=(-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign")
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=etl dev CA" "${ext[@]}" \
       -keyout ca.key -out ca.pem 2>/dev/null
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=unrelated CA" \
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=unrelated CA" "${ext[@]}" \
       -keyout other-ca.key -out other-ca.pem 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=critical,CA:FALSE' \
+      'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' >server.ext
     openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile server.ext -out server.crt 2>/dev/null
     # Kafka's PEM keystore: a PKCS#8 key followed by the certificate chain (unencrypted: the
@@ -131,6 +136,39 @@ psql_admin() {
   pg_as "$(pg_bindir)/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres "$@"
 }
 
+# The server's certificate and key live in the data dir, owned by the server's user (it refuses
+# a key others can read). Prints "changed" when it replaced them.
+pg_tls_files() {
+  tls_setup
+  local f
+  local changed=""
+  for f in server.crt server.key; do
+    if ! cmp -s "$TLS/$f" "$PGDATA_DIR/$f"; then
+      pg_as install -m 600 /dev/null "$PGDATA_DIR/$f"
+      pg_as tee "$PGDATA_DIR/$f" <"$TLS/$f" >/dev/null
+      changed="changed"
+    fi
+  done
+  printf '%s' "$changed"
+}
+
+# ssl=on also for a cluster that was already running (started by an older version of this script,
+# or whose certificate was just replaced): ssl and its files are reloadable, no restart needed.
+pg_tls_on() {
+  local changed
+  changed="$(pg_tls_files)"
+  if [ "$(psql_admin -Atc 'SHOW ssl')" = "on" ] && [ -z "$changed" ]; then return 0; fi
+  log "PostgreSQL: turning TLS on (reload, no restart)"
+  psql_admin -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+  local i
+  for i in $(seq 1 20); do
+    [ "$(psql_admin -Atc 'SHOW ssl')" = "on" ] && return 0
+    sleep 0.5
+  done
+  tail -n 5 "$PG_LOG" >&2 2>/dev/null || true
+  die "PostgreSQL did not turn TLS on (see $PG_LOG)"
+}
+
 start_postgres() {
   pg_install
   local bin
@@ -149,11 +187,7 @@ start_postgres() {
         --encoding=UTF8 --locale=C.UTF-8 >/dev/null
     fi
     pg_as mkdir -p "$PG_SOCK"
-    # The server's certificate and key live in the data dir, owned by the server's user.
-    tls_setup
-    cat "$TLS/server.crt" | pg_as tee "$PGDATA_DIR/server.crt" >/dev/null
-    cat "$TLS/server.key" | pg_as tee "$PGDATA_DIR/server.key" >/dev/null
-    pg_as chmod 600 "$PGDATA_DIR/server.key"
+    pg_tls_files >/dev/null
     log "starting PostgreSQL on localhost:$PG_PORT (TLS accepted)"
     pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start \
       -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=localhost -c max_connections=200 -c shared_buffers=128MB -c ssl=on" >/dev/null \
@@ -165,6 +199,7 @@ start_postgres() {
     [ "$i" -eq 60 ] && die "PostgreSQL did not become ready"
     sleep 1
   done
+  pg_tls_on
   # The application's role and database. CREATEDB: the tests make one database per test;
   # CREATEROLE: the security tests make roles with known passwords and least privileges.
   psql_admin -c "DO \$\$ BEGIN
@@ -267,8 +302,10 @@ start_kafka() {
       local cluster_id
       cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
       log "formatting KRaft storage (cluster $cluster_id)"
-      kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_HOME/server.properties" --standalone >/dev/null \
+      kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_HOME/server.properties" --standalone \
+        --add-scram "$(scram_credential)" >/dev/null \
         || die "formatting Kafka storage failed"
+      scram_mark
     fi
     log "starting Kafka $KAFKA_VERSION on localhost:$KAFKA_PORT"
     nohup java -Xmx"$KAFKA_HEAP" -Xms"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
@@ -288,13 +325,38 @@ start_kafka() {
     fi
     sleep 1
   done
-  # The SCRAM user of the TLS listener (idempotent: setting the same password again).
-  kafka_java kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
-    --entity-type users --entity-name etl \
-    --add-config "SCRAM-SHA-512=[iterations=8192,password=$(cat "$TLS/scram-password")]" >/dev/null \
-    || die "creating the SCRAM user failed"
-  log "Kafka ready: localhost:$KAFKA_PORT (SASL_SSL on localhost:$KAFKA_TLS_PORT)"
+  # The SCRAM user of the TLS listener: made at format time for a fresh data dir; added here to
+  # one formatted by an older version of this script, or after the password was regenerated.
+  if ! scram_marked; then
+    log "adding the SCRAM-SHA-512 user $SCRAM_USER"
+    kafka_java kafka.admin.ConfigCommand --bootstrap-server "localhost:$KAFKA_PORT" --alter \
+      --entity-type users --entity-name "$SCRAM_USER" --add-config "$(scram_credential | sed 's/name=[^,]*,//')" >/dev/null \
+      || die "creating the SCRAM user failed"
+    scram_mark
+  fi
+  if port_open "$KAFKA_TLS_PORT"; then
+    log "Kafka ready: localhost:$KAFKA_PORT (SASL_SSL on localhost:$KAFKA_TLS_PORT)"
+  else
+    # Started by an older version of this script: listeners are fixed at start.
+    log "warning: Kafka (pid $(cat "$KAFKA_PID")) has no SASL_SSL listener on $KAFKA_TLS_PORT;" \
+      "the TLS tests need one: '$0 stop-kafka && $0 up' restarts it with it"
+    log "Kafka ready: localhost:$KAFKA_PORT"
+  fi
 }
+
+# Kafka's SCRAM credential for the TLS listener's user, as `kafka-storage format --add-scram` and
+# (without name=) `kafka-configs --add-config` take it.
+scram_credential() {
+  printf 'SCRAM-SHA-512=[name=%s,iterations=8192,password=%s]' "$SCRAM_USER" "$(cat "$TLS/scram-password")"
+}
+
+# Which cluster and password the SCRAM user was last set for: set again only when either changed.
+scram_stamp() {
+  printf '%s %s' "$(sed -n 's/^cluster.id=//p' "$KAFKA_DATA/meta.properties" 2>/dev/null)" \
+    "$(sha256sum "$TLS/scram-password" | cut -d' ' -f1)"
+}
+scram_marked() { [ "$(cat "$KAFKA_HOME/scram.stamp" 2>/dev/null)" = "$(scram_stamp)" ]; }
+scram_mark() { scram_stamp >"$KAFKA_HOME/scram.stamp"; }
 
 stop_kafka() {
   if ! kafka_pid_alive; then
@@ -324,10 +386,10 @@ print_env() {
   printf 'export KAFKA_BROKERS=localhost:%s\n' "$KAFKA_PORT"
   printf 'export DATABASE_URL=postgres://etl:etl@localhost:%s/%s\n' "$PG_PORT" "$PG_USER_DB"
   # For the transport tests (loader/tests/tls.rs).
-  printf 'export ETL_TEST_KAFKA_TLS_BROKERS=localhost:%s\n' "$KAFKA_TLS_PORT"
+  printf 'export KAFKA_TLS_BROKERS=localhost:%s\n' "$KAFKA_TLS_PORT"
   printf 'export ETL_TEST_TLS_CA=%s\n' "$TLS/ca.pem"
   printf 'export ETL_TEST_TLS_OTHER_CA=%s\n' "$TLS/other-ca.pem"
-  printf 'export ETL_TEST_KAFKA_SCRAM_USER=etl\n'
+  printf 'export ETL_TEST_KAFKA_SCRAM_USER=%s\n' "$SCRAM_USER"
   printf 'export ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE=%s\n' "$TLS/scram-password"
 }
 

@@ -22,6 +22,9 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-localhost:9092}"
 export DATABASE_URL="${DATABASE_URL:-postgres://etl:etl@localhost:5432/etl}"
 log "broker ${KAFKA_BROKERS}; database $(printf '%s' "$DATABASE_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
 
+log "supply chain: cargo deny check bans licenses sources (scripts/supply-chain.sh)"
+scripts/supply-chain.sh
+
 log "deployment files (Dockerfile, compose, k8s, alerts, dashboard): scripts/validate-deploy.sh"
 scripts/validate-deploy.sh
 

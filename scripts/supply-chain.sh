@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Supply chain: `cargo deny check bans licenses sources` (deny.toml) over the locked dependency
+# graph, offline after `cargo fetch`. cargo-deny itself is built once into .tools/cargo
+# (git-ignored; ~5 min on 2 cores the first time) at a pinned version.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CARGO_DENY_VERSION=0.20.2
+ROOT_DIR=.tools/cargo
+DENY="$ROOT_DIR/bin/cargo-deny"
+
+log() { printf '[supply-chain] %s\n' "$*" >&2; }
+
+if ! { [ -x "$DENY" ] && "$DENY" --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION\$"; }; then
+  log "installing cargo-deny $CARGO_DENY_VERSION into $ROOT_DIR"
+  cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION" --root "$ROOT_DIR"
+fi
+cargo fetch --locked --quiet
+log "cargo deny check bans licenses sources (offline)"
+"$DENY" --log-level warn --frozen check --hide-inclusion-graph bans licenses sources
