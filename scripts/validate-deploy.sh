@@ -148,6 +148,16 @@ if any(p.get("published") for p in loader.get("ports", []) or []):
     errors.append("loader: a published host port prevents --scale")
 if (loader.get("deploy") or {}).get("replicas", 1) < 2:
     errors.append("loader: deploy.replicas should be 2")
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else None
+
+# `docker compose stop` must not SIGKILL a drain that is still within its own grace.
+for svc_name, var, default in (("loader", "LOADER_SHUTDOWN_GRACE", "30s"), ("extractor", "EXTRACT_SHUTDOWN_GRACE", "10s")):
+    drain = seconds(cfg["services"][svc_name].get("environment", {}).get(var) or default)
+    kill = seconds(raw["services"][svc_name].get("stop_grace_period", "10s"))
+    if drain is None or kill is None or kill <= drain:
+        errors.append(f"service {svc_name}: stop_grace_period must exceed {var}")
 if loader["environment"].get("LOADER_SKIP_MIGRATIONS") != "true":
     errors.append("loader: LOADER_SKIP_MIGRATIONS must be true (the migrate service owns the schema)")
 for line in open(".env.example"):
@@ -222,6 +232,23 @@ for kind, name, spec in pods:
             errors.append(f"{kind} {name}/{c['name']}: container securityContext incomplete")
         if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
             errors.append(f"{kind} {name}/{c['name']}: resources requests and limits required")
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else None
+
+# The kubelet's SIGKILL must not cut the drains short: grace periods exceed the services' own.
+for dep_name, var, default in (("loader", "LOADER_SHUTDOWN_GRACE", "30s"), ("extractor", "EXTRACT_SHUTDOWN_GRACE", "10s")):
+    dep = deployments.get(dep_name)
+    if not dep:
+        continue
+    env_values = {}
+    for ef in dep["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
+        env_values.update(configmaps.get(ef.get("configMapRef", {}).get("name"), {}))
+    drain = seconds(env_values.get(var, default))
+    kill = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    if drain is None or kill <= drain:
+        errors.append(f"{dep_name}: terminationGracePeriodSeconds ({kill}) must exceed {var} ({env_values.get(var, default)})")
+
 ext = deployments.get("extractor")
 if not ext or ext["spec"].get("replicas") != 1 or ext["spec"].get("strategy", {}).get("type") != "Recreate":
     errors.append("extractor: replicas 1 with strategy Recreate (exactly one active instance)")
@@ -259,8 +286,12 @@ for so in by_kind.get("ScaledObject", []):
         for need in ("lagThreshold", "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset"):
             if need not in md:
                 errors.append(f"{tp}.metadata: {need} missing")
-        if md.get("offsetResetPolicy") not in ("earliest", "latest"):
-            errors.append(f"{tp}.metadata.offsetResetPolicy: earliest or latest")
+        # KEDA counts a partition the group never committed as lag of 1 under "latest" but as the
+        # partition's whole log under "earliest" (unless scaleToZeroOnInvalidOffset): a fresh group
+        # on a long topic would scale straight to maxReplicaCount before its first commit.
+        if md.get("offsetResetPolicy") != "latest" and md.get("scaleToZeroOnInvalidOffset") != "true":
+            errors.append(f"{tp}.metadata.offsetResetPolicy: must be latest (earliest scales a group "
+                          "with no committed offsets to maxReplicaCount)")
         for key in ("bootstrapServers", "consumerGroup", "topic"):
             if key not in md and key + "FromEnv" not in md:
                 errors.append(f"{tp}.metadata: {key} or {key}FromEnv missing")

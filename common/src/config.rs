@@ -71,16 +71,27 @@ pub fn secret_from(
     }
 }
 
-/// Removes the password (and any query string, which may hold tokens) from a URL for logs.
-/// Text that does not parse as a URL is replaced whole: we cannot know where its secret is.
+/// Removes the password (and any query string or fragment, which may hold tokens) from a URL
+/// for logs. Text that does not parse as a URL is replaced whole: we cannot know where its
+/// secret is.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
+            // An unescaped '/', '?', '#' or '@' in a password moves the authority's end, so part
+            // of the password lands in the host, path, query or fragment. Any '@' besides the
+            // one that ends the user info means we cannot tell password from host: show neither.
+            let userinfo_ats = usize::from(!u.username().is_empty() || u.password().is_some());
+            if raw.matches('@').count() != userinfo_ats {
+                return format!("{}://<redacted>", u.scheme());
+            }
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
             if u.query().is_some() {
                 u.set_query(Some("***"));
+            }
+            if u.fragment().is_some() {
+                u.set_fragment(Some("***"));
             }
             u.to_string()
         }
@@ -153,6 +164,18 @@ mod tests {
             "https://randomuser.me/api/1.4/?***"
         );
         assert!(!redact_url("not a url hunter2").contains("hunter2"));
+        // Passwords with the characters that end a URL's authority early.
+        for password in ["12/ab", "hun?ter2", "hun#ter2", "zq@yy/wv?uu#kk"] {
+            let raw = format!("postgres://etl:{password}@db:5432/etl");
+            let shown = redact_url(&raw);
+            for part in password.split(['/', '?', '#', '@']) {
+                assert!(!shown.contains(part), "{raw} shown as {shown}");
+            }
+        }
+        assert_eq!(
+            redact_url("postgres://etl:p%40ss@db/etl?sslmode=require#frag"),
+            "postgres://etl:***@db/etl?***#***"
+        );
     }
 
     #[test]

@@ -60,6 +60,35 @@ pub struct KafkaArgs {
         value_name = "KAFKA_SSL_CA_LOCATION"
     )]
     pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that authenticate clients by TLS (mTLS).
+    #[arg(
+        long = "kafka-ssl-certificate-location",
+        env = "KAFKA_SSL_CERTIFICATE_LOCATION",
+        value_name = "KAFKA_SSL_CERTIFICATE_LOCATION"
+    )]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "kafka-ssl-key-location",
+        env = "KAFKA_SSL_KEY_LOCATION",
+        value_name = "KAFKA_SSL_KEY_LOCATION"
+    )]
+    pub ssl_key_location: Option<PathBuf>,
+    /// Passphrase of the private key, if it is encrypted; prefer `KAFKA_SSL_KEY_PASSWORD_FILE`.
+    #[arg(
+        long = "kafka-ssl-key-password",
+        env = "KAFKA_SSL_KEY_PASSWORD",
+        value_name = "KAFKA_SSL_KEY_PASSWORD",
+        hide_env_values = true
+    )]
+    pub ssl_key_password: Option<Secret>,
+    /// File holding the key's passphrase (a mounted secret).
+    #[arg(
+        long = "kafka-ssl-key-password-file",
+        env = "KAFKA_SSL_KEY_PASSWORD_FILE",
+        value_name = "KAFKA_SSL_KEY_PASSWORD_FILE"
+    )]
+    pub ssl_key_password_file: Option<PathBuf>,
 }
 
 impl KafkaArgs {
@@ -87,6 +116,20 @@ impl KafkaArgs {
         if let Some(ca) = &self.ssl_ca_location {
             cfg.set("ssl.ca.location", ca.to_string_lossy());
         }
+        if let Some(cert) = &self.ssl_certificate_location {
+            cfg.set("ssl.certificate.location", cert.to_string_lossy());
+        }
+        if let Some(key) = &self.ssl_key_location {
+            cfg.set("ssl.key.location", key.to_string_lossy());
+        }
+        let key_password: Option<Secret> = secret_from(
+            self.ssl_key_password.clone(),
+            self.ssl_key_password_file.as_ref(),
+            "KAFKA_SSL_KEY_PASSWORD",
+        )?;
+        if let Some(p) = key_password {
+            cfg.set("ssl.key.password", p.expose());
+        }
         // librdkafka logs through `log`; route its level from ours.
         cfg.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         Ok(cfg)
@@ -102,6 +145,10 @@ impl KafkaArgs {
             sasl_password: None,
             sasl_password_file: None,
             ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            ssl_key_password_file: None,
         }
     }
 }
@@ -133,5 +180,41 @@ mod tests {
                 created.err()
             );
         }
+    }
+
+    /// mTLS: certificate and key paths pass through, the key's passphrase comes from its file
+    /// (trailing newline dropped), and a file that cannot be read is named in the error.
+    #[test]
+    fn client_certificate_settings_and_the_key_password_file() {
+        let dir = std::env::temp_dir().join(format!("kafka-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key-password");
+        std::fs::write(&file, "s3cret-passphrase\n").unwrap();
+        let mut args = KafkaArgs::for_brokers("localhost:1");
+        args.security_protocol = Some("ssl".to_string());
+        args.ssl_certificate_location = Some(dir.join("client.pem"));
+        args.ssl_key_location = Some(dir.join("client.key"));
+        args.ssl_key_password_file = Some(file.clone());
+        let cfg = args.client_config().unwrap();
+        assert_eq!(cfg.get("ssl.key.password"), Some("s3cret-passphrase"));
+        assert_eq!(
+            cfg.get("ssl.certificate.location"),
+            Some(dir.join("client.pem").to_string_lossy().as_ref())
+        );
+        assert_eq!(
+            cfg.get("ssl.key.location"),
+            Some(dir.join("client.key").to_string_lossy().as_ref())
+        );
+        // The plain variable wins over the file.
+        args.ssl_key_password = Some(Secret::new("from-env"));
+        let cfg = args.client_config().unwrap();
+        assert_eq!(cfg.get("ssl.key.password"), Some("from-env"));
+
+        args.ssl_key_password = None;
+        args.ssl_key_password_file = Some(dir.join("missing"));
+        let err = args.client_config().unwrap_err().to_string();
+        assert!(err.contains("KAFKA_SSL_KEY_PASSWORD_FILE="), "{err}");
+        assert!(!format!("{args:?}").contains("from-env"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

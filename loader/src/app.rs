@@ -277,9 +277,18 @@ impl Application {
     }
 
     /// Runs until `shutdown` is cancelled: finishes the open batch if the sinks allow, commits,
-    /// and returns. A batch that cannot be finished is left uncommitted (it will be re-delivered).
+    /// and returns. A batch that cannot be finished — the sinks are out, or the drain takes
+    /// longer than `LOADER_SHUTDOWN_GRACE` — is left uncommitted (it will be re-delivered).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let status_task = tokio::spawn(self.status_server);
+        let grace = self.config.shutdown_grace;
+        let grace_over = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
         let mut worker = Worker {
             config: self.config,
             sinks: self.sinks,
@@ -291,7 +300,18 @@ impl Application {
             summary: RunSummary::default(),
             range: self.range,
         };
-        let result = worker.run().await;
+        // Dropping the worker mid-write is what a crash does, and the sinks are built to survive
+        // that: the transaction rolls back or the ledger finishes it, and nothing is committed.
+        let result = tokio::select! {
+            result = worker.run() => result,
+            () = grace_over => {
+                tracing::warn!(
+                    grace = ?grace,
+                    "LOADER_SHUTDOWN_GRACE ran out; the open batch is left uncommitted and will be re-delivered"
+                );
+                Ok(())
+            }
+        };
         self.status_stop.cancel();
         let _ = status_task.await;
         result.map(|()| worker.summary)

@@ -206,7 +206,8 @@ pub struct RunConfig {
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_record_bytes: usize,
-    /// Keep the raw copies in PostgreSQL and Parquet byte for byte. Off (the default), the users'
+    /// Keep the raw copies whole: Parquet byte for byte, PostgreSQL's jsonb as the same JSON
+    /// value. Off (the default), the users'
     /// `login.password`, `salt`, `md5`, `sha1` and `sha256` are removed from them; the topic
     /// always keeps the unmodified response, bounded by its retention.
     #[arg(
@@ -241,6 +242,11 @@ pub struct RunConfig {
     /// never moved into place (recovery also runs at start and after any failed write).
     #[arg(long = "loader-recovery-interval", env = "LOADER_RECOVERY_INTERVAL", value_name = "LOADER_RECOVERY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub recovery_interval: Duration,
+    /// On SIGTERM, how long the open batch may take to be written and committed. Past it (a
+    /// hung database, say) the loader exits anyway, leaving the batch uncommitted to be
+    /// re-delivered; keep it below the orchestrator's kill timeout.
+    #[arg(long = "loader-shutdown-grace", env = "LOADER_SHUTDOWN_GRACE", value_name = "LOADER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Where `/metrics`, `/health` and `/ready` are served.
     #[arg(
         long = "metrics-addr",

@@ -286,6 +286,26 @@ pub fn transform_owned(
     })
 }
 
+/// Whether JSON text holds a `\u0000` escape (a NUL, which jsonb refuses), as opposed to an
+/// escaped backslash followed by `u0000`: an escape starts after an even run of backslashes.
+fn has_nul_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find("\\u0000") {
+        let at = from + i;
+        let run = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if run % 2 == 0 {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
 /// The checks and rows of a parsed response.
 fn users_of(
     text: &str,
@@ -296,7 +316,7 @@ fn users_of(
     let envelope = doc.as_object().ok_or_else(|| {
         TransformError::NotJson(format!("expected a JSON object, found {}", json_type(doc)))
     })?;
-    if text.contains("\\u0000") {
+    if has_nul_escape(text) {
         return Err(TransformError::Unstorable);
     }
     match envelope.get("error") {
@@ -554,6 +574,29 @@ mod tests {
         let err = transform(V10, Uuid::nil(), at()).unwrap_err();
         assert_eq!(err.kind(), "legacy_shape");
         assert!(err.to_string().contains("legacy"), "{err}");
+    }
+
+    #[test]
+    fn only_a_real_nul_escape_is_unstorable() {
+        assert!(has_nul_escape(r#"{"a":"\u0000"}"#));
+        assert!(has_nul_escape(r#"{"a\u0000":1}"#));
+        assert!(
+            has_nul_escape(r#"{"a":"\\\u0000"}"#),
+            "a backslash, then a NUL"
+        );
+        assert!(
+            !has_nul_escape(r#"{"a":"\\u0000"}"#),
+            "a backslash, then text"
+        );
+        assert!(!has_nul_escape(r#"{"a":"\\\\u0000"}"#));
+        assert!(!has_nul_escape(r#"{"a":"u0000 \u0001"}"#));
+
+        // A real user whose name is the text `\u0000` loads, and keeps it verbatim.
+        let mut doc: Value = serde_json::from_slice(V13).unwrap();
+        doc["results"][0]["name"]["first"] = Value::String("\\u0000'; DROP TABLE x;--".into());
+        let payload = serde_json::to_vec(&doc).unwrap();
+        let rows = transform(&payload, Uuid::nil(), at()).expect("stored, not refused");
+        assert!(rows[0].full_name.contains("\\u0000'; DROP TABLE x;--"));
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Hostile records against the parse/transform path: mutations of the real captures and
-//! arbitrary JSON. Whatever comes in, the transform answers Ok with one row per user or a
-//! classified error — it never panics. `PROPTEST_CASES` sets the number of cases per property
-//! (CI runs the default smoke size; SECURITY.md records a long run).
+//! arbitrary JSON, fed through `batch::decode` exactly as the consumer feeds a batch (size limit,
+//! UTF-8, parse, transform, login-secret stripping). Whatever comes in, each record is either
+//! loadable — one row per user, its stored text free of login secrets (or byte for byte when
+//! they are kept) — or poison with a classified reason and its bytes untouched for the DLQ. It
+//! never panics. `PROPTEST_CASES` sets the number of cases per property (CI runs the default
+//! smoke size; SECURITY.md records a long run).
 
-use loader::transform::{self, TransformError};
+use loader::batch::{self, SourceRecord};
+use loader::transform::{self, LOGIN_SECRETS, TransformError};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -12,17 +16,75 @@ const V14: &[u8] =
     include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
 const V10: &[u8] = include_bytes!("../../fixtures/randomuser/v1.0-legacy-6-users.json");
 
-fn check(payload: &[u8]) {
-    let at = chrono::Utc::now();
-    match transform::transform(payload, uuid::Uuid::nil(), at) {
-        Ok(rows) => {
-            let doc: Value = serde_json::from_slice(payload).expect("accepted payloads are JSON");
-            assert_eq!(rows.len(), doc["results"].as_array().map_or(0, Vec::len));
-            assert!(!rows.is_empty());
+/// How a case is decoded: the record size limit sits above (0), at (1) or just below (2) the
+/// payload's size, and login secrets are stripped or kept.
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    limit: u8,
+    strip: bool,
+}
+
+fn knobs() -> impl Strategy<Value = Knobs> {
+    (0u8..3, any::<bool>()).prop_map(|(limit, strip)| Knobs { limit, strip })
+}
+
+fn check(payload: &[u8], k: Knobs) {
+    let max_bytes = match k.limit {
+        0 => usize::MAX,
+        1 => payload.len(),
+        _ => payload.len().saturating_sub(1).max(1),
+    };
+    check_decode(payload, max_bytes, k.strip);
+}
+
+/// One record through the consumer's decode step, and what must hold of the outcome.
+fn check_decode(payload: &[u8], max_bytes: usize, strip: bool) {
+    let record = SourceRecord {
+        topic: "randomuser.raw".to_string(),
+        partition: 3,
+        offset: 42,
+        key: Some("fetch-id".to_string()),
+        payload: Some(payload.to_vec()),
+        fetched_at: chrono::Utc::now(),
+    };
+    let (good, bad) = batch::decode(vec![record], max_bytes, chrono::Utc::now(), strip);
+    assert_eq!(good.len() + bad.len(), 1, "one outcome per record");
+    if let Some(poison) = bad.first() {
+        let e = &poison.error;
+        assert!(!e.kind().is_empty() && !e.to_string().is_empty());
+        assert_eq!(
+            poison.source.payload.as_deref(),
+            Some(payload),
+            "poison keeps its bytes for the DLQ"
+        );
+        if payload.len() > max_bytes {
+            assert_eq!(e.kind(), "too_large");
         }
-        Err(e) => assert!(!e.kind().is_empty() && !e.to_string().is_empty()),
+        return;
     }
-    let _ = transform::strip_login_secrets(&String::from_utf8_lossy(payload));
+    let loaded = &good[0];
+    assert!(payload.len() <= max_bytes);
+    let doc: Value = serde_json::from_slice(payload).expect("accepted payloads are JSON");
+    let users = doc["results"].as_array().map_or(0, Vec::len);
+    assert!(users > 0);
+    assert_eq!(loaded.users.len(), users, "one row per user");
+    assert_eq!(loaded.original(), payload, "the DLQ copy is the original");
+    let stored: Value = serde_json::from_str(&loaded.payload_text).expect("stored text is JSON");
+    if strip {
+        for user in stored["results"].as_array().expect("results") {
+            if let Some(login) = user.get("login").and_then(Value::as_object) {
+                for secret in LOGIN_SECRETS {
+                    assert!(!login.contains_key(secret), "{secret} kept: {login:?}");
+                }
+            }
+        }
+    } else {
+        assert_eq!(
+            loaded.payload_text.as_bytes(),
+            payload,
+            "kept byte for byte"
+        );
+    }
 }
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -85,6 +147,7 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
+        k in knobs(),
     ) {
         let mut bytes = [V13, V14, V10][pick].to_vec();
         for (at, byte, op) in edits {
@@ -99,19 +162,19 @@ proptest! {
         if truncate {
             bytes.truncate(cut.index(bytes.len().max(1)));
         }
-        check(&bytes);
+        check(&bytes, k);
     }
 
     #[test]
-    fn users_with_a_field_replaced_by_arbitrary_json(users in prop::collection::vec(mutated_user(), 1..5)) {
+    fn users_with_a_field_replaced_by_arbitrary_json(users in prop::collection::vec(mutated_user(), 1..5), k in knobs()) {
         let doc = serde_json::json!({"results": users, "info": {"seed": "x", "results": 1, "page": 1, "version": "1.4"}});
-        check(&serde_json::to_vec(&doc).unwrap());
+        check(&serde_json::to_vec(&doc).unwrap(), k);
     }
 
     #[test]
-    fn arbitrary_json_documents(doc in arb_json()) {
-        check(&serde_json::to_vec(&doc).unwrap());
-        check(&serde_json::to_vec(&serde_json::json!({"results": [doc]})).unwrap());
+    fn arbitrary_json_documents(doc in arb_json(), k in knobs()) {
+        check(&serde_json::to_vec(&doc).unwrap(), k);
+        check(&serde_json::to_vec(&serde_json::json!({"results": [doc]})).unwrap(), k);
     }
 }
 
@@ -125,4 +188,8 @@ fn deeply_nested_json_is_refused_not_a_stack_overflow() {
     let err =
         transform::transform(deep.as_bytes(), uuid::Uuid::nil(), chrono::Utc::now()).unwrap_err();
     assert!(matches!(err, TransformError::NotJson(_)), "{err}");
+    // And through the consumer's path: poison, bytes kept.
+    for strip in [true, false] {
+        check(deep.as_bytes(), Knobs { limit: 0, strip });
+    }
 }

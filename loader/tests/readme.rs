@@ -29,3 +29,64 @@ fn every_env_var_is_documented_in_the_readme() {
         .collect();
     assert!(missing.is_empty(), "not in README.md: {missing:?}");
 }
+
+/// docker-compose.yml hands the services every variable they take, under the same name and
+/// with the binaries' own default (`NAME: ${NAME:-default}`), or passes it through when it has
+/// none (`NAME:`), so a user's `.env` reaches them and compose never silently diverges from
+/// `--help`. The exceptions are the container's fixed addresses and paths, and secrets, which
+/// compose hands over as files only.
+#[test]
+fn compose_passes_every_variable_with_the_binaries_default() {
+    const FIXED_IN_COMPOSE: [&str; 9] = [
+        "KAFKA_BROKERS",     // ${COMPOSE_KAFKA_BROKERS:-redpanda:9092}: the container network
+        "DATA_DIR",          // the ./data bind mount
+        "LOG_DIR",           // the ./logs bind mount
+        "METRICS_ADDR",      // the port Prometheus scrapes
+        "DATABASE_URL",      // a secret: DATABASE_URL_FILE only
+        "DATABASE_URL_FILE", // the compose secret's path
+        "KAFKA_SASL_PASSWORD", // a secret: KAFKA_SASL_PASSWORD_FILE only
+        "KAFKA_SSL_KEY_PASSWORD", // a secret: KAFKA_SSL_KEY_PASSWORD_FILE only
+        "LOADER_SKIP_MIGRATIONS", // "true": the migrate service owns the schema
+    ];
+    let compose = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker-compose.yml"
+    ))
+    .unwrap();
+    let mut args: Vec<(String, Option<String>)> = Vec::new();
+    let mut collect = |cmd: &clap::Command| {
+        for arg in cmd.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            // A switch (`--reprocess`) is off unless given: its default is "false".
+            let default = arg
+                .get_default_values()
+                .first()
+                .map(|v| v.to_string_lossy().into_owned())
+                .or_else(|| (!arg.get_action().takes_values()).then(|| "false".to_string()));
+            args.push((env.to_string_lossy().into_owned(), default));
+        }
+    };
+    collect(&extractor::Config::command());
+    collect(loader::Cli::command().find_subcommand_mut("run").unwrap());
+    assert!(args.len() > 30, "read the arguments: {args:?}");
+    let mut wrong = Vec::new();
+    for (var, default) in &args {
+        if FIXED_IN_COMPOSE.contains(&var.as_str()) {
+            continue;
+        }
+        let ok = match default {
+            Some(d) => compose.contains(&format!("{var}: ${{{var}:-{d}}}")),
+            None => compose.lines().any(|l| l.trim() == format!("{var}:")),
+        };
+        if !ok {
+            wrong.push(match default {
+                Some(d) => format!("{var}: ${{{var}:-{d}}}"),
+                None => format!("{var}:"),
+            });
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docker-compose.yml should carry these lines: {wrong:#?}"
+    );
+}

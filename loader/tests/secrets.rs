@@ -1,6 +1,7 @@
 //! Secrets never leak: the loader is run with a database password it must use, and with a wrong
 //! one (a failed login), and that password appears nowhere in what it prints, in its log files,
-//! in `/metrics`, in `/ready`, or in `--help`.
+//! in `/metrics`, in `/ready`, or in `--help`; the same for the Kafka SASL password, over the
+//! local broker's SASL_SSL listener. (extractor/tests/secrets.rs does the extractor's.)
 
 mod support;
 
@@ -33,6 +34,18 @@ async fn run_loader_for(
     logs: &std::path::Path,
     until: impl AsyncFnOnce(u16),
 ) -> String {
+    run_loader_with(url, topic, data, logs, &[], until).await
+}
+
+/// [`run_loader_for`] with more variables (which win over the defaults set here).
+async fn run_loader_with(
+    url: &str,
+    topic: &str,
+    data: &std::path::Path,
+    logs: &std::path::Path,
+    env: &[(&str, String)],
+    until: impl AsyncFnOnce(u16),
+) -> String {
     let port = free_port();
     let out = logs.join(format!("out-{port}.txt"));
     let file = std::fs::File::create(&out).unwrap();
@@ -48,6 +61,7 @@ async fn run_loader_for(
         .env("BATCH_MAX_AGE", "200ms")
         .env("LOADER_BACKOFF_BASE", "100ms")
         .env("LOADER_BACKOFF_MAX", "500ms")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::from(file.try_clone().unwrap()))
         .stderr(Stdio::from(file))
         .spawn()
@@ -242,4 +256,121 @@ async fn loader_run_needs_only_select_insert_update() {
     );
     as_role.close().await;
     db.drop_db().await;
+}
+
+/// A setting `scripts/dev-services.sh env` exports; the test fails (never skips) without it.
+fn setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
+    })
+}
+
+/// The Kafka SASL password, given in `KAFKA_SASL_PASSWORD`: wrong (the loader cannot join its
+/// group and is not ready) and right (it loads over SASL_SSL); neither is printed anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_password_appears_nowhere() {
+    const WRONG: &str = "Leak-Canary-Kafka-c81d2e";
+    let good = std::fs::read_to_string(setting("ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(good.len() >= 12, "a password long enough to search for");
+    let db = TestDb::new().await;
+    let topic = unique("secrets-kafka");
+    create_topic(&topic, 1).await;
+    produce(
+        &topic,
+        &[include_bytes!(
+            "../../fixtures/randomuser/v1.3-compact-20-users.json"
+        )],
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let kafka = |password: &str| {
+        vec![
+            ("KAFKA_BROKERS", setting("ETL_TEST_KAFKA_TLS_BROKERS")),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl".to_string()),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".to_string()),
+            ("KAFKA_SASL_USERNAME", setting("ETL_TEST_KAFKA_SCRAM_USER")),
+            ("KAFKA_SASL_PASSWORD", password.to_string()),
+            ("KAFKA_SSL_CA_LOCATION", setting("ETL_TEST_TLS_CA")),
+            ("LOG_LEVEL", "debug".to_string()),
+        ]
+    };
+    let mut seen = String::new();
+
+    seen += &run_loader_with(
+        &db.url,
+        &topic,
+        data.path(),
+        logs.path(),
+        &kafka(WRONG),
+        async |port| {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let ready = get(port, "/ready").await;
+            assert!(ready.contains("\"ready\":false"), "{ready}");
+            seen_kafka_push(&(ready + &get(port, "/metrics").await));
+        },
+    )
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM processed_data").await,
+        0,
+        "nothing loaded through a failed login"
+    );
+
+    seen += &run_loader_with(
+        &db.url,
+        &topic,
+        data.path(),
+        logs.path(),
+        &kafka(&good),
+        async |port| {
+            eventually(
+                Duration::from_secs(60),
+                "20 users loaded over SASL_SSL",
+                || async { db.count("SELECT count(*) FROM processed_data").await == 20 },
+            )
+            .await;
+            seen_kafka_push(&(get(port, "/ready").await + &get(port, "/metrics").await));
+        },
+    )
+    .await;
+
+    for sub in ["run", "replay", "status", "backfill"] {
+        let help = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+            .args([sub, "--help"])
+            .env("KAFKA_SASL_PASSWORD", &good)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        assert!(help.contains("KAFKA_SASL_PASSWORD"), "{sub}: {help}");
+        seen += &help;
+    }
+    for entry in std::fs::read_dir(logs.path()).unwrap().flatten() {
+        seen += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+    }
+    seen += &SEEN_KAFKA.lock().unwrap().clone();
+    assert!(
+        seen.contains("etl_loader_records_loaded_total"),
+        "the scan covered the metrics"
+    );
+    for (name, secret) in [("wrong", WRONG), ("right", good.as_str())] {
+        assert!(
+            !seen.contains(secret),
+            "the {name} Kafka password leaked:\n{}",
+            seen.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    db.drop_db().await;
+}
+
+static SEEN_KAFKA: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn seen_kafka_push(text: &str) {
+    SEEN_KAFKA.lock().unwrap().push_str(text);
 }

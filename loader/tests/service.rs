@@ -318,3 +318,181 @@ async fn raw_copies_can_be_kept_byte_for_byte() {
     );
     db.drop_db().await;
 }
+
+/// SIGTERM while the database hangs mid-batch: the drain is bounded by LOADER_SHUTDOWN_GRACE
+/// (so the orchestrator's SIGKILL never comes first), the hung batch is left uncommitted, and a
+/// later loader loads it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
+    let db = TestDb::new().await;
+    let topic = unique("hung");
+    create_topic(&topic, 1).await;
+    produce(&topic, &[V13]).await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+    let mut config = loader_config(&db, &topic, &group, data.path());
+    config.shutdown_grace = Duration::from_secs(1);
+    // No staging sweep while the database hangs: the write must be what hangs.
+    config.recovery_interval = Duration::from_secs(3600);
+    let loader = RunningLoader::start(config).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first record committed",
+        || {
+            let (group, topic) = (group.clone(), topic.clone());
+            async move {
+                loader::replay::GroupOffsets::new(
+                    &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
+                    &group,
+                    &topic,
+                )
+                .and_then(|o| o.committed(&[0]))
+                .is_ok_and(|c| c.get(&0).and_then(|c| c.offset) == Some(1))
+            }
+        },
+    )
+    .await;
+
+    // The database hangs: another session holds raw_data locked, so the next batch's INSERT
+    // waits for ever (no error, no answer — lock_timeout is 0 by default).
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE raw_data IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let consumed = loader.metric("etl_loader_records_consumed_total").await;
+    produce(&topic, &[V14]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the second record consumed",
+        || {
+            let status = loader.status;
+            async move { metric(status, "etl_loader_records_consumed_total").await > consumed }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // past BATCH_MAX_AGE: the write is on
+
+    // Without the grace this never returns: the write waits on the lock for ever.
+    loader.stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(30), loader.task)
+        .await
+        .expect("shutdown is bounded by LOADER_SHUTDOWN_GRACE despite the hung database")
+        .expect("no panic")
+        .expect("exits Ok");
+    assert_eq!(summary.loaded, 1, "only the first record was loaded");
+    let committed = loader::replay::GroupOffsets::new(
+        &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
+        &group,
+        &topic,
+    )
+    .unwrap()
+    .committed(&[0])
+    .unwrap();
+    assert_eq!(
+        committed[&0].offset,
+        Some(1),
+        "the hung batch is uncommitted"
+    );
+    locker.rollback().await.unwrap();
+
+    // A loader with a working database picks the batch up: every user exactly once.
+    let config = loader_config(&db, &topic, &group, data.path());
+    let loader = RunningLoader::start(config).await;
+    eventually(Duration::from_secs(60), "both records loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 131
+    })
+    .await;
+    loader.shutdown().await;
+    assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 2);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT user_uuid) FROM processed_data")
+            .await,
+        131
+    );
+    let parquet = parquet_rows(&data.path().join("processed"), &["user_uuid"]);
+    assert_eq!(parquet.len(), 131, "Parquet: every user once");
+    assert_eq!(histogram(parquet).len(), 131);
+    db.drop_db().await;
+}
+
+/// Hostile strings inside an otherwise valid response are data: SQL-looking text, control and
+/// bidi characters, quotes, a path and a `\u0000`-looking text are stored verbatim in PostgreSQL
+/// and Parquet, nothing is executed, and no file name takes anything from the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strings_are_stored_verbatim_and_never_executed() {
+    let db = TestDb::new().await;
+    let topic = unique("hostile");
+    create_topic(&topic, 1).await;
+    let first = "Robert'); DROP TABLE processed_data;--";
+    let last = "\u{202e}\u{1}\t\"O'Brien\" \\u0000 $1 %s";
+    let email = "x@y.z'; DELETE FROM raw_data WHERE '1'='1";
+    let city = "../../../etc/passwd";
+    let mut doc: serde_json::Value = serde_json::from_slice(V13).unwrap();
+    let user = &mut doc["results"][0];
+    user["name"]["first"] = first.into();
+    user["name"]["last"] = last.into();
+    user["email"] = email.into();
+    user["location"]["city"] = city.into();
+    let uuid = user["login"]["uuid"].as_str().unwrap().to_string();
+    produce(&topic, &[&serde_json::to_vec(&doc).unwrap()]).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(Duration::from_secs(60), "20 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 20
+    })
+    .await;
+    loader.shutdown().await;
+
+    let (f, l, e, c): (String, String, String, String) = sqlx::query_as(
+        "SELECT first_name, last_name, email, city FROM processed_data WHERE user_uuid = $1",
+    )
+    .bind(&uuid)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (f.as_str(), l.as_str(), e.as_str(), c.as_str()),
+        (first, last, email, city)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM raw_data").await,
+        1,
+        "nothing deleted"
+    );
+    let raw_first: String =
+        sqlx::query_scalar("SELECT payload->'results'->0->'name'->>'first' FROM raw_data")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(raw_first, first);
+
+    let rows = parquet_rows(
+        &data.path().join("processed"),
+        &["user_uuid", "first_name", "last_name", "email", "city"],
+    );
+    let row = rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some(uuid.as_str()))
+        .expect("the user is in Parquet");
+    assert_eq!(
+        row[1..].iter().map(|v| v.as_deref()).collect::<Vec<_>>(),
+        vec![Some(first), Some(last), Some(email), Some(city)]
+    );
+    for path in parquet_files(data.path()) {
+        let rel = path
+            .strip_prefix(data.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            !rel.contains("passwd") && !rel.contains("..") && !rel.contains('\''),
+            "{rel}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/etc/passwd.parquet").exists() && !data.path().join("etc").exists()
+    );
+    db.drop_db().await;
+}
