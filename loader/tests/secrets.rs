@@ -238,6 +238,27 @@ async fn loader_run_needs_only_select_insert_update() {
             .await,
         2
     );
+    // --reprocess (rows updated in place, Parquet files rewritten) needs nothing more.
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());
+    config.skip_migrations = true;
+    config.reprocess = true;
+    let loader = RunningLoader::start(config).await;
+    eventually(
+        Duration::from_secs(60),
+        "the record reprocessed",
+        || async {
+            loader
+                .metric("etl_loader_last_commit_timestamp_seconds")
+                .await
+                > 0.0
+        },
+    )
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!(summary.reprocessed, 1, "{summary:?}");
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 20);
     // And it really is restricted.
     let as_role = sqlx::PgPool::connect(&url_with(&db, &role, &password))
         .await
