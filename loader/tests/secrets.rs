@@ -104,20 +104,14 @@ async fn the_database_password_appears_nowhere() {
             .await
             .unwrap();
     }
-    let topic = unique("secrets");
-    create_topic(&topic, 1).await;
-    produce(
-        &topic,
-        &[include_bytes!(
-            "../../fixtures/randomuser/v1.3-compact-20-users.json"
-        )],
-    )
-    .await;
+    let topic = topic_with_20_users("secrets").await;
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let good = url_with(&db, &role, CANARY);
     let wrong = url_with(&db, &role, &format!("{CANARY}-wrong"));
     let mut seen = String::new();
+    // What the status endpoints said, gathered inside the runs.
+    let status_seen = std::sync::Mutex::new(String::new());
 
     // A failed login: `migrate` fails, `run` waits for the database and says why in /ready.
     let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
@@ -137,7 +131,7 @@ async fn the_database_password_appears_nowhere() {
             ready.contains("password authentication failed"),
             "the failed login is reported: {ready}"
         );
-        seen_push(&ready);
+        status_seen.lock().unwrap().push_str(&ready);
     })
     .await;
 
@@ -152,7 +146,8 @@ async fn the_database_password_appears_nowhere() {
                 == 20
         })
         .await;
-        seen_push(&(get(port, "/ready").await + &get(port, "/metrics").await));
+        let text = get(port, "/ready").await + &get(port, "/metrics").await;
+        status_seen.lock().unwrap().push_str(&text);
     })
     .await;
 
@@ -165,28 +160,43 @@ async fn the_database_password_appears_nowhere() {
     for entry in std::fs::read_dir(logs.path()).unwrap().flatten() {
         seen += &std::fs::read_to_string(entry.path()).unwrap_or_default();
     }
-    seen += &SEEN.lock().unwrap().clone();
+    seen += &status_seen.lock().unwrap();
 
     assert!(
         seen.contains("postgres://") && seen.contains(":***@"),
         "URLs are printed, redacted"
     );
-    assert!(
-        !seen.contains(CANARY),
-        "the password leaked:\n{}",
-        seen.lines()
-            .filter(|l| l.contains(CANARY))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_nowhere(&seen, &[("database password", CANARY)]);
     as_role.close().await;
     db.drop_db().await;
 }
 
-static SEEN: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+/// A fresh one-partition topic holding one real 20-user response.
+async fn topic_with_20_users(prefix: &str) -> String {
+    let topic = unique(prefix);
+    create_topic(&topic, 1).await;
+    produce(
+        &topic,
+        &[include_bytes!(
+            "../../fixtures/randomuser/v1.3-compact-20-users.json"
+        )],
+    )
+    .await;
+    topic
+}
 
-fn seen_push(text: &str) {
-    SEEN.lock().unwrap().push_str(text);
+/// Fails, showing the lines, if any of `secrets` (name, value) is in `seen`.
+fn assert_nowhere(seen: &str, secrets: &[(&str, &str)]) {
+    for (name, secret) in secrets {
+        assert!(
+            !seen.contains(secret),
+            "the {name} leaked:\n{}",
+            seen.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 /// Least privilege: the owner migrates; `loader run` works as a role that may only read and write
@@ -212,15 +222,7 @@ async fn loader_run_needs_only_select_insert_update() {
             .await
             .unwrap();
     }
-    let topic = unique("leastpriv");
-    create_topic(&topic, 1).await;
-    produce(
-        &topic,
-        &[include_bytes!(
-            "../../fixtures/randomuser/v1.3-compact-20-users.json"
-        )],
-    )
-    .await;
+    let topic = topic_with_20_users("leastpriv").await;
     let data = tempfile::tempdir().unwrap();
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());
@@ -297,15 +299,7 @@ async fn the_kafka_password_appears_nowhere() {
         .to_string();
     assert!(good.len() >= 12, "a password long enough to search for");
     let db = TestDb::new().await;
-    let topic = unique("secrets-kafka");
-    create_topic(&topic, 1).await;
-    produce(
-        &topic,
-        &[include_bytes!(
-            "../../fixtures/randomuser/v1.3-compact-20-users.json"
-        )],
-    )
-    .await;
+    let topic = topic_with_20_users("secrets-kafka").await;
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let kafka = |password: &str| {
@@ -320,6 +314,8 @@ async fn the_kafka_password_appears_nowhere() {
         ]
     };
     let mut seen = String::new();
+    // What the status endpoints said, gathered inside the runs.
+    let status_seen = std::sync::Mutex::new(String::new());
 
     seen += &run_loader_with(
         &db.url,
@@ -331,7 +327,8 @@ async fn the_kafka_password_appears_nowhere() {
             tokio::time::sleep(Duration::from_secs(3)).await;
             let ready = get(port, "/ready").await;
             assert!(ready.contains("\"ready\":false"), "{ready}");
-            seen_kafka_push(&(ready + &get(port, "/metrics").await));
+            let text = ready + &get(port, "/metrics").await;
+            status_seen.lock().unwrap().push_str(&text);
         },
     )
     .await;
@@ -354,7 +351,8 @@ async fn the_kafka_password_appears_nowhere() {
                 || async { db.count("SELECT count(*) FROM processed_data").await == 20 },
             )
             .await;
-            seen_kafka_push(&(get(port, "/ready").await + &get(port, "/metrics").await));
+            let text = get(port, "/ready").await + &get(port, "/metrics").await;
+            status_seen.lock().unwrap().push_str(&text);
         },
     )
     .await;
@@ -372,26 +370,17 @@ async fn the_kafka_password_appears_nowhere() {
     for entry in std::fs::read_dir(logs.path()).unwrap().flatten() {
         seen += &std::fs::read_to_string(entry.path()).unwrap_or_default();
     }
-    seen += &SEEN_KAFKA.lock().unwrap().clone();
+    seen += &status_seen.lock().unwrap();
     assert!(
         seen.contains("etl_loader_records_loaded_total"),
         "the scan covered the metrics"
     );
-    for (name, secret) in [("wrong", WRONG), ("right", good.as_str())] {
-        assert!(
-            !seen.contains(secret),
-            "the {name} Kafka password leaked:\n{}",
-            seen.lines()
-                .filter(|l| l.contains(secret))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
+    assert_nowhere(
+        &seen,
+        &[
+            ("wrong Kafka password", WRONG),
+            ("right Kafka password", good.as_str()),
+        ],
+    );
     db.drop_db().await;
-}
-
-static SEEN_KAFKA: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
-fn seen_kafka_push(text: &str) {
-    SEEN_KAFKA.lock().unwrap().push_str(text);
 }
