@@ -207,9 +207,9 @@ pub struct RunConfig {
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_record_bytes: usize,
     /// Keep the raw copies whole: Parquet byte for byte, PostgreSQL's jsonb as the same JSON
-    /// value. Off (the default), the users'
-    /// `login.password`, `salt`, `md5`, `sha1` and `sha256` are removed from them; the topic
-    /// always keeps the unmodified response, bounded by its retention.
+    /// value. Off (the default), the users' `login.password`, `salt`, `md5`, `sha1` and
+    /// `sha256` are removed from them; the topic always keeps the unmodified response, bounded
+    /// by its retention.
     #[arg(
         long = "raw-keep-login-secrets",
         env = "LOADER_RAW_KEEP_LOGIN_SECRETS",
