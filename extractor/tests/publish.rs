@@ -1,38 +1,18 @@
 //! The extractor against a real broker: only accepted answers reach the topic, unmodified, with
 //! the contract's key, timestamp and headers; refused answers are counted by kind and retried.
 
+mod support;
+
 use etl_common::contract::{self, header};
 use extractor::{Application, Config};
 use randomuser_stub::{Fault, FaultPlan, Stub};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use support::{brokers, create_topic};
 use tokio_util::sync::CancellationToken;
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
-}
-
-async fn create_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-}
 
 async fn read_all(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()

@@ -3,27 +3,17 @@
 //! once wrong (a failed login, reported on `/ready`) and once right (it publishes). Neither
 //! password appears in its stdout/stderr, its log files, `/metrics`, `/ready` or `--help`.
 
+mod support;
+
 use randomuser_stub::{FaultPlan, Stub};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::{brokers, create_topic, setting};
 
 const WRONG: &str = "Leak-Canary-Kafka-4b1e9d";
-
-/// A setting `scripts/dev-services.sh env` exports; the test fails (never skips) without it.
-fn setting(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
-    })
-}
-
-fn plain_brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,34 +23,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh directory under the system's temp dir (removed at the end of the test).
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
-}
-
-async fn create_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", plain_brokers())
-        .create()
-        .expect("admin client");
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create topic")
-    {
-        r.expect("topic created");
-    }
-}
-
 /// Records in `topic`, read through the plain listener.
 fn record_count(topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", plain_brokers())
+        .set("bootstrap.servers", brokers())
         .create()
         .expect("consumer");
     let (low, high) = consumer
@@ -122,7 +88,8 @@ async fn the_kafka_password_appears_nowhere() {
     let stub = Stub::start("127.0.0.1:0".parse().expect("addr"), FaultPlan::default())
         .await
         .expect("stub");
-    let logs = scratch_dir("extractor-secrets");
+    let logs_dir = tempfile::tempdir().expect("a scratch directory");
+    let logs = logs_dir.path().to_path_buf();
     let mut seen = String::new();
 
     // A failed login: nothing is published, and /ready says the broker is out.
@@ -212,5 +179,4 @@ async fn the_kafka_password_appears_nowhere() {
         );
     }
     stub.stop().await;
-    let _ = std::fs::remove_dir_all(&logs);
 }

@@ -3,7 +3,7 @@
 mod support;
 
 use loader::config::BackfillArgs;
-use loader::replay::{GroupOffsets, Position};
+use loader::replay::Position;
 use randomuser_stub::{FaultPlan, Stub};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,15 +13,6 @@ async fn stub() -> Stub {
     Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
         .await
         .unwrap()
-}
-
-fn offsets(group: &str, topic: &str) -> GroupOffsets {
-    GroupOffsets::new(
-        &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
-        group,
-        topic,
-    )
-    .unwrap()
 }
 
 fn loader_cli(args: &[&str]) -> std::process::Output {

@@ -27,18 +27,9 @@ fn url_with(db: &TestDb, user: &str, password: &str) -> String {
     u.to_string()
 }
 
+/// Runs the loader binary with `url` (and `env`, which wins over the defaults set here) until
+/// `until` returns, then SIGTERMs it; returns everything it printed.
 async fn run_loader_for(
-    url: &str,
-    topic: &str,
-    data: &std::path::Path,
-    logs: &std::path::Path,
-    until: impl AsyncFnOnce(u16),
-) -> String {
-    run_loader_with(url, topic, data, logs, &[], until).await
-}
-
-/// [`run_loader_for`] with more variables (which win over the defaults set here).
-async fn run_loader_with(
     url: &str,
     topic: &str,
     data: &std::path::Path,
@@ -123,21 +114,28 @@ async fn the_database_password_appears_nowhere() {
     assert!(!migrate.status.success());
     seen += &String::from_utf8_lossy(&migrate.stdout);
     seen += &String::from_utf8_lossy(&migrate.stderr);
-    seen += &run_loader_for(&wrong, &topic, data.path(), logs.path(), async |port| {
-        let ready = get(port, "/ready").await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let ready = ready + &get(port, "/ready").await + &get(port, "/metrics").await;
-        assert!(
-            ready.contains("password authentication failed"),
-            "the failed login is reported: {ready}"
-        );
-        status_seen.lock().unwrap().push_str(&ready);
-    })
+    seen += &run_loader_for(
+        &wrong,
+        &topic,
+        data.path(),
+        logs.path(),
+        &[],
+        async |port| {
+            let ready = get(port, "/ready").await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let ready = ready + &get(port, "/ready").await + &get(port, "/metrics").await;
+            assert!(
+                ready.contains("password authentication failed"),
+                "the failed login is reported: {ready}"
+            );
+            status_seen.lock().unwrap().push_str(&ready);
+        },
+    )
     .await;
 
     // The right password: it loads, and still says nothing of it. (The tables are the role's.)
     let as_role = sqlx::PgPool::connect(&good).await.unwrap();
-    seen += &run_loader_for(&good, &topic, data.path(), logs.path(), async |port| {
+    seen += &run_loader_for(&good, &topic, data.path(), logs.path(), &[], async |port| {
         eventually(Duration::from_secs(60), "20 users loaded", || async {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_data")
                 .fetch_one(&as_role)
@@ -281,13 +279,6 @@ async fn loader_run_needs_only_select_insert_update() {
     db.drop_db().await;
 }
 
-/// A setting `scripts/dev-services.sh env` exports; the test fails (never skips) without it.
-fn setting(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
-    })
-}
-
 /// The Kafka SASL password, given in `KAFKA_SASL_PASSWORD`: wrong (the loader cannot join its
 /// group and is not ready) and right (it loads over SASL_SSL); neither is printed anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +308,7 @@ async fn the_kafka_password_appears_nowhere() {
     // What the status endpoints said, gathered inside the runs.
     let status_seen = std::sync::Mutex::new(String::new());
 
-    seen += &run_loader_with(
+    seen += &run_loader_for(
         &db.url,
         &topic,
         data.path(),
@@ -338,7 +329,7 @@ async fn the_kafka_password_appears_nowhere() {
         "nothing loaded through a failed login"
     );
 
-    seen += &run_loader_with(
+    seen += &run_loader_for(
         &db.url,
         &topic,
         data.path(),

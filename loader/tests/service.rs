@@ -338,17 +338,10 @@ async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
     eventually(
         Duration::from_secs(60),
         "the first record committed",
-        || {
-            let (group, topic) = (group.clone(), topic.clone());
-            async move {
-                loader::replay::GroupOffsets::new(
-                    &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
-                    &group,
-                    &topic,
-                )
-                .and_then(|o| o.committed(&[0]))
+        || async {
+            offsets(&group, &topic)
+                .committed(&[0])
                 .is_ok_and(|c| c.get(&0).and_then(|c| c.offset) == Some(1))
-            }
         },
     )
     .await;
@@ -381,14 +374,7 @@ async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
         .expect("no panic")
         .expect("exits Ok");
     assert_eq!(summary.loaded, 1, "only the first record was loaded");
-    let committed = loader::replay::GroupOffsets::new(
-        &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
-        &group,
-        &topic,
-    )
-    .unwrap()
-    .committed(&[0])
-    .unwrap();
+    let committed = offsets(&group, &topic).committed(&[0]).unwrap();
     assert_eq!(
         committed[&0].offset,
         Some(1),

@@ -18,13 +18,6 @@ use std::time::Duration;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
-/// A setting `scripts/dev-services.sh env` exports; the test fails (never skips) without it.
-fn setting(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
-    })
-}
-
 /// SASL_SSL client settings, as a user would give them to either service.
 fn tls_kafka(password_file: PathBuf, ca: &str) -> KafkaArgs {
     let mut k = KafkaArgs::for_brokers(setting("ETL_TEST_KAFKA_TLS_BROKERS"));

@@ -17,6 +17,24 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// A setting `scripts/dev-services.sh env` exports (the TLS listener, its CA and SCRAM user);
+/// the test fails (never skips) without it.
+pub fn setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(scripts/dev-services.sh env)\"` (scripts/test.sh does)")
+    })
+}
+
+/// The committed offsets of `group` on `topic`, read the way `loader status` reads them.
+pub fn offsets(group: &str, topic: &str) -> loader::replay::GroupOffsets {
+    loader::replay::GroupOffsets::new(
+        &etl_common::kafka::KafkaArgs::for_brokers(brokers()),
+        group,
+        topic,
+    )
+    .expect("group offsets")
+}
+
 /// The broker under test.
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
