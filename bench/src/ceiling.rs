@@ -41,7 +41,8 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
     let mut users = 0;
     for r in &topic.records {
         let body = &topic.payloads[r.payload].body;
-        let raw_id = loader::transform::raw_id(topic_name, r.partition, r.offset);
+        let identity = loader::transform::Identity::of(Some(&r.key), body);
+        let raw_id = identity.raw_id;
         let rows = loader::transform::transform(body, raw_id, now)
             .map_err(|e| anyhow::anyhow!("a preloaded record does not transform: {e}"))?;
         let text = std::str::from_utf8(body).context("a preloaded record is not UTF-8")?;
@@ -64,6 +65,9 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
         field(&mut raw, Some(&file("raw")));
         raw.push(',');
         field(&mut raw, Some(&file("processed")));
+        raw.push(',');
+        field(&mut raw, Some(&identity.key));
+        let _ = write!(raw, ",\\x{}", hex::encode(identity.digest));
         raw.push('\n');
         for u in &rows {
             let _ = write!(processed, "{},{},", u.raw_id, u.user_index);
@@ -105,7 +109,7 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
     })
 }
 
-const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file) FROM STDIN (FORMAT csv)";
+const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file, record_key, payload_sha256) FROM STDIN (FORMAT csv)";
 const COPY_PROCESSED: &str = "COPY processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email, gender, nationality, city, state, country, postcode, date_of_birth, registered_date, fetched_at, processed_at, created_at) FROM STDIN (FORMAT csv)";
 
 async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &str) -> anyhow::Result<u64> {

@@ -10,8 +10,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
-const INSERT_RAW: &str = "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at)
-                          VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)";
+const INSERT_RAW: &str = "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, record_key, payload_sha256)
+                          VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)";
 const INSERT_USER: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
                            gender, nationality, city, state, country, postcode, date_of_birth, registered_date, fetched_at, processed_at)
                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
@@ -57,7 +57,9 @@ async fn run(
             .context("consuming")?;
         started.get_or_insert_with(Instant::now);
         let payload = m.payload().unwrap_or_default();
-        let raw_id = loader::transform::raw_id(m.topic(), m.partition(), m.offset());
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let identity = loader::transform::Identity::of(key.as_deref(), payload);
+        let raw_id = identity.raw_id;
         let now = chrono::Utc::now();
         let rows = loader::transform::transform(payload, raw_id, now)
             .map_err(|e| anyhow::anyhow!("a preloaded record does not transform: {e}"))?;
@@ -69,10 +71,12 @@ async fn run(
             .bind(m.topic())
             .bind(m.partition())
             .bind(m.offset())
-            .bind(m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+            .bind(key)
             .bind(stored)
             .bind(rows.len() as i32)
             .bind(now)
+            .bind(identity.key)
+            .bind(&identity.digest[..])
             .execute(&pool)
             .await
             .context("naive raw insert")?;

@@ -104,6 +104,10 @@ pub async fn produce(brokers: &str, topic: &str, payloads: Vec<Payload>) -> anyh
                     .insert(Header {
                         key: header::USER_COUNT,
                         value: Some(users.as_str()),
+                    })
+                    .insert(Header {
+                        key: header::FETCH_ID,
+                        value: Some(key.as_str()),
                     });
                 let record = FutureRecord::to(topic)
                     .key(&key)

@@ -1,6 +1,7 @@
 //! The raw message: the contract between the extractor and the loader.
 //!
-//! value = the exact response body randomuser.me returned; key = the fetch id (UUIDv7);
+//! value = the exact response body randomuser.me returned; key = the fetch id (UUIDv7), also
+//! in the `etl-fetch-id` header, the record's identity;
 //! timestamp = the fetch time, so replay "from 09:00" means "what was fetched from 09:00";
 //! headers = the names below.
 
@@ -26,6 +27,9 @@ pub mod header {
     pub const API_VERSION: &str = "etl-api-version";
     /// How many users the response holds, so consumers can count without parsing.
     pub const USER_COUNT: &str = "etl-user-count";
+    /// The fetch id (also the key): the record's identity, wherever it sits in the topic.
+    /// The key alone is not trusted as an identity, because other producers key by anything.
+    pub const FETCH_ID: &str = "etl-fetch-id";
 }
 
 /// Header names the loader adds to a dead-lettered record.
@@ -42,6 +46,16 @@ pub mod dlq_header {
     pub const SOURCE_OFFSET: &str = "etl-dlq-source-offset";
     /// The loader version that refused it.
     pub const LOADER_VERSION: &str = "etl-dlq-loader-version";
+    /// A stable id of the dead letter (UUIDv5 of the record's fetch id and payload digest):
+    /// the DLQ is at-least-once, so readers dedupe on it.
+    pub const DEAD_LETTER_ID: &str = "etl-dlq-id";
+    /// SHA-256 of the original payload, hex (always set; the only trace of a payload too
+    /// large for the DLQ).
+    pub const PAYLOAD_SHA256: &str = "etl-dlq-payload-sha256";
+    /// Size of the original payload in bytes.
+    pub const PAYLOAD_BYTES: &str = "etl-dlq-payload-bytes";
+    /// `true` when the payload was left out because it is larger than the DLQ takes.
+    pub const PAYLOAD_OMITTED: &str = "etl-dlq-payload-omitted";
 }
 
 /// Formats a fetch time the way the `etl-fetched-at` header carries it.

@@ -98,6 +98,10 @@ impl Publisher {
             .insert(Header {
                 key: header::USER_COUNT,
                 value: Some(users.as_str()),
+            })
+            .insert(Header {
+                key: header::FETCH_ID,
+                value: Some(key.as_str()),
             });
         let record = FutureRecord::to(&self.topic)
             .key(key.as_str())

@@ -118,6 +118,7 @@ async fn refused_answers_are_retried_and_never_published() {
         assert_eq!(h[header::SCHEMA], contract::SCHEMA_VERSION);
         assert_eq!(h[header::API_VERSION], "1.4");
         assert_eq!(h[header::USER_COUNT], "7");
+        assert_eq!(h[header::FETCH_ID], key, "the fetch id header is the key");
         assert!(
             h[header::SOURCE_URL].starts_with("http://127.0.0.1:"),
             "{}",

@@ -7,7 +7,7 @@
 //! partitions still waiting in the open batch are dropped uncommitted and the new owner reads
 //! them from the committed offset.
 
-use crate::batch::{self, Batch, LoadRecord, Poison};
+use crate::batch::{self, Batch, LoadRecord, Poison, PoisonReason};
 use crate::config::RunConfig;
 use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
@@ -646,31 +646,46 @@ impl Worker {
     /// PostgreSQL refuses the batch's *data*, the batch is written record by record and the
     /// records it refuses are dead-lettered, so one bad record cannot hold its partition.
     async fn write(&mut self, good: &[LoadRecord]) -> Result<sink::WriteOutcome, Abandoned> {
-        match self.write_with_retry(good).await? {
-            Ok(outcome) => Ok(outcome),
+        let outcome = match self.write_with_retry(good).await? {
+            Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, records = good.len(), "PostgreSQL refused the batch's data; writing it record by record");
                 let mut total = sink::WriteOutcome::default();
-                for record in good {
+                for (i, record) in good.iter().enumerate() {
                     match self.write_with_retry(std::slice::from_ref(record)).await? {
-                        Ok(outcome) => total.add(outcome),
+                        Ok(mut outcome) => {
+                            for c in &mut outcome.conflicts {
+                                c.index = i;
+                            }
+                            total.add(outcome)
+                        }
                         Err(e) => {
-                            let mut source = record.source.clone();
-                            source.payload = Some(record.original().to_vec());
                             let poison = Poison {
-                                source,
-                                error: crate::transform::TransformError::RejectedBySink(
-                                    e.to_string(),
-                                ),
+                                source: original_source(record),
+                                error: PoisonReason::RejectedBySink(e.to_string()),
                             };
                             self.dead_letter(&poison).await?;
                             self.summary.dead_lettered += 1;
                         }
                     }
                 }
-                Ok(total)
+                total
             }
+        };
+        // Same identity, other bytes: the loaded record stays, this one goes to the DLQ.
+        for c in &outcome.conflicts {
+            let poison = Poison {
+                source: original_source(&good[c.index]),
+                error: PoisonReason::Conflict {
+                    record_key: c.record_key.clone(),
+                    loaded: c.loaded.clone(),
+                    this: c.this.clone(),
+                },
+            };
+            self.dead_letter(&poison).await?;
+            self.summary.dead_lettered += 1;
         }
+        Ok(outcome)
     }
 
     /// Writes `records`, retrying outages; returns the data error if PostgreSQL refused the data.
@@ -831,6 +846,13 @@ impl Progress {
             bar.finish();
         }
     }
+}
+
+/// The record as the topic held it, payload byte for byte (for the DLQ).
+fn original_source(record: &LoadRecord) -> batch::SourceRecord {
+    let mut source = record.source.clone();
+    source.payload = Some(record.original().to_vec());
+    source
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -22,8 +22,12 @@ pub struct SourceRecord {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// The message key (the extractor's fetch id).
+    /// The message key (the extractor's fetch id; anything for other producers).
     pub key: Option<String>,
+    /// The extractor's fetch id: the `etl-fetch-id` header, or the key of a record that carries
+    /// the extractor's `etl-schema` header (written before that header existed). `None` for
+    /// records other tools produced: their identity is their payload's digest.
+    pub fetch_id: Option<String>,
     /// The value.
     pub payload: Option<Vec<u8>>,
     /// The fetch time: the `etl-fetched-at` header, else the message timestamp.
@@ -33,13 +37,21 @@ pub struct SourceRecord {
 impl SourceRecord {
     /// Takes what the loader needs from a consumed message.
     pub fn from_message(m: &OwnedMessage) -> Self {
-        let header_time = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == header::FETCHED_AT)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(contract::parse_fetched_at)
-        });
+        let text_header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+            })
+        };
+        let header_time = text_header(header::FETCHED_AT).and_then(contract::parse_fetched_at);
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let fetch_id = match text_header(header::FETCH_ID) {
+            Some(id) if !id.is_empty() => Some(id.to_string()),
+            _ if text_header(header::SCHEMA) == Some(contract::SCHEMA_VERSION) => key.clone(),
+            _ => None,
+        };
         let fetched_at = header_time
             .or_else(|| {
                 m.timestamp()
@@ -51,7 +63,8 @@ impl SourceRecord {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key,
+            fetch_id,
             payload: m.payload().map(<[u8]>::to_vec),
             fetched_at,
         }
@@ -61,8 +74,12 @@ impl SourceRecord {
 /// A record that transformed: its raw row and its users.
 #[derive(Debug, Clone)]
 pub struct LoadRecord {
-    /// Deterministic id from the coordinates.
+    /// Deterministic id from the record's identity (see [`transform::Identity`]).
     pub raw_id: Uuid,
+    /// The identity's key: `raw_data.record_key`, unique.
+    pub record_key: String,
+    /// SHA-256 of the payload as the topic holds it: same key, other digest = a conflict.
+    pub digest: [u8; 32],
     /// Where it came from, and its payload as text.
     pub source: SourceRecord,
     /// The payload as UTF-8 JSON text (validated by the transform).
@@ -87,7 +104,40 @@ pub struct Poison {
     /// The record.
     pub source: SourceRecord,
     /// The reason.
-    pub error: TransformError,
+    pub error: PoisonReason,
+}
+
+/// Why a record goes to the dead-letter topic instead of the sinks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonReason {
+    /// The transform refused it.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    /// Transformed, but PostgreSQL refused its values (a data error, not an outage).
+    #[error("PostgreSQL refused the record's data: {0}")]
+    RejectedBySink(String),
+    /// A record with the same identity but other bytes was loaded before: which one is right
+    /// is for a person to decide, and the first one stays.
+    #[error("{record_key} was loaded before with other bytes (SHA-256 {loaded}, this one {this})")]
+    Conflict {
+        /// The shared identity.
+        record_key: String,
+        /// Digest of the loaded record's payload, hex.
+        loaded: String,
+        /// Digest of this record's payload, hex.
+        this: String,
+    },
+}
+
+impl PoisonReason {
+    /// The `kind` header / metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoisonReason::Transform(e) => e.kind(),
+            PoisonReason::RejectedBySink(_) => "rejected_by_sink",
+            PoisonReason::Conflict { .. } => "conflict",
+        }
+    }
 }
 
 /// Records gathering towards a flush.
@@ -171,7 +221,9 @@ pub fn decode(
     let mut good = Vec::with_capacity(records.len());
     let mut bad = Vec::new();
     for mut source in records {
-        let raw_id = transform::raw_id(&source.topic, source.partition, source.offset);
+        let identity =
+            transform::Identity::of(source.fetch_id.as_deref(), source.payload.as_deref().unwrap_or_default());
+        let raw_id = identity.raw_id;
         let payload = match source.payload.take() {
             None => Err(TransformError::NoPayload),
             Some(p) => match transform::check_size(&p, max_bytes) {
@@ -195,12 +247,17 @@ pub fn decode(
                 source.payload = t.original;
                 good.push(LoadRecord {
                     raw_id,
+                    record_key: identity.key,
+                    digest: identity.digest,
                     source,
                     payload_text: t.stored,
                     users: t.users,
                 })
             }
-            Err(error) => bad.push(Poison { source, error }),
+            Err(error) => bad.push(Poison {
+                source,
+                error: error.into(),
+            }),
         }
     }
     (good, bad)
@@ -274,6 +331,7 @@ mod tests {
             partition: p,
             offset: o,
             key: None,
+            fetch_id: Some(format!("f{p}-{o}")),
             payload: Some(payload.to_vec()),
             fetched_at: Utc::now(),
         }

@@ -1,5 +1,9 @@
 //! The dead-letter topic: poison records, byte for byte, with headers saying why and where from,
 //! so the partition moves on and nothing is lost. An operator can inspect, fix and re-publish.
+//!
+//! At least once: a crash after the DLQ acknowledged a record but before the source offsets were
+//! committed dead-letters it again on re-delivery. Each dead letter carries a stable id
+//! (`etl-dlq-id`) so readers can dedupe.
 
 use crate::batch::Poison;
 use etl_common::contract::dlq_header;
@@ -38,39 +42,64 @@ impl DeadLetters {
         &self.topic
     }
 
-    /// Sends one poison record and waits for the broker's acknowledgement.
+    /// Sends one poison record and waits for the broker's acknowledgement. A record too large
+    /// for the dead-letter topic (the producer's or the broker's limit) is sent as its headers
+    /// alone, with the payload's digest and size, instead of being retried forever.
     pub async fn send(&self, poison: &Poison) -> Result<(), KafkaError> {
+        match self.send_as(poison, true).await {
+            Err(e) if is_too_large(&e) => {
+                let size = poison.source.payload.as_ref().map_or(0, Vec::len);
+                tracing::warn!(
+                    bytes = size,
+                    error = %e,
+                    "poison too large for the dead-letter topic; dead-lettering its headers, digest and size without the payload"
+                );
+                self.send_as(poison, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_as(&self, poison: &Poison, with_payload: bool) -> Result<(), KafkaError> {
         let src = &poison.source;
+        let empty: [u8; 0] = [];
+        let original: &[u8] = src.payload.as_deref().unwrap_or(&empty);
+        let identity = crate::transform::Identity::of(src.fetch_id.as_deref(), original);
+        // Stable across re-deliveries and offsets: the same record and bytes, the same id.
+        let id = uuid::Uuid::new_v5(
+            &DEAD_LETTER_NAMESPACE,
+            format!("{}/{}", identity.key, hex::encode(identity.digest)).as_bytes(),
+        )
+        .to_string();
+        let digest = hex::encode(identity.digest);
+        let size = original.len().to_string();
         let partition = src.partition.to_string();
         let offset = src.offset.to_string();
         let message = poison.error.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: dlq_header::ERROR_KIND,
-                value: Some(poison.error.kind()),
-            })
-            .insert(Header {
-                key: dlq_header::ERROR_MESSAGE,
-                value: Some(message.as_str()),
-            })
-            .insert(Header {
-                key: dlq_header::SOURCE_TOPIC,
-                value: Some(src.topic.as_str()),
-            })
-            .insert(Header {
-                key: dlq_header::SOURCE_PARTITION,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: dlq_header::SOURCE_OFFSET,
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: dlq_header::LOADER_VERSION,
-                value: Some(env!("CARGO_PKG_VERSION")),
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in [
+            (dlq_header::ERROR_KIND, poison.error.kind()),
+            (dlq_header::ERROR_MESSAGE, message.as_str()),
+            (dlq_header::SOURCE_TOPIC, src.topic.as_str()),
+            (dlq_header::SOURCE_PARTITION, partition.as_str()),
+            (dlq_header::SOURCE_OFFSET, offset.as_str()),
+            (dlq_header::LOADER_VERSION, env!("CARGO_PKG_VERSION")),
+            (dlq_header::DEAD_LETTER_ID, id.as_str()),
+            (dlq_header::PAYLOAD_SHA256, digest.as_str()),
+            (dlq_header::PAYLOAD_BYTES, size.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
             });
-        let empty: [u8; 0] = [];
-        let payload: &[u8] = src.payload.as_deref().unwrap_or(&empty);
+        }
+        if !with_payload {
+            headers = headers.insert(Header {
+                key: dlq_header::PAYLOAD_OMITTED,
+                value: Some("true"),
+            });
+        }
+        let payload: &[u8] = if with_payload { original } else { &empty };
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic)
             .payload(payload)
             .timestamp(src.fetched_at.timestamp_millis())
@@ -84,4 +113,18 @@ impl DeadLetters {
             .map(|_| ())
             .map_err(|(e, _)| e)
     }
+}
+
+/// Namespace of the dead-letter ids.
+const DEAD_LETTER_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3d5e_8a41_0b7c_4f2e_9d16_52a0_c4e7_19b8);
+
+/// Whether a produce error means the record can never fit (the producer's `message.max.bytes`
+/// or the topic's `max.message.bytes`): retrying cannot help.
+pub fn is_too_large(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+    )
 }

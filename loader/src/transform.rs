@@ -10,16 +10,44 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Namespace for the deterministic raw ids (UUIDv5 of `topic/partition/offset`).
+/// Namespace for the deterministic raw ids (UUIDv5 of a record's identity).
 const RAW_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b0e_55d1_4a47_9a53_0c2e_7b2d_a1f4);
 
-/// The deterministic id of the record at `topic`/`partition`/`offset`: Parquet can carry it
-/// before the database answers, and a re-delivered record gets the same id, so it writes nothing new.
-pub fn raw_id(topic: &str, partition: i32, offset: i64) -> Uuid {
-    Uuid::new_v5(
-        &RAW_ID_NAMESPACE,
-        format!("{topic}/{partition}/{offset}").as_bytes(),
-    )
+/// Who a record is, independent of where it sits in the topic: a recreated topic restarts its
+/// offsets and a re-published or mirrored record sits at new ones, so a position cannot say
+/// whether two deliveries are the same record. The identity can.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// `fetch:<fetch id>` for the extractor's records, `sha256:<hex>` (of the payload) for
+    /// records other tools produced: unique in `raw_data.record_key`.
+    pub key: String,
+    /// UUIDv5 of `key`: Parquet carries it before the database answers.
+    pub raw_id: Uuid,
+    /// SHA-256 of the payload as the topic holds it: the same id with other bytes is a conflict.
+    pub digest: [u8; 32],
+}
+
+impl Identity {
+    /// The identity of a record with `fetch_id` (the extractor's) or, without one, of its
+    /// payload alone.
+    pub fn of(fetch_id: Option<&str>, payload: &[u8]) -> Self {
+        let digest = digest(payload);
+        let key = match fetch_id {
+            Some(id) => format!("fetch:{id}"),
+            None => format!("sha256:{}", hex::encode(digest)),
+        };
+        Self {
+            raw_id: Uuid::new_v5(&RAW_ID_NAMESPACE, key.as_bytes()),
+            key,
+            digest,
+        }
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// One user, flattened: a `processed_data` row and a processed Parquet row.
@@ -101,9 +129,6 @@ pub enum TransformError {
     /// JSON, but not the 1.4 shape.
     #[error("unexpected shape: {0}")]
     WrongShape(String),
-    /// Transformed, but PostgreSQL refused its values (a data error, not an outage).
-    #[error("PostgreSQL refused the record's data: {0}")]
-    RejectedBySink(String),
 }
 
 impl TransformError {
@@ -119,7 +144,6 @@ impl TransformError {
             TransformError::EmptyResults => "empty_results",
             TransformError::LegacyShape { .. } => "legacy_shape",
             TransformError::WrongShape(_) => "wrong_shape",
-            TransformError::RejectedBySink(_) => "rejected_by_sink",
         }
     }
 }
@@ -480,7 +504,7 @@ mod tests {
     #[test]
     fn every_user_of_every_current_fixture_transforms_faithfully() {
         for (name, payload) in [("v1.4", V14), ("v1.3", V13)] {
-            let id = raw_id("t", 0, 7);
+            let id = Identity::of(Some("f7"), b"").raw_id;
             let rows = transform(payload, id, at()).unwrap();
             let users = users_of(payload);
             assert_eq!(rows.len(), users.len(), "{name}");
@@ -667,10 +691,25 @@ mod tests {
     }
 
     #[test]
-    fn raw_ids_are_deterministic_and_distinct() {
-        assert_eq!(raw_id("t", 0, 1), raw_id("t", 0, 1));
-        assert_ne!(raw_id("t", 0, 1), raw_id("t", 1, 1));
-        assert_ne!(raw_id("t", 0, 1), raw_id("t", 0, 2));
-        assert_ne!(raw_id("t", 0, 1), raw_id("u", 0, 1));
+    fn identity_is_the_fetch_id_or_the_payload_never_the_position() {
+        let a = Identity::of(Some("0190-a"), V13);
+        assert_eq!(a, Identity::of(Some("0190-a"), V13), "deterministic");
+        assert_eq!(a.key, "fetch:0190-a");
+        // The same fetch id with other bytes: same key and raw id, other digest (a conflict).
+        let b = Identity::of(Some("0190-a"), V14);
+        assert_eq!((b.key.as_str(), b.raw_id), (a.key.as_str(), a.raw_id));
+        assert_ne!(b.digest, a.digest);
+        assert_ne!(Identity::of(Some("0190-b"), V13).raw_id, a.raw_id);
+        // Without a fetch id the payload is the identity.
+        let c = Identity::of(None, V13);
+        assert_eq!(c, Identity::of(None, V13));
+        assert_eq!(c.key, format!("sha256:{}", hex::encode(c.digest)));
+        assert_eq!(
+            Identity::of(None, b"abc").key,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "the standard SHA-256 test vector"
+        );
+        assert_ne!(Identity::of(None, V14).raw_id, c.raw_id);
+        assert_ne!(c.raw_id, a.raw_id);
     }
 }

@@ -44,6 +44,7 @@ fn check_decode(payload: &[u8], max_bytes: usize, strip: bool) {
         partition: 3,
         offset: 42,
         key: Some("fetch-id".to_string()),
+        fetch_id: Some("fetch-id".to_string()),
         payload: Some(payload.to_vec()),
         fetched_at: chrono::Utc::now(),
     };

@@ -17,6 +17,7 @@ fn records(topic: &str, offsets: std::ops::Range<i64>) -> Vec<loader::batch::Loa
             partition: 0,
             offset: o,
             key: Some(format!("fetch-{o}")),
+            fetch_id: Some(format!("{topic}-{o}")),
             payload: Some(payload.to_vec()),
             fetched_at: Utc::now(),
         })

@@ -30,8 +30,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// A record whose identity was loaded before with other bytes: written nowhere, for the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Its index in the records given to [`Sinks::write_with`].
+    pub index: usize,
+    /// The shared identity.
+    pub record_key: String,
+    /// The loaded record's payload digest, hex.
+    pub loaded: String,
+    /// This record's payload digest, hex.
+    pub this: String,
+}
+
 /// What one batch write did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Records loaded for the first time.
     pub new_records: usize,
@@ -43,6 +56,8 @@ pub struct WriteOutcome {
     pub files_published: usize,
     /// Records recomputed by `--reprocess` (rows updated in place, files rewritten).
     pub reprocessed_records: usize,
+    /// Records whose identity was loaded before with other bytes: poison for the caller.
+    pub conflicts: Vec<Conflict>,
 }
 
 impl WriteOutcome {
@@ -53,6 +68,7 @@ impl WriteOutcome {
         self.users_written += other.users_written;
         self.files_published += other.files_published;
         self.reprocessed_records += other.reprocessed_records;
+        self.conflicts.extend(other.conflicts);
     }
 }
 
@@ -151,9 +167,26 @@ impl Sinks {
             return Ok(WriteOutcome::default());
         }
         let now = Utc::now();
-        // A record can appear twice in one batch (re-fetched after a rebalance): write it once.
-        let mut seen = HashSet::with_capacity(records.len());
-        let unique: Vec<&LoadRecord> = records.iter().filter(|r| seen.insert(r.raw_id)).collect();
+        // A record can appear twice in one batch (re-fetched after a rebalance, re-published
+        // close behind itself): write it once; with other bytes it is a conflict.
+        let mut conflicts = Vec::new();
+        let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+        let mut unique: Vec<&LoadRecord> = Vec::with_capacity(records.len());
+        for (index, r) in records.iter().enumerate() {
+            match first_seen.get(r.record_key.as_str()).map(|&i| &records[i]) {
+                None => {
+                    first_seen.insert(&r.record_key, index);
+                    unique.push(r);
+                }
+                Some(first) if first.digest == r.digest => {}
+                Some(first) => conflicts.push(Conflict {
+                    index,
+                    record_key: r.record_key.clone(),
+                    loaded: hex::encode(first.digest),
+                    this: hex::encode(r.digest),
+                }),
+            }
+        }
         let mut tx = self.pool.begin().await?;
         postgres::lock_ledger_shared(&mut tx).await?;
         let speculate = !reprocess && self.all_new_last_time.load(Ordering::Relaxed);
@@ -164,7 +197,13 @@ impl Sinks {
             let links = postgres::links_of(&plan);
             let rows = async {
                 let ids = postgres::insert_raw(&mut tx, &unique, now, &links).await?;
-                let users = postgres::insert_processed(&mut tx, &unique, now).await?;
+                let users = if ids.len() == unique.len() {
+                    postgres::insert_processed(&mut tx, &unique, now).await?
+                } else {
+                    let fresh: Vec<&LoadRecord> =
+                        unique.iter().copied().filter(|r| ids.contains(&r.raw_id)).collect();
+                    postgres::insert_processed(&mut tx, &fresh, now).await?
+                };
                 Ok::<_, sqlx::Error>((ids, users))
             };
             let (rows, files) = tokio::join!(rows, self.parquet.write_plan(plan.clone(), &unique));
@@ -226,9 +265,31 @@ impl Sinks {
             .copied()
             .filter(|r| !new_ids.contains(&r.raw_id))
             .collect();
+        // Loaded before: the same bytes are a re-delivery, other bytes a conflict.
+        let keys: Vec<&str> = known.iter().map(|r| r.record_key.as_str()).collect();
+        let loaded = match postgres::loaded_before(&mut tx, &keys).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.parquet.discard(&staged).await;
+                return Err(e.into());
+            }
+        };
+        let mut again = Vec::with_capacity(known.len());
+        for r in known {
+            let before = loaded.get(&r.record_key);
+            match before.and_then(|l| l.digest.as_deref()) {
+                Some(d) if d != r.digest => conflicts.push(Conflict {
+                    index: first_seen[r.record_key.as_str()],
+                    record_key: r.record_key.clone(),
+                    loaded: hex::encode(d),
+                    this: hex::encode(r.digest),
+                }),
+                _ => again.push((r, before.map_or(r.raw_id, |l| l.raw_id))),
+            }
+        }
         let mut reprocessed = 0;
-        if reprocess && !known.is_empty() {
-            match self.reprocess(&mut tx, &known, now).await {
+        if reprocess && !again.is_empty() {
+            match self.reprocess(&mut tx, &again, now).await {
                 Ok((n, files)) => {
                     reprocessed = n;
                     staged.extend(files);
@@ -267,12 +328,14 @@ impl Sinks {
             .await
             .map_err(|e| SinkError::Parquet(e.into()))?;
         postgres::mark_published(&self.pool, &finals).await?;
+        conflicts.sort_by_key(|c| c.index);
         Ok(WriteOutcome {
             new_records: new_ids.len(),
-            duplicate_records: records.len() - new_ids.len(),
+            duplicate_records: records.len() - new_ids.len() - conflicts.len(),
             users_written,
             files_published: finals.len(),
             reprocessed_records: reprocessed,
+            conflicts,
         })
     }
 
@@ -281,22 +344,33 @@ impl Sinks {
     async fn reprocess(
         &self,
         tx: &mut sqlx::PgConnection,
-        known: &[&LoadRecord],
+        known: &[(&LoadRecord, uuid::Uuid)],
         now: chrono::DateTime<Utc>,
     ) -> Result<(usize, Vec<StagedFile>), SinkError> {
+        // Rows loaded before migration 3 keep the raw id of their position: recompute under it.
+        let known: Vec<LoadRecord> = known
+            .iter()
+            .map(|(r, stored)| with_raw_id((*r).clone(), *stored))
+            .collect();
         let ids: Vec<uuid::Uuid> = known.iter().map(|r| r.raw_id).collect();
         let files = postgres::processed_files_of(tx, &ids).await?;
         let mut covered = HashSet::new();
         let mut restaged = Vec::new();
         let mut count = 0;
         for path in files {
-            let sources = postgres::records_in_file(tx, &path).await?;
+            let (stored_ids, sources): (Vec<uuid::Uuid>, Vec<_>) =
+                postgres::records_in_file(tx, &path).await?.into_iter().unzip();
             let (records, poison) = crate::batch::decode(sources, usize::MAX, now, false);
             if let Some(p) = poison.first() {
                 // The new transform refuses a record it accepted before: keep the old output.
                 tracing::error!(file = %path, offset = p.source.offset, error = %p.error, "reprocess: the transform now refuses a loaded record; its file is left as it was");
                 continue;
             }
+            let records: Vec<LoadRecord> = records
+                .into_iter()
+                .zip(stored_ids)
+                .map(|(r, id)| with_raw_id(r, id))
+                .collect();
             let refs: Vec<&LoadRecord> = records.iter().collect();
             postgres::upsert_processed(tx, &refs, now).await?;
             restaged.push(
@@ -311,7 +385,6 @@ impl Sinks {
         // Records loaded before files were linked to records: rows only.
         let rest: Vec<&LoadRecord> = known
             .iter()
-            .copied()
             .filter(|r| !covered.contains(&r.raw_id))
             .collect();
         if !rest.is_empty() {
@@ -372,4 +445,13 @@ impl Sinks {
             .map_err(|e| SinkError::Parquet(e.into()))?;
         Ok(report)
     }
+}
+
+/// `record` under another raw id (its users too).
+fn with_raw_id(mut record: LoadRecord, raw_id: uuid::Uuid) -> LoadRecord {
+    record.raw_id = raw_id;
+    for u in &mut record.users {
+        u.raw_id = raw_id;
+    }
+    record
 }

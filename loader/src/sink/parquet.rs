@@ -569,6 +569,7 @@ mod tests {
                 partition: p,
                 offset: o,
                 key: Some(format!("k{o}")),
+                fetch_id: Some(format!("k{o}")),
                 payload: Some(payload.to_vec()),
                 fetched_at: at,
             })

@@ -1,8 +1,10 @@
 //! PostgreSQL: the `raw_data` and `processed_data` rows, in bulk (one `UNNEST` statement per
 //! table per batch), and the Parquet ledger (`parquet_files`).
 //!
-//! Re-delivery is absorbed by the natural keys: `INSERT ... ON CONFLICT DO NOTHING RETURNING`
-//! tells which records are new, and only those get processed rows and Parquet files.
+//! Re-delivery is absorbed by the natural keys: a raw row's `record_key` is the record's
+//! identity (never its position), `INSERT ... ON CONFLICT DO NOTHING RETURNING` tells which
+//! records are new, and only those get processed rows and Parquet files; [`loaded_before`]
+//! tells a re-delivery (same bytes) from a conflict (same identity, other bytes).
 
 use crate::batch::{LoadRecord, SourceRecord};
 use crate::sink::parquet::{Dataset, StagedFile};
@@ -60,6 +62,8 @@ async fn insert_raw_chunk(
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut record_keys = Vec::with_capacity(n);
+    let mut digests: Vec<&[u8]> = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
     let mut fetched = Vec::with_capacity(n);
@@ -71,6 +75,8 @@ async fn insert_raw_chunk(
         partitions.push(r.source.partition);
         offsets.push(r.source.offset);
         keys.push(r.source.key.as_deref());
+        record_keys.push(r.record_key.as_str());
+        digests.push(&r.digest[..]);
         payloads.push(r.payload_text.as_str());
         counts.push(r.users.len() as i32);
         fetched.push(r.source.fetched_at);
@@ -79,10 +85,10 @@ async fn insert_raw_chunk(
         processed_files.push(link.map(|l| l.1));
     }
     let rows = sqlx::query(
-        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file)
-         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rf, r.pf
-         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::text[])
-              AS r(raw_id, topic, p, o, k, payload, n, f, rf, pf)
+        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file, record_key, payload_sha256)
+         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rf, r.pf, r.rk, r.d
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::text[], $12::text[], $13::bytea[])
+              AS r(raw_id, topic, p, o, k, payload, n, f, rf, pf, rk, d)
          ON CONFLICT DO NOTHING
          RETURNING raw_id",
     )
@@ -97,9 +103,47 @@ async fn insert_raw_chunk(
     .bind(created_at)
     .bind(raw_files)
     .bind(processed_files)
+    .bind(record_keys)
+    .bind(digests)
     .fetch_all(tx)
     .await?;
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+/// A record loaded before, as `raw_data` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Its raw id (for rows loaded before migration 3, derived from its position).
+    pub raw_id: Uuid,
+    /// Digest of its payload; `None` for rows loaded before migration 3.
+    pub digest: Option<Vec<u8>>,
+}
+
+/// The rows already holding `record_keys`, by key.
+pub async fn loaded_before(
+    tx: &mut PgConnection,
+    record_keys: &[&str],
+) -> sqlx::Result<HashMap<String, Loaded>> {
+    if record_keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT record_key, raw_id, payload_sha256 FROM raw_data WHERE record_key = ANY($1)",
+    )
+    .bind(record_keys)
+    .fetch_all(tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>(0)?,
+                Loaded {
+                    raw_id: r.try_get(1)?,
+                    digest: r.try_get(2)?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The `raw_file`/`processed_file` of each record in `files`.
@@ -317,10 +361,13 @@ pub async fn processed_files_of(
         .await
 }
 
-/// Every record in the processed file `path`, as the loader consumed it.
-pub async fn records_in_file(tx: &mut PgConnection, path: &str) -> sqlx::Result<Vec<SourceRecord>> {
+/// Every record in the processed file `path`, as the loader consumed it, with its stored raw id.
+pub async fn records_in_file(
+    tx: &mut PgConnection,
+    path: &str,
+) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
     let rows = sqlx::query(
-        "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at
+        "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
          FROM raw_data WHERE processed_file = $1 ORDER BY kafka_partition, kafka_offset",
     )
     .bind(path)
@@ -328,14 +375,19 @@ pub async fn records_in_file(tx: &mut PgConnection, path: &str) -> sqlx::Result<
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(SourceRecord {
-                topic: r.try_get(0)?,
-                partition: r.try_get(1)?,
-                offset: r.try_get(2)?,
-                key: r.try_get(3)?,
-                payload: Some(r.try_get::<String, _>(4)?.into_bytes()),
-                fetched_at: r.try_get(5)?,
-            })
+            let key: Option<String> = r.try_get(3)?;
+            Ok((
+                r.try_get(6)?,
+                SourceRecord {
+                    topic: r.try_get(0)?,
+                    partition: r.try_get(1)?,
+                    offset: r.try_get(2)?,
+                    fetch_id: key.clone(),
+                    key,
+                    payload: Some(r.try_get::<String, _>(4)?.into_bytes()),
+                    fetched_at: r.try_get(5)?,
+                },
+            ))
         })
         .collect()
 }

@@ -310,21 +310,42 @@ pub async fn assigned(addr: SocketAddr) -> usize {
         .sum::<f64>() as usize
 }
 
-/// Produces each payload to `topic` (keys k0, k1, ...) and waits for the acknowledgements.
+/// Produces each payload to `topic` as the extractor does (a fresh fetch id as key and
+/// `etl-fetch-id` header, the schema header) and waits for the acknowledgements.
 pub async fn produce(topic: &str, payloads: &[&[u8]]) {
+    let records: Vec<(Option<String>, &[u8])> = payloads
+        .iter()
+        .map(|p| (Some(uuid::Uuid::now_v7().to_string()), *p))
+        .collect();
+    produce_as(topic, &records).await;
+}
+
+/// Produces `(fetch id, payload)` pairs: with a fetch id as the extractor would, without one
+/// as another tool would (no key, no headers). Waits for the acknowledgements.
+pub async fn produce_as(topic: &str, records: &[(Option<String>, &[u8])]) {
+    use etl_common::contract::{self, header};
+    use rdkafka::message::{Header, OwnedHeaders};
     let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
-    for (i, p) in payloads.iter().enumerate() {
-        let key = format!("k{i}");
+    for (fetch_id, payload) in records {
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).payload(*payload);
+        if let Some(id) = fetch_id.as_deref() {
+            record = record.key(id).headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: header::SCHEMA,
+                        value: Some(contract::SCHEMA_VERSION),
+                    })
+                    .insert(Header {
+                        key: header::FETCH_ID,
+                        value: Some(id),
+                    }),
+            );
+        }
         producer
-            .send(
-                rdkafka::producer::FutureRecord::to(topic)
-                    .key(&key)
-                    .payload(*p),
-                Duration::from_secs(30),
-            )
+            .send(record, Duration::from_secs(30))
             .await
             .map_err(|(e, _)| e)
             .unwrap();

@@ -1,0 +1,301 @@
+//! A record's identity is its content identity (the extractor's fetch id, or the payload's
+//! digest), never its position: a recreated topic loses nothing, a re-published record is
+//! written once, and the same id with other bytes goes to the DLQ as a conflict. Against the
+//! real broker and database.
+
+mod support;
+
+use etl_common::contract::dlq_header;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use randomuser_stub::{FaultPlan, Stub};
+use std::collections::HashMap;
+use std::time::Duration;
+use support::*;
+
+const V14: &[u8] =
+    include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+
+async fn stub() -> Stub {
+    Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .expect("stub starts")
+}
+
+/// Every record of `topic` from the start, as the broker holds it (key, headers, payload).
+async fn read_all(topic: &str, n: usize) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record within 30 s")
+            .expect("consume");
+        out.push(m.detach());
+    }
+    out
+}
+
+fn headers(m: &OwnedMessage) -> HashMap<String, String> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Raw rows, processed rows, raw Parquet rows and processed Parquet rows.
+async fn counts(db: &TestDb, data: &std::path::Path) -> (i64, i64, usize, usize) {
+    (
+        db.count("SELECT count(*) FROM raw_data").await,
+        db.count("SELECT count(*) FROM processed_data").await,
+        parquet_rows(&data.join("raw"), &["raw_id"]).len(),
+        parquet_rows(&data.join("processed"), &["raw_id"]).len(),
+    )
+}
+
+/// Deleted and created again under the same name, the topic restarts at offset 0: every new
+/// record sits where an old one sat. Position as identity dropped them as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_loses_nothing() {
+    let stub = stub().await;
+    let topic = unique("recreated");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+
+    run_extractor(&stub.url(), &topic, 3, 20).await;
+    let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "60 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 60
+    })
+    .await;
+    loader.shutdown().await;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&[&topic], &opts).await.unwrap() {
+        r.expect("topic deleted");
+    }
+    // The broker refuses the name while the deletion is still under way.
+    eventually(Duration::from_secs(60), "the topic created again", || async {
+        let new = rdkafka::admin::NewTopic::new(
+            &topic,
+            1,
+            rdkafka::admin::TopicReplication::Fixed(1),
+        );
+        matches!(
+            admin.create_topics(&[new], &opts).await.as_deref(),
+            Ok([Ok(_)])
+        )
+    })
+    .await;
+
+    run_extractor(&stub.url(), &topic, 3, 20).await;
+    let again: Vec<i64> = read_all(&topic, 3).await.iter().map(|m| m.offset()).collect();
+    assert_eq!(again, vec![0, 1, 2], "the new records reuse the old offsets");
+    let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "120 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 120
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!((summary.loaded, summary.duplicates), (3, 0));
+    assert_eq!(counts(&db, data.path()).await, (6, 120, 6, 120));
+    db.drop_db().await;
+}
+
+/// The same records published again with their keys and headers (an operator's re-publish, a
+/// MirrorMaker copy) sit at new offsets: they are the same records, written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_record_is_written_once() {
+    let stub = stub().await;
+    let topic = unique("republished");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+
+    run_extractor(&stub.url(), &topic, 3, 20).await;
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(Duration::from_secs(60), "60 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 60
+    })
+    .await;
+
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for m in read_all(&topic, 3).await {
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
+            .payload(m.payload().unwrap())
+            .key(m.key().unwrap());
+        if let Some(h) = m.headers() {
+            record = record.headers(h.clone());
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    eventually(Duration::from_secs(60), "3 duplicates seen", || async {
+        loader.metric("etl_loader_records_duplicate_total").await == 3.0
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!((summary.loaded, summary.duplicates), (3, 3));
+    assert_eq!(counts(&db, data.path()).await, (3, 60, 3, 60));
+    db.drop_db().await;
+}
+
+/// The same fetch id with other bytes is not the same record: the first one loaded stays and
+/// the other goes to the DLQ as a `conflict`, in one batch or across batches. Records without a
+/// fetch id (other producers) are identified by their bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
+    let topic = unique("conflict");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let (x, y) = (Some("fetch-x".to_string()), Some("fetch-y".to_string()));
+    produce_as(
+        &topic,
+        &[
+            (x.clone(), V13), // 0: loaded
+            (x.clone(), V14), // 1: conflict, in the same batch
+            (None, V14),      // 2: no fetch id: its digest; loaded
+            (None, V14),      // 3: the same bytes again: a duplicate
+            (y.clone(), V13), // 4: another fetch with the same bytes: loaded
+        ],
+    )
+    .await;
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(Duration::from_secs(60), "151 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 151
+    })
+    .await;
+    produce_as(&topic, &[(x.clone(), V14)]).await; // 5: conflict, in a later batch
+    eventually(Duration::from_secs(60), "2 conflicts dead-lettered", || async {
+        loader.metric("etl_loader_records_dead_lettered_total").await == 2.0
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!(
+        (summary.loaded, summary.duplicates, summary.dead_lettered),
+        (3, 1, 2)
+    );
+    assert_eq!(counts(&db, data.path()).await, (3, 151, 3, 151));
+    let users_of_x: i64 =
+        sqlx::query_scalar("SELECT user_count::int8 FROM raw_data WHERE record_key = 'fetch:fetch-x'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(users_of_x, 20, "the first record of fetch-x stays");
+
+    let dead = read_all(&format!("{topic}.dlq"), 2).await;
+    let mut offsets = Vec::new();
+    for m in &dead {
+        let h = headers(m);
+        assert_eq!(h[dlq_header::ERROR_KIND], "conflict");
+        assert!(h[dlq_header::ERROR_MESSAGE].contains("fetch:fetch-x"));
+        assert_eq!(m.payload(), Some(V14), "the conflicting bytes, kept for a person");
+        offsets.push(h[dlq_header::SOURCE_OFFSET].clone());
+    }
+    assert_eq!(offsets, vec!["1", "5"]);
+    assert_eq!(
+        headers(&dead[0])[dlq_header::DEAD_LETTER_ID],
+        headers(&dead[1])[dlq_header::DEAD_LETTER_ID],
+        "the same record dead-lettered twice has one dead-letter id"
+    );
+    db.drop_db().await;
+}
+
+/// Rows loaded before migration 3 take their fetch id as identity (the first of a fetch id
+/// loaded twice keeps it, the copy its position); a re-delivery of one of them afterwards is a
+/// duplicate, not a new row and not a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_rows_are_migrated_to_their_identity() {
+    let db = TestDb::new().await;
+    let old = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
+    let mut names: Vec<_> = std::fs::read_dir(source)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for name in &names[..2] {
+        std::fs::copy(source.join(name), old.path().join(name)).unwrap();
+    }
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    let topic = unique("migrated");
+    for (offset, fetch_id) in [(0i64, Some("F1")), (1, None), (2, Some("F1"))] {
+        sqlx::query(
+            "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at)
+             VALUES ($1, $2, 0, $3, $4, '{\"results\":[]}', 0, now())",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(&topic)
+        .bind(offset)
+        .bind(fetch_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    produce_as(&topic, &[(Some("F1".to_string()), V13)]).await;
+    let data = tempfile::tempdir().unwrap();
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(Duration::from_secs(60), "the re-delivery seen", || async {
+        loader.metric("etl_loader_records_duplicate_total").await == 1.0
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!(
+        (summary.loaded, summary.duplicates, summary.dead_lettered),
+        (0, 1, 0)
+    );
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT record_key FROM raw_data ORDER BY kafka_offset")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            "fetch:F1".to_string(),
+            format!("position:{topic}/0/1"),
+            format!("position:{topic}/0/2"),
+        ]
+    );
+    db.drop_db().await;
+}
