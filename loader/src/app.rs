@@ -2,13 +2,15 @@
 //! sinks → commit offsets. Offsets are committed last, so a crash anywhere re-delivers the
 //! batch and the sinks' natural keys absorb it.
 //!
-//! Rebalances: librdkafka's group thread runs the revoke callback during our next poll, never
-//! during a flush, so a batch being written is finished and committed first; records of revoked
-//! partitions still waiting in the open batch are dropped uncommitted and the new owner reads
-//! them from the committed offset.
+//! Rebalances: librdkafka runs the rebalance callbacks during our poll, never during a flush, so
+//! a batch being written is finished and committed first. The callbacks queue ordered events
+//! ([`crate::consumer`]) that the loop applies before it adds the next record: records of a
+//! revoked partition still waiting in the open batch are dropped uncommitted (their owner reads
+//! them from the committed offset), and a record fetched after a re-assignment is never among them.
 
 use crate::batch::{self, Batch, LoadRecord, Poison, PoisonReason};
 use crate::config::RunConfig;
+use crate::consumer::{LoaderConsumer, LoaderContext};
 use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
 use crate::migrate;
@@ -17,15 +19,13 @@ use crate::sink::{self, SinkError, Sinks};
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
 use etl_common::status::{self, Readiness};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
-use std::collections::{BTreeMap, HashSet};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -49,76 +49,6 @@ pub struct RunSummary {
     pub reprocessed: u64,
 }
 
-/// librdkafka callbacks: revocations for the run loop, statistics for the lag gauge, and the
-/// Kafka readiness check (an idle replica that joined its group is ready, not waiting for a record).
-pub struct LoaderContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-    metrics: Metrics,
-    readiness: Readiness,
-}
-
-impl ClientContext for LoaderContext {
-    fn stats(&self, stats: Statistics) {
-        // Only ever clears a failure: errors seen by the run loop set it.
-        if stats
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP")
-        {
-            self.readiness.set_ok("kafka");
-        }
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for LoaderContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions revoked");
-                for (t, p) in &parts {
-                    let _ = self
-                        .metrics
-                        .consumer_lag
-                        .remove_label_values(&[t.as_str(), &p.to_string()]);
-                }
-                self.metrics.assigned_partitions.sub(parts.len() as i64);
-                lock(&self.revoked).extend(parts);
-            }
-            Rebalance::Assign(tpl) => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions assigned");
-                self.metrics.assigned_partitions.add(parts.len() as i64);
-                self.readiness.set_ok("kafka");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-type LoaderConsumer = StreamConsumer<LoaderContext>;
 type StatusFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A built loader: config checked, clients created, status endpoint bound.
@@ -202,11 +132,7 @@ impl Application {
             // of full-size responses ready while holding peak memory down (BENCHMARKS.md).
             .set("queued.max.messages.kbytes", "16384")
             .set("client.id", "randomuser-loader");
-        let context = LoaderContext {
-            revoked: Mutex::new(Vec::new()),
-            metrics: metrics.clone(),
-            readiness: readiness.clone(),
-        };
+        let context = LoaderContext::new(metrics.clone(), readiness.clone());
         let consumer: LoaderConsumer = cfg
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
@@ -421,6 +347,8 @@ impl Worker {
                 msg = consumer.recv() => match msg {
                     Ok(m) => {
                         let record = batch::SourceRecord::from_message(&m.detach());
+                        // Whatever librdkafka did while fetching it happened before it.
+                        self.apply_rebalances(&mut batch);
                         self.readiness.set_ok("kafka");
                         if self.in_range(&record) {
                             self.metrics.consumed.inc();
@@ -441,7 +369,7 @@ impl Worker {
                     }
                 },
             };
-            self.drop_revoked(&mut batch);
+            self.apply_rebalances(&mut batch);
             if (flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes)
                 && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
             {
@@ -454,7 +382,7 @@ impl Worker {
             }
         }
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
-        self.drop_revoked(&mut batch);
+        self.apply_rebalances(&mut batch);
         if !batch.is_empty() {
             let n = batch.len();
             match self.flush(batch.take()).await {
@@ -511,18 +439,19 @@ impl Worker {
         }
     }
 
-    fn drop_revoked(&mut self, batch: &mut Batch) {
-        let revoked: HashSet<(String, i32)> =
-            lock(&self.consumer.context().revoked).drain(..).collect();
-        if revoked.is_empty() {
-            return;
-        }
-        let dropped = batch.retain_partitions(|t, p| !revoked.contains(&(t.to_string(), p)));
-        if dropped > 0 {
-            tracing::info!(
-                records = dropped,
-                "dropped uncommitted records of revoked partitions; the new owner re-reads them"
-            );
+    /// Applies the rebalances librdkafka reported since the last call, in the order they
+    /// happened. Called before a record is added, so a revocation only ever drops records
+    /// fetched before it: a partition revoked and assigned back within one poll keeps the first
+    /// record of its new assignment.
+    fn apply_rebalances(&mut self, batch: &mut Batch) {
+        for event in self.consumer.context().take_events() {
+            let dropped = batch.apply(&event);
+            if dropped > 0 {
+                tracing::info!(
+                    records = dropped,
+                    "dropped uncommitted records of revoked partitions; their owner re-reads them"
+                );
+            }
         }
     }
 

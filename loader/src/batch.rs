@@ -140,6 +140,15 @@ impl PoisonReason {
     }
 }
 
+/// A rebalance, as librdkafka reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// These (topic, partition) are no longer ours.
+    Revoked(Vec<(String, i32)>),
+    /// These are ours now, read from their committed offsets.
+    Assigned(Vec<(String, i32)>),
+}
+
 /// Records gathering towards a flush.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -189,6 +198,18 @@ impl Batch {
         self.last = None;
         self.bytes = 0;
         std::mem::take(&mut self.records)
+    }
+
+    /// Applies a rebalance: a revocation drops the (uncommitted) records of the revoked
+    /// partitions, which their next owner reads again from the committed offset; an assignment
+    /// changes nothing held. Returns the records dropped.
+    pub fn apply(&mut self, event: &Rebalanced) -> usize {
+        match event {
+            Rebalanced::Revoked(parts) => {
+                self.retain_partitions(|t, p| !parts.iter().any(|(rt, rp)| rt == t && *rp == p))
+            }
+            Rebalanced::Assigned(_) => 0,
+        }
     }
 
     /// Drops the records of partitions no longer ours (after a revoke), uncommitted.
@@ -447,6 +468,25 @@ mod tests {
         assert_eq!(b.bytes(), 0);
         assert_eq!(b.take().len(), 2);
         assert!(b.is_empty() && b.deadline(age, linger).is_none());
+    }
+
+    /// A partition revoked and assigned back within one poll (a member leaving and coming
+    /// back, a lost assignment): what was fetched before the revocation goes, the first record
+    /// of the new assignment stays, and the commit covers it.
+    #[test]
+    fn events_apply_in_the_order_they_happened() {
+        let p0 = vec![("t".to_string(), 0)];
+        let mut b = Batch::default();
+        b.push(rec(0, 5, b"a"));
+        b.push(rec(0, 6, b"b"));
+        b.push(rec(1, 9, b"c"));
+        assert_eq!(b.apply(&Rebalanced::Revoked(p0.clone())), 2);
+        assert_eq!(b.apply(&Rebalanced::Assigned(p0.clone())), 0);
+        b.push(rec(0, 5, b"a")); // re-read from the committed offset
+        assert_eq!(b.len(), 2);
+        let offsets = next_offsets(&b.take());
+        assert_eq!(offsets.get(&("t".to_string(), 0)), Some(&6));
+        assert_eq!(offsets.get(&("t".to_string(), 1)), Some(&10));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //! - [`batch`]: gathering records by count and age; decoding into loadable vs poison.
 //! - [`transform`]: the pure 1.4-response → user-rows function.
 //! - [`sink`]: PostgreSQL + Parquet behind one ledgered write; start-up recovery.
+//! - [`consumer`]: rebalance callbacks as ordered events for the run loop.
 //! - [`dlq`]: the dead-letter topic.
 //! - [`app`]: the consume → batch → write → commit loop, rebalances and shutdown.
 //! - [`failpoint`]: crash injection for the fault suite (off unless `ETL_FAILPOINTS` is set).
@@ -17,6 +18,7 @@ pub mod app;
 pub mod batch;
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod dlq;
 pub mod failpoint;
 pub mod metrics;
