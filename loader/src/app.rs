@@ -337,7 +337,7 @@ impl Worker {
                 }
                 _ = sweep.tick() => {
                     match self.sinks.recover().await {
-                        Ok(r) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
+                        Ok(Some(r)) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "Parquet staging sweep failed; will retry"),
                     }
@@ -415,9 +415,14 @@ impl Worker {
                 } else {
                     migrate::apply(self.sinks.pool()).await?;
                 }
-                let report = self.sinks.recover().await?;
-                if report != sink::RecoveryReport::default() {
-                    tracing::info!(?report, "Parquet staging recovered");
+                match self.sinks.recover().await? {
+                    Some(report) if report != sink::RecoveryReport::default() => {
+                        tracing::info!(?report, "Parquet staging recovered")
+                    }
+                    Some(_) => {}
+                    None => tracing::info!(
+                        "another replica is writing; Parquet staging is left for the periodic sweep"
+                    ),
                 }
                 anyhow::Ok(())
             };

@@ -242,8 +242,10 @@ pub fn decode(
     let mut good = Vec::with_capacity(records.len());
     let mut bad = Vec::new();
     for mut source in records {
-        let identity =
-            transform::Identity::of(source.fetch_id.as_deref(), source.payload.as_deref().unwrap_or_default());
+        let identity = transform::Identity::of(
+            source.fetch_id.as_deref(),
+            source.payload.as_deref().unwrap_or_default(),
+        );
         let raw_id = identity.raw_id;
         let payload = match source.payload.take() {
             None => Err(TransformError::NoPayload),

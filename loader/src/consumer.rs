@@ -100,4 +100,3 @@ impl ConsumerContext for LoaderContext {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-

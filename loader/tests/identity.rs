@@ -6,12 +6,12 @@
 mod support;
 
 use etl_common::contract::dlq_header;
+use randomuser_stub::{FaultPlan, Stub};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use randomuser_stub::{FaultPlan, Stub};
 use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
@@ -100,22 +100,34 @@ async fn a_recreated_topic_loses_nothing() {
         r.expect("topic deleted");
     }
     // The broker refuses the name while the deletion is still under way.
-    eventually(Duration::from_secs(60), "the topic created again", || async {
-        let new = rdkafka::admin::NewTopic::new(
-            &topic,
-            1,
-            rdkafka::admin::TopicReplication::Fixed(1),
-        );
-        matches!(
-            admin.create_topics(&[new], &opts).await.as_deref(),
-            Ok([Ok(_)])
-        )
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the topic created again",
+        || async {
+            let new = rdkafka::admin::NewTopic::new(
+                &topic,
+                1,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            );
+            matches!(
+                admin.create_topics(&[new], &opts).await.as_deref(),
+                Ok([Ok(_)])
+            )
+        },
+    )
     .await;
 
     run_extractor(&stub.url(), &topic, 3, 20).await;
-    let again: Vec<i64> = read_all(&topic, 3).await.iter().map(|m| m.offset()).collect();
-    assert_eq!(again, vec![0, 1, 2], "the new records reuse the old offsets");
+    let again: Vec<i64> = read_all(&topic, 3)
+        .await
+        .iter()
+        .map(|m| m.offset())
+        .collect();
+    assert_eq!(
+        again,
+        vec![0, 1, 2],
+        "the new records reuse the old offsets"
+    );
     let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
     eventually(Duration::from_secs(60), "120 users loaded", || async {
         db.count("SELECT count(*) FROM processed_data").await == 120
@@ -199,9 +211,16 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
     })
     .await;
     produce_as(&topic, &[(x.clone(), V14)]).await; // 5: conflict, in a later batch
-    eventually(Duration::from_secs(60), "2 conflicts dead-lettered", || async {
-        loader.metric("etl_loader_records_dead_lettered_total").await == 2.0
-    })
+    eventually(
+        Duration::from_secs(60),
+        "2 conflicts dead-lettered",
+        || async {
+            loader
+                .metric("etl_loader_records_dead_lettered_total")
+                .await
+                == 2.0
+        },
+    )
     .await;
     let summary = loader.shutdown().await;
     assert_eq!(
@@ -209,11 +228,12 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
         (3, 1, 2)
     );
     assert_eq!(counts(&db, data.path()).await, (3, 151, 3, 151));
-    let users_of_x: i64 =
-        sqlx::query_scalar("SELECT user_count::int8 FROM raw_data WHERE record_key = 'fetch:fetch-x'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let users_of_x: i64 = sqlx::query_scalar(
+        "SELECT user_count::int8 FROM raw_data WHERE record_key = 'fetch:fetch-x'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(users_of_x, 20, "the first record of fetch-x stays");
 
     let dead = read_all(&format!("{topic}.dlq"), 2).await;
@@ -222,7 +242,11 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
         let h = headers(m);
         assert_eq!(h[dlq_header::ERROR_KIND], "conflict");
         assert!(h[dlq_header::ERROR_MESSAGE].contains("fetch:fetch-x"));
-        assert_eq!(m.payload(), Some(V14), "the conflicting bytes, kept for a person");
+        assert_eq!(
+            m.payload(),
+            Some(V14),
+            "the conflicting bytes, kept for a person"
+        );
         offsets.push(h[dlq_header::SOURCE_OFFSET].clone());
     }
     assert_eq!(offsets, vec!["1", "5"]);

@@ -160,7 +160,7 @@ async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
     )
     .unwrap();
 
-    let report = s.recover().await.unwrap();
+    let report = s.recover().await.unwrap().expect("the ledger lock is free");
     assert_eq!((report.finished, report.removed, report.missing), (1, 1, 0));
     assert!(dir.path().join(&final_rel).exists());
     assert!(parquet_files(&dir.path().join("_staging")).is_empty());
@@ -176,7 +176,7 @@ async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
     // Recovery is idempotent.
     assert_eq!(
         s.recover().await.unwrap(),
-        loader::sink::RecoveryReport::default()
+        Some(loader::sink::RecoveryReport::default())
     );
     db.drop_db().await;
 }
@@ -217,5 +217,139 @@ async fn migrate_check_reports_pending_then_up_to_date() {
     let changed = loader::migrate::problems(&db.pool).await.unwrap();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].contains("different contents"), "{changed:?}");
+    db.drop_db().await;
+}
+
+/// The processed Parquet rows under `dir`.
+fn processed_rows(dir: &std::path::Path) -> usize {
+    parquet_rows(&dir.join("processed"), &["raw_id"]).len()
+}
+
+/// The connection drops right after COMMIT went out (the server committed; the loader cannot
+/// know): the staged files must stay for recovery, which publishes them because the ledger
+/// names them. Deleting them, as before, left the ledger naming files that exist nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_outcome_is_unknown_keeps_its_files_for_recovery() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let cutter = CommitCutter::start(&db.url).await;
+    let pool = loader::sink::lazy_pool(&cutter.url, 2).unwrap();
+    let s = Sinks::new(pool, ParquetSink::new(dir.path()).unwrap());
+    cutter.arm();
+    let err = s
+        .write(&records("t", 0..2))
+        .await
+        .expect_err("the COMMIT's answer never came");
+    assert!(!err.is_data_error(), "an outage, not poison: {err}");
+    assert_eq!(cutter.cuts(), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM raw_data").await,
+        2,
+        "the server committed"
+    );
+    let report = s.recover().await.unwrap().expect("the ledger lock is free");
+    assert_eq!((report.finished, report.missing), (2, 0));
+    // The re-delivered batch is all duplicates and writes no file; the files are complete.
+    let again = s.write(&records("t", 0..2)).await.unwrap();
+    assert_eq!((again.new_records, again.duplicate_records), (0, 2));
+    assert_eq!(processed_rows(dir.path()), 222);
+    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
+    db.drop_db().await;
+}
+
+/// A file the ledger registered but that is gone from both staging and its place is written
+/// again from the records raw_data says it holds.
+#[tokio::test]
+async fn recovery_rebuilds_a_registered_file_that_is_gone() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..2)).await.unwrap();
+    let before = parquet_rows(
+        &dir.path().join("processed"),
+        &["raw_id", "user_uuid", "email"],
+    );
+    for f in parquet_files(dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    sqlx::query("UPDATE parquet_files SET state = 'staged', published_at = NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = s.recover().await.unwrap().expect("the ledger lock is free");
+    assert_eq!((report.rebuilt, report.missing), (2, 0));
+    let mut after = parquet_rows(
+        &dir.path().join("processed"),
+        &["raw_id", "user_uuid", "email"],
+    );
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "the same users, under the same raw ids");
+    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+            .await,
+        0
+    );
+    db.drop_db().await;
+}
+
+/// A batch that hangs inside its transaction (a paused replica) holds the shared ledger lock.
+/// A sweep that queued an exclusive request behind it would queue every later batch of every
+/// replica behind itself: the sweep only tries the lock, and batches go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_never_waits_behind_a_hung_batch() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    let mut hung = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(loader::sink::postgres::LEDGER_LOCK)
+        .execute(&mut *hung)
+        .await
+        .unwrap();
+    let sweep = tokio::time::timeout(std::time::Duration::from_secs(10), s.recover())
+        .await
+        .expect("the sweep does not wait for the lock");
+    assert_eq!(sweep.unwrap(), None, "skipped while the ledger is busy");
+    let written = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.write(&records("t", 0..1)),
+    )
+    .await
+    .expect("a batch is not queued behind a sweep")
+    .unwrap();
+    assert_eq!(written.new_records, 1);
+    hung.rollback().await.unwrap();
+    db.drop_db().await;
+}
+
+/// With one connection in the pool, recovery must not wait for a second one while it holds
+/// the first (it marked files published through the pool, and so waited on itself).
+#[tokio::test]
+async fn recovery_works_with_a_single_connection() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let pool = loader::sink::lazy_pool(&db.url, 1).unwrap();
+    let s = Sinks::new(pool, ParquetSink::new(dir.path()).unwrap());
+    s.write(&records("t", 0..1)).await.unwrap();
+    sqlx::query("UPDATE parquet_files SET state = 'staged', published_at = NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), s.recover())
+        .await
+        .expect("recovery finishes")
+        .unwrap()
+        .expect("the ledger lock is free");
+    assert_eq!(report.finished, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+            .await,
+        0
+    );
     db.drop_db().await;
 }

@@ -26,6 +26,7 @@ use parquet::{ParquetSink, StagedFile};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,7 +80,9 @@ pub struct RecoveryReport {
     pub finished: usize,
     /// Unregistered staged files removed.
     pub removed: usize,
-    /// Registered files found neither staged nor in place (another data dir's, or lost).
+    /// Registered files found neither staged nor in place, rebuilt from `raw_data`.
+    pub rebuilt: usize,
+    /// Registered files found neither staged nor in place that no record names.
     pub missing: usize,
 }
 
@@ -126,13 +129,25 @@ pub struct Sinks {
     all_new_last_time: Arc<AtomicBool>,
 }
 
+/// Server-side limits on every loader connection, so no session can hold the others up for
+/// good: a statement that runs away, a lock that cannot be had, and above all a replica that
+/// hangs inside a transaction (a paused process, a black-holed connection) while holding the
+/// shared ledger lock — the server ends its session and the lock is free again.
+pub const SESSION_LIMITS: [(&str, &str); 3] = [
+    ("statement_timeout", "120s"),
+    ("lock_timeout", "30s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+];
+
 /// A pool that connects lazily, so a database that is down at start is waited for, not fatal.
 pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
+        .options(SESSION_LIMITS);
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy(url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))
+        .connect_lazy_with(options))
 }
 
 impl Sinks {
@@ -200,8 +215,11 @@ impl Sinks {
                 let users = if ids.len() == unique.len() {
                     postgres::insert_processed(&mut tx, &unique, now).await?
                 } else {
-                    let fresh: Vec<&LoadRecord> =
-                        unique.iter().copied().filter(|r| ids.contains(&r.raw_id)).collect();
+                    let fresh: Vec<&LoadRecord> = unique
+                        .iter()
+                        .copied()
+                        .filter(|r| ids.contains(&r.raw_id))
+                        .collect();
                     postgres::insert_processed(&mut tx, &fresh, now).await?
                 };
                 Ok::<_, sqlx::Error>((ids, users))
@@ -302,7 +320,7 @@ impl Sinks {
         }
         let (new_files, rewritten): (Vec<StagedFile>, Vec<StagedFile>) =
             staged.iter().cloned().partition(|f| !f.replaces);
-        let committed = async {
+        let registered = async {
             postgres::register_files(&mut tx, &new_files).await?;
             for f in &rewritten {
                 postgres::restage_file(&mut tx, f).await?;
@@ -310,13 +328,18 @@ impl Sinks {
             if !linked {
                 postgres::link_files(&mut tx, &new_files).await?;
             }
-            tx.commit().await
+            Ok::<_, sqlx::Error>(())
         }
         .await;
-        if let Err(e) = committed {
+        if let Err(e) = registered {
+            // Not committed (the transaction rolls back as it drops): the files are nobody's.
             self.parquet.discard(&staged).await;
             return Err(e.into());
         }
+        // Once COMMIT is sent its outcome can be unknown (the connection dropped after the
+        // server committed): the staged files are left for recovery, which publishes them if
+        // the ledger names them and removes them if it does not.
+        tx.commit().await?;
         crate::failpoint::hit("after-db-commit");
         let pairs: Vec<(String, String)> = staged
             .iter()
@@ -327,7 +350,8 @@ impl Sinks {
             .publish(pairs)
             .await
             .map_err(|e| SinkError::Parquet(e.into()))?;
-        postgres::mark_published(&self.pool, &finals).await?;
+        let mut conn = self.pool.acquire().await?;
+        postgres::mark_published(&mut conn, &finals).await?;
         conflicts.sort_by_key(|c| c.index);
         Ok(WriteOutcome {
             new_records: new_ids.len(),
@@ -359,7 +383,10 @@ impl Sinks {
         let mut count = 0;
         for path in files {
             let (stored_ids, sources): (Vec<uuid::Uuid>, Vec<_>) =
-                postgres::records_in_file(tx, &path).await?.into_iter().unzip();
+                postgres::records_in_file(tx, &path)
+                    .await?
+                    .into_iter()
+                    .unzip();
             let (records, poison) = crate::batch::decode(sources, usize::MAX, now, false);
             if let Some(p) = poison.first() {
                 // The new transform refuses a record it accepted before: keep the old output.
@@ -394,14 +421,21 @@ impl Sinks {
         Ok((count, restaged))
     }
 
-    /// Finishes registered staged files and removes unregistered ones, holding the ledger lock
-    /// exclusively so no batch is mid-way while it looks.
-    pub async fn recover(&self) -> Result<RecoveryReport, SinkError> {
+    /// Finishes registered staged files, rebuilds registered files that are gone, and removes
+    /// unregistered staged files, holding the ledger lock exclusively so no batch is mid-way
+    /// while it looks. The lock is only *tried*: a waiting exclusive request would queue every
+    /// later shared request (every batch of every replica) behind it, so while any batch holds
+    /// the lock the sweep is skipped (`Ok(None)`) and the next one tries again.
+    pub async fn recover(&self) -> Result<Option<RecoveryReport>, SinkError> {
         let mut conn = self.pool.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(postgres::LEDGER_LOCK)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
+        if !locked {
+            tracing::debug!("ledger busy; Parquet staging sweep skipped this time");
+            return Ok(None);
+        }
         let result = self.recover_locked(&mut conn).await;
         let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(postgres::LEDGER_LOCK)
@@ -409,7 +443,7 @@ impl Sinks {
             .await;
         let report = result?;
         unlock?;
-        Ok(report)
+        Ok(Some(report))
     }
 
     async fn recover_locked(
@@ -426,24 +460,70 @@ impl Sinks {
                 to_publish.push((final_rel.clone(), staged_rel.clone()));
             } else if root.join(final_rel).exists() {
                 done.push(final_rel.clone());
+            } else if self.rebuild(conn, final_rel, staged_rel).await? {
+                // Committed, but the file is gone (lost with a disk, or removed by an older
+                // loader after a COMMIT whose outcome it did not know): rebuilt from raw_data.
+                tracing::warn!(path = %final_rel, "ledger names a Parquet file that is gone; rebuilt it from raw_data");
+                report.rebuilt += 1;
+                to_publish.push((final_rel.clone(), staged_rel.clone()));
             } else {
                 report.missing += 1;
-                tracing::error!(path = %final_rel, "ledger names a Parquet file that is neither staged nor in place in this DATA_DIR");
+                tracing::error!(path = %final_rel, "ledger names a Parquet file that is neither staged nor in place, and no record in raw_data names it");
             }
         }
-        report.finished = to_publish.len();
+        report.finished = to_publish.len() - report.rebuilt;
         done.extend(to_publish.iter().map(|(f, _)| f.clone()));
         self.parquet
             .publish(to_publish)
             .await
             .map_err(|e| SinkError::Parquet(e.into()))?;
-        postgres::mark_published(&self.pool, &done).await?;
+        postgres::mark_published(&mut *conn, &done).await?;
         let keep: HashSet<String> = staged.into_iter().map(|(_, s)| s).collect();
         report.removed = self
             .parquet
             .remove_orphans(&keep)
             .map_err(|e| SinkError::Parquet(e.into()))?;
         Ok(report)
+    }
+
+    /// Writes the registered file `final_rel` again, at `staged_rel`, from the records
+    /// `raw_data` says it holds; false when no record names it.
+    async fn rebuild(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        final_rel: &str,
+        staged_rel: &str,
+    ) -> Result<bool, SinkError> {
+        let dataset = if final_rel.starts_with("raw/") {
+            parquet::Dataset::Raw
+        } else {
+            parquet::Dataset::Processed
+        };
+        let (ids, sources): (Vec<uuid::Uuid>, Vec<_>) =
+            postgres::records_in(conn, dataset, final_rel)
+                .await?
+                .into_iter()
+                .unzip();
+        if sources.is_empty() {
+            return Ok(false);
+        }
+        // The stored payloads are what the first load stored: no stripping again, no limit.
+        let (records, poison) = crate::batch::decode(sources, usize::MAX, Utc::now(), false);
+        if let Some(p) = poison.first() {
+            tracing::error!(path = %final_rel, offset = p.source.offset, error = %p.error, "cannot rebuild: a stored record no longer transforms");
+            return Ok(false);
+        }
+        let records: Vec<LoadRecord> = records
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| with_raw_id(r, id))
+            .collect();
+        let refs: Vec<&LoadRecord> = records.iter().collect();
+        self.parquet
+            .rebuild(dataset, final_rel, staged_rel, &refs)
+            .await
+            .map_err(SinkError::Parquet)?;
+        Ok(true)
     }
 }
 

@@ -225,7 +225,7 @@ impl ParquetSink {
             Dataset::Raw.as_str(),
             Dataset::Processed.as_str(),
         ] {
-            std::fs::create_dir_all(root.join(d))?;
+            create_dir_durably(&root.join(d))?;
         }
         Ok(Self { root })
     }
@@ -370,6 +370,48 @@ impl ParquetSink {
             .ok_or_else(|| anyhow::anyhow!("no file staged for {final_rel}"))
     }
 
+    /// Writes the file `final_rel` of `dataset` anew at `staged_rel` from `records` (recovery
+    /// of a registered file that is gone).
+    pub async fn rebuild(
+        &self,
+        dataset: Dataset,
+        final_rel: &str,
+        staged_rel: &str,
+        records: &[&LoadRecord],
+    ) -> anyhow::Result<()> {
+        let batches = match dataset {
+            Dataset::Raw => chunks_by_bytes(records, RAW_ROW_GROUP_BYTES)
+                .map(raw_batch)
+                .collect::<Result<Vec<_>, _>>()?,
+            Dataset::Processed => vec![processed_batch(records)?],
+        };
+        let file = StagedFile {
+            dataset,
+            topic: records
+                .first()
+                .map(|r| r.source.topic.clone())
+                .unwrap_or_default(),
+            partition: records.first().map_or(0, |r| r.source.partition),
+            first_offset: records
+                .iter()
+                .map(|r| r.source.offset)
+                .min()
+                .unwrap_or_default(),
+            last_offset: records
+                .iter()
+                .map(|r| r.source.offset)
+                .max()
+                .unwrap_or_default(),
+            rows: batches.iter().map(RecordBatch::num_rows).sum(),
+            staged_rel: staged_rel.to_string(),
+            final_rel: final_rel.to_string(),
+            raw_ids: records.iter().map(|r| r.raw_id).collect(),
+            replaces: false,
+        };
+        self.write_staged(vec![(file, batches)]).await?;
+        Ok(())
+    }
+
     async fn write_staged(
         &self,
         jobs: Vec<(StagedFile, Vec<RecordBatch>)>,
@@ -481,7 +523,7 @@ fn publish_blocking(root: &Path, files: &[(String, String)]) -> io::Result<()> {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| root.to_path_buf());
-        std::fs::create_dir_all(&dir)?;
+        create_dir_durably(&dir)?;
         match std::fs::rename(&from, &to) {
             Ok(()) => {
                 dirs.insert(dir);
@@ -501,6 +543,30 @@ fn publish_blocking(root: &Path, files: &[(String, String)]) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created:
+/// a new `date=` directory is an entry in its parent, and until the parent is synced an OS
+/// crash can lose the directory (and every file renamed into it) while the ledger says
+/// published. Returns the directories it created, outermost first.
+pub fn create_dir_durably(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    missing.reverse();
+    std::fs::create_dir_all(dir)?;
+    for created in &missing {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(missing)
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -510,6 +576,26 @@ mod tests {
     use super::*;
     use crate::batch::{SourceRecord, decode};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// What an OS crash can lose is a directory entry not yet synced into its parent: every
+    /// directory created on the way to a new `date=` partition is synced into its parent.
+    #[test]
+    fn new_partition_directories_are_created_durably() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(root.path()).unwrap();
+        let dir = sink.root().join("processed/date=2026-12-01");
+        assert_eq!(create_dir_durably(&dir).unwrap(), vec![dir.clone()]);
+        assert!(dir.is_dir());
+        assert!(
+            create_dir_durably(&dir).unwrap().is_empty(),
+            "nothing new, nothing synced"
+        );
+        let deep = sink.root().join("raw/a/b");
+        assert_eq!(
+            create_dir_durably(&deep).unwrap(),
+            vec![sink.root().join("raw/a"), deep.clone()]
+        );
+    }
 
     #[test]
     fn chunks_hold_about_the_limit_and_every_record_once() {

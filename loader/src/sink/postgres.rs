@@ -9,7 +9,7 @@
 use crate::batch::{LoadRecord, SourceRecord};
 use crate::sink::parquet::{Dataset, StagedFile};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -366,13 +366,26 @@ pub async fn records_in_file(
     tx: &mut PgConnection,
     path: &str,
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
-    let rows = sqlx::query(
-        "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
-         FROM raw_data WHERE processed_file = $1 ORDER BY kafka_partition, kafka_offset",
-    )
-    .bind(path)
-    .fetch_all(tx)
-    .await?;
+    records_in(tx, Dataset::Processed, path).await
+}
+
+/// Every record the `dataset` file `path` holds, as the loader consumed it, with its raw id.
+pub async fn records_in(
+    tx: &mut PgConnection,
+    dataset: Dataset,
+    path: &str,
+) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
+    let sql = match dataset {
+        Dataset::Raw => {
+            "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
+             FROM raw_data WHERE raw_file = $1 ORDER BY kafka_partition, kafka_offset"
+        }
+        Dataset::Processed => {
+            "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
+             FROM raw_data WHERE processed_file = $1 ORDER BY kafka_partition, kafka_offset"
+        }
+    };
+    let rows = sqlx::query(sql).bind(path).fetch_all(tx).await?;
     rows.iter()
         .map(|r| {
             let key: Option<String> = r.try_get(3)?;
@@ -404,13 +417,13 @@ pub async fn restage_file(tx: &mut PgConnection, file: &StagedFile) -> sqlx::Res
 }
 
 /// Marks files as moved into place.
-pub async fn mark_published(pool: &PgPool, final_paths: &[String]) -> sqlx::Result<()> {
+pub async fn mark_published(conn: &mut PgConnection, final_paths: &[String]) -> sqlx::Result<()> {
     if final_paths.is_empty() {
         return Ok(());
     }
     sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now() WHERE path = ANY($1) AND state = 'staged'")
         .bind(final_paths.to_vec())
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }

@@ -351,3 +351,96 @@ pub async fn produce_as(topic: &str, records: &[(Option<String>, &[u8])]) {
             .unwrap();
     }
 }
+
+/// A TCP proxy in front of PostgreSQL that, once armed, cuts the connection right after it has
+/// passed on a `COMMIT` (and given the server time to act on it): the client never learns the
+/// outcome of a commit the server made. Real bytes, a real server, a real reset.
+pub struct CommitCutter {
+    /// `DATABASE_URL` through the proxy.
+    pub url: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    /// Starts the proxy in front of the server of `db_url`.
+    pub async fn start(db_url: &str) -> CommitCutter {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut url = url::Url::parse(db_url).expect("database URL");
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("localhost"),
+            url.port().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(port)).unwrap();
+        // The proxy reads the protocol: no TLS (the server offers it, and sqlx prefers it).
+        url.query_pairs_mut().append_pair("sslmode", "disable");
+        let armed = std::sync::Arc::new(AtomicBool::new(false));
+        let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (a, c) = (a.clone(), c.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let muted = std::sync::Arc::new(AtomicBool::new(false));
+                    let m = muted.clone();
+                    let down = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            // Muted: the server's answer to the COMMIT never reaches the client.
+                            if !m.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+                        if commit && a.swap(false, Ordering::SeqCst) {
+                            muted.store(true, Ordering::SeqCst);
+                            let _ = sw.write_all(&buf[..n]).await;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            c.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    down.abort();
+                });
+            }
+        });
+        CommitCutter {
+            url: url.to_string(),
+            armed,
+            cuts,
+        }
+    }
+
+    /// Cuts the connection after the next COMMIT.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many connections were cut.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
