@@ -5,11 +5,25 @@ use crate::sink::postgres::MIGRATOR;
 use sqlx::{PgPool, Row};
 
 /// Applies every pending migration (sqlx serialises concurrent runners with an advisory lock).
+/// A migration may rewrite a large table, so the loader's `statement_timeout` is lifted for it;
+/// its `lock_timeout` stays, so a migration waiting for busy tables fails and is retried rather
+/// than queueing every loader's writes behind its own lock request.
 pub async fn apply(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let applied = MIGRATOR
+        .run(&mut *conn)
         .await
-        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))
+        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"));
+    // Back to the session's own limit before the connection returns to the pool.
+    let reset = sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await;
+    applied?;
+    reset?;
+    Ok(())
 }
 
 /// Migrations not applied, or applied with different contents; empty means up to date.
