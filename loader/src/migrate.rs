@@ -9,21 +9,20 @@ use sqlx::{PgPool, Row};
 /// its `lock_timeout` stays, so a migration waiting for busy tables fails and is retried rather
 /// than queueing every loader's writes behind its own lock request.
 pub async fn apply(pool: &PgPool) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET statement_timeout = 0")
-        .execute(&mut *conn)
+    // Its own connection, made like the pool's but without the statement limit.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("statement_timeout", "0")]);
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
         .await?;
     let applied = MIGRATOR
-        .run(&mut *conn)
+        .run(&own)
         .await
         .map_err(|e| anyhow::anyhow!("applying migrations: {e}"));
-    // Back to the session's own limit before the connection returns to the pool.
-    let reset = sqlx::query("RESET statement_timeout")
-        .execute(&mut *conn)
-        .await;
-    applied?;
-    reset?;
-    Ok(())
+    own.close().await;
+    applied
 }
 
 /// Migrations not applied, or applied with different contents; empty means up to date.
