@@ -281,9 +281,8 @@ transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=168
-# 5,000 users in one response is ~5.5 MB of JSON.
-message.max.bytes=16777216
-replica.fetch.max.bytes=16777216
+# Kafka's default record limit (about 1 MB) is left as it is, as on a cluster users bring: the
+# topics the project creates carry their own max.message.bytes (contract::MAX_MESSAGE_BYTES).
 EOF
 }
 

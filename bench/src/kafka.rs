@@ -14,11 +14,14 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         .context("cannot create a Kafka admin client")
 }
 
-/// Creates a topic (replication 1: the benchmark broker is a single node).
+/// Creates a topic as the project creates its topics (replication 1: the benchmark broker is a
+/// single node).
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let limit = etl_common::contract::MAX_MESSAGE_BYTES.to_string();
     let results = admin(brokers)?
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+                .set("max.message.bytes", &limit)],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await

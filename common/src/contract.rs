@@ -10,6 +10,16 @@ use chrono::{DateTime, Utc};
 /// Version of the message layout; a loader refuses (dead-letters) what it does not know.
 pub const SCHEMA_VERSION: &str = "randomuser.raw.v1";
 
+/// The largest payload the pipeline carries (16 MiB): the default of `LOADER_MAX_RECORD_BYTES`.
+/// The API's largest answer, 5,000 users, is about 5.5 MB of JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+
+/// The largest Kafka message (the payload plus key, headers and record-batch overhead): every
+/// producer's `message.max.bytes` and the `max.message.bytes` of every topic the project
+/// creates. One figure, so no stage refuses what another accepted. Kafka's own default is about
+/// 1 MB, which a 1,000-user answer already exceeds.
+pub const MAX_MESSAGE_BYTES: usize = MAX_PAYLOAD_BYTES + (1 << 20);
+
 /// The randomuser.me API version the extractor pins and the loader's transform expects.
 pub const API_VERSION: &str = "1.4";
 

@@ -129,6 +129,7 @@ impl Application {
 
         let backlog = Arc::new(Semaphore::new(config.max_in_flight as usize));
         let pending: Pending = Arc::default();
+        let fates: Arc<Mutex<HashMap<Uuid, crate::publish::Purged>>> = Arc::default();
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(1);
         let mut publishes: JoinSet<Option<usize>> = JoinSet::new();
         let mut summary = RunSummary::default();
@@ -143,6 +144,19 @@ impl Application {
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fatal: Option<anyhow::Error> = None;
+        // One bound for everything after SIGTERM: an in-flight fetch and the acknowledgements
+        // share EXTRACT_SHUTDOWN_GRACE, so the process is done before the orchestrator's own
+        // grace period (compose `stop_grace_period`, `terminationGracePeriodSeconds`) runs out.
+        let grace = config.shutdown_grace;
+        let grace_over = CancellationToken::new();
+        let grace_timer = {
+            let (shutdown, grace_over) = (shutdown.clone(), grace_over.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                grace_over.cancel();
+            })
+        };
 
         loop {
             if config.max_fetches.is_some_and(|max| summary.fetched >= max) {
@@ -162,8 +176,15 @@ impl Application {
                 Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
                 p = backlog.clone().acquire_owned() => p?,
             };
-            let Some(fetched) =
-                fetch_until_accepted(&source, &metrics, &mut pacing, &mut summary, &shutdown).await
+            let Some(fetched) = fetch_until_accepted(
+                &source,
+                &metrics,
+                &mut pacing,
+                &mut summary,
+                &shutdown,
+                &grace_over,
+            )
+            .await
             else {
                 break;
             };
@@ -176,6 +197,7 @@ impl Application {
             tracing::info!(fetch_id = %msg.fetch_id, users = msg.fetched.users, bytes = msg.fetched.body.len(), "fetched");
             lock(&pending).insert(msg.fetch_id, msg.fetched.users);
             metrics.in_flight.inc();
+            let fates = fates.clone();
             let (publisher, metrics, pending, fatal_tx) = (
                 publisher.clone(),
                 metrics.clone(),
@@ -195,10 +217,15 @@ impl Application {
                         Some(msg.fetched.users)
                     }
                     Err(e) => {
-                        metrics.produce_errors.inc();
-                        let _ = fatal_tx.try_send(anyhow::anyhow!(
-                            "Kafka refused fetch {} for good ({} users): {e}", msg.fetch_id, msg.fetched.users
-                        ));
+                        if let Some(fate) = crate::publish::purged(&e) {
+                            // Purged after the grace: reported with the payload at the end.
+                            lock(&fates).insert(msg.fetch_id, fate);
+                        } else {
+                            metrics.produce_errors.inc();
+                            let _ = fatal_tx.try_send(anyhow::anyhow!(
+                                "Kafka refused fetch {} for good ({} users): {e}", msg.fetch_id, msg.fetched.users
+                            ));
+                        }
                         None
                     }
                 }
@@ -209,22 +236,18 @@ impl Application {
             }
         }
 
-        // Drain: wait for every payload to be acknowledged; after SIGTERM, only for the grace period.
-        let grace = config.shutdown_grace;
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::pin!(deadline);
+        // Drain: wait for every payload to be acknowledged; after SIGTERM, only for what is
+        // left of the grace period.
         loop {
             tokio::select! {
                 done = publishes.join_next() => match done {
                     Some(d) => count(&mut summary, d),
                     None => break,
                 },
-                _ = &mut deadline => break,
+                _ = grace_over.cancelled() => break,
             }
         }
+        grace_timer.abort();
         let _ = publisher.flush(Duration::from_millis(100));
         status_stop.cancel();
         probe.abort();
@@ -235,18 +258,36 @@ impl Application {
         }
         let unsent: Vec<(Uuid, usize)> = lock(&pending).iter().map(|(k, v)| (*k, *v)).collect();
         if !unsent.is_empty() {
+            // Purging completes every outstanding send at once, saying which never left this
+            // process (not sent) and which were on the wire (the broker may have written them:
+            // unknown).
             publisher.abandon();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while publishes.join_next().await.is_some() {}
+            })
+            .await;
+            let fates = lock(&fates).clone();
+            let mut not_sent = Vec::new();
+            let mut unknown = Vec::new();
+            for (id, _) in &unsent {
+                match fates.get(id) {
+                    Some(crate::publish::Purged::Queued) => not_sent.push(id.to_string()),
+                    _ => unknown.push(id.to_string()),
+                }
+            }
             let users: usize = unsent.iter().map(|(_, n)| n).sum();
-            let ids: Vec<String> = unsent.iter().map(|(id, _)| id.to_string()).collect();
             tracing::error!(
                 payloads = unsent.len(),
                 users,
-                fetch_ids = ?ids,
-                "shutdown grace expired: these fetched payloads were NOT acknowledged by Kafka"
+                not_sent = ?not_sent,
+                unknown = ?unknown,
+                "shutdown grace expired: these fetched payloads were not acknowledged by Kafka; `not_sent` never reached the broker, `unknown` may have landed"
             );
             anyhow::bail!(
-                "{} fetched payloads ({users} users) were not acknowledged within EXTRACT_SHUTDOWN_GRACE={grace:?}",
-                unsent.len()
+                "{} fetched payloads ({users} users) were not acknowledged within EXTRACT_SHUTDOWN_GRACE={grace:?}: {} not sent, {} unknown (may have landed)",
+                unsent.len(),
+                not_sent.len(),
+                unknown.len()
             );
         }
         tracing::info!(?summary, "all fetched payloads acknowledged by Kafka");
@@ -273,6 +314,7 @@ async fn fetch_until_accepted(
     pacing: &mut Pacing,
     summary: &mut RunSummary,
     shutdown: &CancellationToken,
+    grace_over: &CancellationToken,
 ) -> Option<Fetched> {
     loop {
         let wait = pacing.breaker.wait_before_request(Instant::now());
@@ -288,9 +330,16 @@ async fn fetch_until_accepted(
             tracing::info!("circuit half-open: probing the API");
         }
         let timer = metrics.fetch_seconds.start_timer();
-        // An in-flight request is finished, not cancelled, on shutdown: its answer may already
-        // have counted against the API's quota, and it will be published like any other.
-        let result = source.fetch().await;
+        // An in-flight request is finished, not cancelled, on shutdown (its answer may already
+        // have counted against the API's quota, and it is published like any other), but
+        // only within EXTRACT_SHUTDOWN_GRACE: past it the answer is abandoned, unpublished.
+        let result = tokio::select! {
+            r = source.fetch() => r,
+            _ = grace_over.cancelled() => {
+                tracing::warn!("EXTRACT_SHUTDOWN_GRACE ran out during a fetch; its answer is abandoned, nothing of it was published");
+                return None;
+            }
+        };
         timer.observe_duration();
         match result {
             Ok(f) => {

@@ -26,6 +26,25 @@ pub struct RawMessage {
     pub source_url: String,
 }
 
+/// What purging did to a send that had not been acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purged {
+    /// It was still queued in this process: it never reached the broker.
+    Queued,
+    /// It was on the wire: the broker may have written it.
+    InFlight,
+}
+
+/// Whether `e` is a purge (after the shutdown grace), and of which kind.
+pub fn purged(e: &KafkaError) -> Option<Purged> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::PurgeQueue) => Some(Purged::Queued),
+        Some(C::PurgeInflight) => Some(Purged::InFlight),
+        _ => None,
+    }
+}
+
 /// Where a message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Landed {
@@ -51,6 +70,7 @@ impl Publisher {
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("compression.type", "lz4")
+            .set("message.max.bytes", contract::MAX_MESSAGE_BYTES.to_string())
             .set("linger.ms", "5")
             .set("client.id", "randomuser-extractor");
         let producer: FutureProducer = cfg

@@ -198,3 +198,39 @@ async fn sigterm_flushes_and_exits_zero() {
     );
     let _ = std::fs::remove_dir_all(&logs);
 }
+
+/// An API that accepts the connection and never answers keeps a fetch in flight for the whole
+/// request timeout (30 s by default). SIGTERM must still end the run within the shutdown grace,
+/// which bounds the in-flight fetch and the acknowledgements together, so the process is never
+/// killed by the orchestrator's grace period mid-flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_bounds_an_in_flight_fetch() {
+    let topic = format!("extract-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic).await;
+    // A black hole: connections are accepted and held, nothing is ever answered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut config =
+        extractor::Config::for_test(&format!("http://{addr}/api/1.4/"), &brokers(), &topic)
+            .expect("extractor test config");
+    config.request_timeout = Duration::from_secs(60);
+    config.shutdown_grace = Duration::from_secs(1);
+    let app = extractor::Application::build(config).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(app.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the first fetch is in flight
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the run ends within the grace, not after the 60 s request timeout")
+        .unwrap()
+        .expect("nothing was fetched, so nothing is unacknowledged");
+    assert_eq!((summary.fetched, summary.published), (0, 0));
+    held.abort();
+}

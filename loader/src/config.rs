@@ -204,7 +204,7 @@ pub struct RunConfig {
     )]
     pub data_dir: PathBuf,
     /// Records larger than this are poison (dead-lettered as `too_large`).
-    #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = etl_common::contract::MAX_PAYLOAD_BYTES)]
     pub max_record_bytes: usize,
     /// Keep the raw copies whole: Parquet byte for byte, PostgreSQL's jsonb as the same JSON
     /// value. Off (the default), the users' `login.password`, `salt`, `md5`, `sha1` and

@@ -6,7 +6,7 @@
 //! (`etl-dlq-id`) so readers can dedupe.
 
 use crate::batch::Poison;
-use etl_common::contract::dlq_header;
+use etl_common::contract::{self, dlq_header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -27,6 +27,7 @@ impl DeadLetters {
         cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0")
+            .set("message.max.bytes", contract::MAX_MESSAGE_BYTES.to_string())
             .set("client.id", "randomuser-loader-dlq");
         let producer: FutureProducer = cfg
             .create()

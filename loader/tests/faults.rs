@@ -830,4 +830,167 @@ async fn extractor_stopped_during_a_broker_outage_reports_what_it_could_not_send
         text.starts_with("4 fetched payloads (40 users)"),
         "the full backlog is reported: {text}"
     );
+    // Purged sends are told apart: never sent, or on the wire (may have landed).
+    let (not_sent, unknown): (usize, usize) = {
+        let tail = text.rsplit(": ").next().unwrap_or_default();
+        let n = |what: &str| {
+            tail.split(", ")
+                .find(|p| p.contains(what))
+                .and_then(|p| p.split(' ').next()?.parse().ok())
+                .unwrap_or(usize::MAX)
+        };
+        (n("not sent"), n("unknown"))
+    };
+    assert_eq!(
+        not_sent + unknown,
+        4,
+        "each payload is not sent or unknown: {text}"
+    );
+}
+
+/// 8. An idle loader (everything loaded, nothing arriving), the broker stopped just past the
+///    session timeout so the group forgets the loader, then new data right after it comes
+///    back; three times. Revocations applied out of order used to cost the first record after
+///    each rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_loader_broker_down_past_the_session_timeout_repeatedly() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.session_timeout = Duration::from_secs(6);
+    // No sweep ticks: they used to apply queued revocations by chance.
+    config.recovery_interval = Duration::from_secs(3600);
+    let loader = RunningLoader::start(config).await;
+    let rounds = 3;
+    let mut records = 0;
+    for round in 0..=rounds {
+        let summary = extractor(&stub.url(), &topic, 4, 25, "50ms").await.unwrap();
+        records += summary.published;
+        let want = 100 * (round + 1);
+        eventually(
+            Duration::from_secs(60),
+            &format!("{want} users loaded"),
+            || async { db.count("SELECT count(*) FROM processed_data").await == want },
+        )
+        .await;
+        if round < rounds {
+            // Idle; the broker goes away for longer than the session timeout.
+            let outage = Outage::begin("stop-kafka", "start-kafka");
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            outage.end();
+        }
+    }
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(served.len() as i64, 100 * (rounds + 1));
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(60)).await;
+    loader.shutdown().await;
+    let raw = db.count("SELECT count(*) FROM raw_data").await;
+    let raw_pq = parquet_rows(&data.path().join("raw"), &["raw_id"]).len() as i64;
+    Outcome {
+        scenario: "8. idle loader, broker down 9 s (session timeout 6 s) then new data, 3 times",
+        records,
+        users: served.len(),
+        outages: vec![format!(
+            "broker 9 s x {rounds}; raw rows {raw}, raw Parquet rows {raw_pq}"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!((raw, raw_pq), (records as i64, records as i64));
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 9. Three replicas under load; one stops itself (`SIGSTOP`) inside a batch's transaction,
+///    holding the shared ledger lock and uncommitted rows. The other two keep loading: the
+///    sweeps never queue behind it, and the server ends its idle transaction
+///    (`idle_in_transaction_session_timeout`), releasing the rows the others need. Then it is
+///    continued, finds its session gone and its partitions moved, and writes nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_inside_a_transaction_holds_nobody_up() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(6).await;
+    let logs = data.path().join("logs");
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let group = unique("g");
+    let session = [("KAFKA_SESSION_TIMEOUT", "6s")];
+    let mut paused = spawn_loader(
+        &db,
+        &topic,
+        &group,
+        data.path(),
+        &logs,
+        &[session[0], ("ETL_FAILPOINTS", "mid-batch=stop")],
+    );
+    let pid = paused.id().expect("the paused loader's pid").to_string();
+    let is_stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    };
+    let producing = extractor(&stub.url(), &topic, 40, 50, "200ms");
+    eventually(
+        Duration::from_secs(60),
+        "the replica stops inside a batch",
+        || async { is_stopped() },
+    )
+    .await;
+    let mut others: Vec<Child> = (0..2)
+        .map(|_| spawn_loader(&db, &topic, &group, data.path(), &logs, &session))
+        .collect();
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    // Everything is loaded while the paused replica still holds its transaction open or
+    // until the server ends it: nobody waits for the paused process itself.
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(180)).await;
+    let still_stopped = is_stopped();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    // Continued, it must write nothing twice.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (lost_after, duplicated_after) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(60)).await;
+    sigterm(&mut paused).await;
+    for mut l in others.drain(..) {
+        sigterm(&mut l).await;
+    }
+    Outcome {
+        scenario: "9. three replicas; one SIGSTOPped inside a transaction while two load, then continued",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "replica paused mid-transaction for {}s; still stopped when the others had loaded everything: {still_stopped}",
+            started.elapsed().as_secs()
+        )],
+        lost: lost.max(lost_after),
+        duplicated: duplicated.max(duplicated_after),
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(
+        still_stopped,
+        "the others loaded everything without the paused replica"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!((lost_after, duplicated_after), (0, 0));
+    db.drop_db().await;
 }

@@ -90,3 +90,33 @@ fn compose_passes_every_variable_with_the_binaries_default() {
         "docker-compose.yml should carry these lines: {wrong:#?}"
     );
 }
+
+/// Every topic the project creates carries the pipeline's one record limit, the figure the
+/// producers use (`contract::MAX_MESSAGE_BYTES`): compose's `topics` service and the README's
+/// commands for a cluster of one's own.
+#[test]
+fn topics_are_created_with_the_pipelines_record_limit() {
+    let limit = format!(
+        "max.message.bytes={}",
+        etl_common::contract::MAX_MESSAGE_BYTES
+    );
+    let compose = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker-compose.yml"
+    ))
+    .unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let creates = |text: &str, how: &str| {
+        text.lines()
+            .filter(|l| l.contains(how))
+            .map(|l| (l.matches(how).count(), l.matches(&limit).count()))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (made, limited) = creates(&compose, "rpk topic create");
+    assert_eq!((made, limited), (2, 2), "compose: {limit} on every topic");
+    let (made, limited) = creates(&readme, "--create");
+    assert_eq!((made, limited), (2, 2), "README kafka-topics.sh: {limit}");
+    let (made, limited) = creates(&readme, "rpk topic create");
+    assert_eq!((made, limited), (2, 2), "README rpk: {limit}");
+}

@@ -18,15 +18,16 @@ pub fn setting(name: &str) -> String {
     })
 }
 
-/// Creates a one-partition topic.
+/// Creates a one-partition topic as the project creates its topics (`max.message.bytes`).
 pub async fn create_topic(name: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("admin client");
+    let limit = etl_common::contract::MAX_MESSAGE_BYTES.to_string();
     for r in admin
         .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1)).set("max.message.bytes", &limit)],
             &AdminOptions::new(),
         )
         .await

@@ -51,15 +51,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Creates a topic and waits until the broker knows it.
+/// Creates a topic as the project creates its topics (`max.message.bytes` =
+/// `contract::MAX_MESSAGE_BYTES`, as compose and the README do) and waits until the broker knows it.
 pub async fn create_topic(name: &str, partitions: i32) {
+    let limit = etl_common::contract::MAX_MESSAGE_BYTES.to_string();
+    create_topic_with(name, partitions, &[("max.message.bytes", &limit)]).await;
+}
+
+/// Creates a topic with these topic configs.
+pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("admin client");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
     let results = admin
         .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &[topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -327,6 +338,10 @@ pub async fn produce_as(topic: &str, records: &[(Option<String>, &[u8])]) {
     use rdkafka::message::{Header, OwnedHeaders};
     let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
+        .set(
+            "message.max.bytes",
+            etl_common::contract::MAX_MESSAGE_BYTES.to_string(),
+        )
         .create()
         .unwrap();
     for (fetch_id, payload) in records {
