@@ -1,53 +1,24 @@
-//! The loader's run loop: consume → batch (count or age) → decode → DLQ the poison → write both
-//! sinks → commit offsets. Offsets are committed last, so a crash anywhere re-delivers the
-//! batch and the sinks' natural keys absorb it.
-//!
-//! Rebalances: librdkafka runs the rebalance callbacks during our poll, never during a flush, so
-//! a batch being written is finished and committed first. The callbacks queue ordered events
-//! ([`crate::consumer`]) that the loop applies before it adds the next record: records of a
-//! revoked partition still waiting in the open batch are dropped uncommitted (their owner reads
-//! them from the committed offset), and a record fetched after a re-assignment is never among them.
+//! `loader run` and `loader backfill`: build the clients and the status endpoint, then run the
+//! [`crate::pipeline`] until shutdown, bounded by `LOADER_SHUTDOWN_GRACE`.
 
-use crate::batch::{self, Batch, LoadRecord, Poison, PoisonReason};
+use crate::backfill::Range;
 use crate::config::RunConfig;
-use crate::consumer::{LoaderConsumer, LoaderContext};
+use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
-use crate::migrate;
+use crate::pipeline::Pipeline;
 use crate::sink::parquet::ParquetSink;
-use crate::sink::{self, SinkError, Sinks};
-use etl_common::backoff::Backoff;
+use crate::sink::{self, Sinks};
 use etl_common::config::redact_url;
 use etl_common::status::{self, Readiness};
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often the `DATA_DIR` free-space gauges are refreshed.
-const DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Records received.
-    pub consumed: u64,
-    /// Records loaded for the first time.
-    pub loaded: u64,
-    /// Records already loaded.
-    pub duplicates: u64,
-    /// Records dead-lettered.
-    pub dead_lettered: u64,
-    /// Batches committed.
-    pub batches: u64,
-    /// Records recomputed by `--reprocess`.
-    pub reprocessed: u64,
-}
+pub use crate::pipeline::RunSummary;
 
 type StatusFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -63,13 +34,6 @@ pub struct Application {
     status_server: StatusFuture,
     status_stop: CancellationToken,
     range: Option<Range>,
-}
-
-/// A bounded read for a backfill: per partition, the first offset and the end (exclusive).
-#[derive(Debug, Clone)]
-struct Range {
-    ends: BTreeMap<i32, i64>,
-    total: i64,
 }
 
 impl Application {
@@ -107,35 +71,7 @@ impl Application {
         let sinks = Sinks::new(pool, parquet);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
 
-        let mut cfg = config.kafka.client_config()?;
-        cfg.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "enable.partition.eof",
-                if range.is_some() { "true" } else { "false" },
-            )
-            .set("statistics.interval.ms", "10000")
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (config.session_timeout.as_millis() / 3)
-                    .max(100)
-                    .to_string(),
-            )
-            // librdkafka prefetches up to 64 MiB by default; a quarter keeps a batch's worth
-            // of full-size responses ready while holding peak memory down (BENCHMARKS.md).
-            .set("queued.max.messages.kbytes", "16384")
-            .set("client.id", "randomuser-loader");
-        let context = LoaderContext::new(metrics.clone(), readiness.clone());
-        let consumer: LoaderConsumer = cfg
-            .create_with_context(context)
-            .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
+        let consumer = consumer::create(&config, range.is_some(), &metrics, &readiness)?;
         let range = match range {
             None => {
                 consumer.subscribe(&[&config.topic]).map_err(|e| {
@@ -143,26 +79,7 @@ impl Application {
                 })?;
                 None
             }
-            Some((starts, ends)) => {
-                let mut tpl = TopicPartitionList::new();
-                let mut remaining = BTreeMap::new();
-                let mut total = 0;
-                for (p, start) in &starts {
-                    let end = ends.get(p).copied().unwrap_or(*start);
-                    if end > *start {
-                        tpl.add_partition_offset(&config.topic, *p, Offset::Offset(*start))?;
-                        remaining.insert(*p, end);
-                        total += end - start;
-                    }
-                }
-                consumer.assign(&tpl).map_err(|e| {
-                    anyhow::anyhow!("KAFKA_TOPIC={}: cannot assign the range: {e}", config.topic)
-                })?;
-                Some(Range {
-                    ends: remaining,
-                    total,
-                })
-            }
+            Some((starts, ends)) => Some(Range::assign(&consumer, &config.topic, &starts, &ends)?),
         };
 
         let status_stop = CancellationToken::new();
@@ -215,7 +132,7 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        let mut worker = Worker {
+        let mut pipeline = Pipeline {
             config: self.config,
             sinks: self.sinks,
             dlq: self.dlq,
@@ -226,10 +143,10 @@ impl Application {
             summary: RunSummary::default(),
             range: self.range,
         };
-        // Dropping the worker mid-write is what a crash does, and the sinks are built to survive
+        // Dropping the pipeline mid-write is what a crash does, and the sinks are built to survive
         // that: the transaction rolls back or the ledger finishes it, and nothing is committed.
         let result = tokio::select! {
-            result = worker.run() => result,
+            result = pipeline.run() => result,
             () = grace_over => {
                 tracing::warn!(
                     grace = ?grace,
@@ -240,558 +157,6 @@ impl Application {
         };
         self.status_stop.cancel();
         let _ = status_task.await;
-        result.map(|()| worker.summary)
-    }
-}
-
-/// Why a batch was not committed.
-#[derive(Debug)]
-enum Abandoned {
-    /// Shutdown came while a sink or the broker was out.
-    Shutdown,
-}
-
-struct Worker {
-    config: RunConfig,
-    sinks: Sinks,
-    dlq: DeadLetters,
-    consumer: Arc<LoaderConsumer>,
-    metrics: Metrics,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-    summary: RunSummary,
-    range: Option<Range>,
-}
-
-impl Worker {
-    /// In a bounded read, whether `record` is inside the range; a partition whose end is
-    /// reached is paused and dropped from the remaining set.
-    fn in_range(&mut self, record: &batch::SourceRecord) -> bool {
-        let Some(range) = &mut self.range else {
-            return true;
-        };
-        let Some(end) = range.ends.get(&record.partition).copied() else {
-            return false;
-        };
-        if record.offset + 1 >= end {
-            self.finish_partition(record.partition);
-        }
-        record.offset < end
-    }
-
-    fn finish_partition(&mut self, partition: i32) {
-        let Some(range) = &mut self.range else { return };
-        if range.ends.remove(&partition).is_some() {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&self.config.topic, partition);
-            if let Err(e) = self.consumer.pause(&tpl) {
-                tracing::debug!(error = %e, partition, "cannot pause a finished partition");
-            }
-            tracing::info!(
-                partition,
-                remaining = range.ends.len(),
-                "partition reached the end of the range"
-            );
-        }
-    }
-
-    /// True when a bounded read has nothing left to read.
-    fn range_done(&self) -> bool {
-        self.range.as_ref().is_some_and(|r| r.ends.is_empty())
-    }
-
-    async fn run(&mut self) -> anyhow::Result<()> {
-        if !self.prepare_database().await {
-            return Ok(());
-        }
-        let mut batch = Batch::default();
-        let max_records = self.config.batch_max_records as usize;
-        let max_bytes = usize::try_from(self.config.batch_max_bytes).unwrap_or(usize::MAX);
-        let max_age = self.config.batch_max_age;
-        let linger = self.config.batch_linger;
-        let consumer = self.consumer.clone();
-        let mut sweep = tokio::time::interval(self.config.recovery_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.tick().await; // the first tick is immediate; recovery just ran
-        let mut disk = tokio::time::interval(DISK_INTERVAL);
-        disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut progress = Progress::new(self.range.as_ref().map_or(0, |r| r.total));
-        if self.range_done() {
-            tracing::info!("backfill range is empty: nothing to load");
-            return Ok(());
-        }
-        loop {
-            let deadline = batch.deadline(max_age, linger);
-            let flush_now = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                _ = progress.tick(), if self.range.is_some() => {
-                    progress.log(self.summary.consumed);
-                    false
-                }
-                _ = disk.tick() => {
-                    if let Err(e) = self.metrics.observe_data_dir(&self.config.data_dir) {
-                        tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
-                    }
-                    false
-                }
-                _ = sweep.tick() => {
-                    match self.sinks.recover().await {
-                        Ok(Some(r)) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "Parquet staging sweep failed; will retry"),
-                    }
-                    false
-                }
-                _ = sleep_until(deadline) => true,
-                msg = consumer.recv() => match msg {
-                    Ok(m) => {
-                        let record = batch::SourceRecord::from_message(&m.detach());
-                        // Whatever librdkafka did while fetching it happened before it.
-                        self.apply_rebalances(&mut batch);
-                        self.readiness.set_ok("kafka");
-                        if self.in_range(&record) {
-                            self.metrics.consumed.inc();
-                            self.summary.consumed += 1;
-                            progress.record(self.summary.consumed);
-                            batch.push(record);
-                        }
-                        self.range_done()
-                    }
-                    Err(KafkaError::PartitionEOF(p)) => {
-                        self.finish_partition(p);
-                        self.range_done()
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        self.readiness.set_failed("kafka", e.to_string());
-                        false
-                    }
-                },
-            };
-            self.apply_rebalances(&mut batch);
-            if (flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes)
-                && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
-            {
-                break;
-            }
-            if self.range_done() && batch.is_empty() {
-                progress.finish();
-                tracing::info!(records = self.summary.consumed, "backfill range complete");
-                break;
-            }
-        }
-        // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
-        self.apply_rebalances(&mut batch);
-        if !batch.is_empty() {
-            let n = batch.len();
-            match self.flush(batch.take()).await {
-                Ok(()) => tracing::info!(records = n, "final batch committed"),
-                Err(Abandoned::Shutdown) => {
-                    tracing::warn!(
-                        records = n,
-                        "final batch left uncommitted; it will be re-delivered"
-                    )
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
-    /// False when shutdown came first.
-    async fn prepare_database(&mut self) -> bool {
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        loop {
-            let attempt = async {
-                if self.config.skip_migrations {
-                    let problems = migrate::problems(self.sinks.pool()).await?;
-                    if !problems.is_empty() {
-                        anyhow::bail!(
-                            "schema not up to date and LOADER_SKIP_MIGRATIONS is set: {}",
-                            problems.join("; ")
-                        );
-                    }
-                } else {
-                    migrate::apply(self.sinks.pool()).await?;
-                }
-                match self.sinks.recover().await? {
-                    Some(report) if report != sink::RecoveryReport::default() => {
-                        tracing::info!(?report, "Parquet staging recovered")
-                    }
-                    Some(_) => {}
-                    None => tracing::info!(
-                        "another replica is writing; Parquet staging is left for the periodic sweep"
-                    ),
-                }
-                anyhow::Ok(())
-            };
-            match attempt.await {
-                Ok(()) => {
-                    self.readiness.set_ok("postgres");
-                    self.readiness.set_ok("parquet");
-                    return true;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready; waiting");
-                    self.readiness.set_failed("postgres", format!("{e:#}"));
-                    if !self.sleep(delay).await {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies the rebalances librdkafka reported since the last call, in the order they
-    /// happened. Called before a record is added, so a revocation only ever drops records
-    /// fetched before it: a partition revoked and assigned back within one poll keeps the first
-    /// record of its new assignment.
-    fn apply_rebalances(&mut self, batch: &mut Batch) {
-        for event in self.consumer.context().take_events() {
-            let dropped = batch.apply(&event);
-            if dropped > 0 {
-                tracing::info!(
-                    records = dropped,
-                    "dropped uncommitted records of revoked partitions; their owner re-reads them"
-                );
-            }
-        }
-    }
-
-    /// Sleeps unless shutdown comes first; false if it did.
-    async fn sleep(&self, d: std::time::Duration) -> bool {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
-    }
-
-    /// Decode, dead-letter, write, commit: offsets last.
-    async fn flush(&mut self, records: Vec<batch::SourceRecord>) -> Result<(), Abandoned> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let offsets = batch::next_offsets(&records);
-        let n = records.len();
-        let (max_bytes, strip) = (
-            self.config.max_record_bytes,
-            !self.config.raw_keep_login_secrets,
-        );
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let decoded = tokio::task::spawn_blocking(move || {
-            batch::decode_parallel(records, max_bytes, chrono::Utc::now(), strip, threads)
-        })
-        .await;
-        let (good, poison) = match decoded {
-            Ok(v) => v,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(Abandoned::Shutdown),
-        };
-        for p in &poison {
-            self.dead_letter(p).await?;
-        }
-        let outcome = self.write(&good).await?;
-        crate::failpoint::hit("after-sinks");
-        self.commit(&offsets).await?;
-
-        self.metrics.loaded.inc_by(outcome.new_records as u64);
-        self.metrics
-            .duplicates
-            .inc_by(outcome.duplicate_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["postgres", "raw_data"])
-            .inc_by(outcome.new_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["postgres", "processed_data"])
-            .inc_by(outcome.users_written);
-        self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "raw"])
-            .inc_by(outcome.new_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "processed"])
-            .inc_by(outcome.users_written);
-        self.metrics.batch_records.observe(n as f64);
-        self.metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.summary.loaded += outcome.new_records as u64;
-        self.summary.duplicates += outcome.duplicate_records as u64;
-        self.summary.dead_lettered += poison.len() as u64;
-        self.summary.batches += 1;
-        self.summary.reprocessed += outcome.reprocessed_records as u64;
-        tracing::info!(
-            records = n,
-            new = outcome.new_records,
-            duplicates = outcome.duplicate_records,
-            dead_lettered = poison.len(),
-            users = outcome.users_written,
-            reprocessed = outcome.reprocessed_records,
-            files = outcome.files_published,
-            ms = started.elapsed().as_millis() as u64,
-            "batch committed"
-        );
-        Ok(())
-    }
-
-    async fn dead_letter(&self, p: &Poison) -> Result<(), Abandoned> {
-        tracing::warn!(
-            topic = %p.source.topic,
-            partition = p.source.partition,
-            offset = p.source.offset,
-            kind = p.error.kind(),
-            error = %p.error,
-            dlq = %self.dlq.topic(),
-            "poison record; dead-lettering"
-        );
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        loop {
-            let sent = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned::Shutdown),
-                r = self.dlq.send(p) => r,
-            };
-            match sent {
-                Ok(()) => {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[p.error.kind()])
-                        .inc();
-                    return Ok(());
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot dead-letter; retrying");
-                    self.readiness.set_failed("kafka", e.to_string());
-                    if !self.sleep(delay).await {
-                        return Err(Abandoned::Shutdown);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes to both sinks, waiting out outages with backoff; an outage is never poison. If
-    /// PostgreSQL refuses the batch's *data*, the batch is written record by record and the
-    /// records it refuses are dead-lettered, so one bad record cannot hold its partition.
-    async fn write(&mut self, good: &[LoadRecord]) -> Result<sink::WriteOutcome, Abandoned> {
-        let outcome = match self.write_with_retry(good).await? {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(error = %e, records = good.len(), "PostgreSQL refused the batch's data; writing it record by record");
-                let mut total = sink::WriteOutcome::default();
-                for (i, record) in good.iter().enumerate() {
-                    match self.write_with_retry(std::slice::from_ref(record)).await? {
-                        Ok(mut outcome) => {
-                            for c in &mut outcome.conflicts {
-                                c.index = i;
-                            }
-                            total.add(outcome)
-                        }
-                        Err(e) => {
-                            let poison = Poison {
-                                source: original_source(record),
-                                error: PoisonReason::RejectedBySink(e.to_string()),
-                            };
-                            self.dead_letter(&poison).await?;
-                            self.summary.dead_lettered += 1;
-                        }
-                    }
-                }
-                total
-            }
-        };
-        // Same identity, other bytes: the loaded record stays, this one goes to the DLQ.
-        for c in &outcome.conflicts {
-            let poison = Poison {
-                source: original_source(&good[c.index]),
-                error: PoisonReason::Conflict {
-                    record_key: c.record_key.clone(),
-                    loaded: c.loaded.clone(),
-                    this: c.this.clone(),
-                },
-            };
-            self.dead_letter(&poison).await?;
-            self.summary.dead_lettered += 1;
-        }
-        Ok(outcome)
-    }
-
-    /// Writes `records`, retrying outages; returns the data error if PostgreSQL refused the data.
-    async fn write_with_retry(
-        &self,
-        records: &[LoadRecord],
-    ) -> Result<Result<sink::WriteOutcome, SinkError>, Abandoned> {
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        let mut failed_before = false;
-        loop {
-            let attempt = async {
-                if failed_before {
-                    // A failure may have left committed-but-unmoved files: finish them first.
-                    self.sinks.recover().await?;
-                }
-                self.sinks.write_with(records, self.config.reprocess).await
-            };
-            match attempt.await {
-                Ok(outcome) => {
-                    if failed_before {
-                        tracing::info!("sinks are back; batch written");
-                    }
-                    self.readiness.set_ok("postgres");
-                    self.readiness.set_ok("parquet");
-                    return Ok(Ok(outcome));
-                }
-                Err(e) if e.is_data_error() => return Ok(Err(e)),
-                Err(e) => {
-                    failed_before = true;
-                    self.metrics
-                        .sink_errors
-                        .with_label_values(&[e.sink()])
-                        .inc();
-                    let check = match &e {
-                        SinkError::Postgres(_) => "postgres",
-                        SinkError::Parquet(_) => "parquet",
-                    };
-                    self.readiness.set_failed(check, e.to_string());
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
-                    if !self.sleep(delay).await {
-                        return Err(Abandoned::Shutdown);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Commits the batch's offsets. A refused commit (we lost the partition in a rebalance) is
-    /// logged and counted, not retried: the new owner re-reads from the last commit and the
-    /// sinks absorb what we already wrote.
-    async fn commit(
-        &self,
-        offsets: &std::collections::BTreeMap<(String, i32), i64>,
-    ) -> Result<(), Abandoned> {
-        let by = format!("loader {}", std::process::id());
-        let tpl = match crate::replay::commit_list(
-            offsets.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
-            &by,
-        ) {
-            Ok(tpl) => tpl,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the commit list");
-                self.metrics.commit_errors.inc();
-                return Ok(());
-            }
-        };
-        let consumer = self.consumer.clone();
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
-        match result {
-            Ok(Ok(())) => {
-                self.metrics.last_commit.set(chrono::Utc::now().timestamp());
-            }
-            Ok(Err(e)) => {
-                self.metrics.commit_errors.inc();
-                tracing::warn!(error = %e, offsets = ?offsets, "offset commit refused; records will be re-delivered and absorbed");
-            }
-            Err(e) => {
-                self.metrics.commit_errors.inc();
-                tracing::error!(error = %e, "offset commit task failed");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Backfill progress: a progress bar (records, records/s, ETA) when stderr is a terminal,
-/// periodic log lines otherwise (containers, CI, log shippers).
-struct Progress {
-    total: i64,
-    started: Instant,
-    every: tokio::time::Interval,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    fn new(total: i64) -> Self {
-        use std::io::IsTerminal;
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} records  {per_sec}  ETA {eta}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Self {
-            total,
-            started: Instant::now(),
-            every,
-            bar,
-        }
-    }
-
-    async fn tick(&mut self) {
-        self.every.tick().await;
-    }
-
-    fn record(&self, done: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-        }
-    }
-
-    fn log(&self, done: u64) {
-        if self.bar.is_some() {
-            return;
-        }
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / secs;
-        let left = (self.total - done as i64).max(0) as f64;
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", left / rate)
-        } else {
-            "?".to_string()
-        };
-        let pct = if self.total > 0 {
-            100.0 * done as f64 / self.total as f64
-        } else {
-            100.0
-        };
-        tracing::info!(
-            records = done,
-            total = self.total,
-            percent = format!("{pct:.1}"),
-            per_second = format!("{rate:.1}"),
-            eta,
-            "backfill progress"
-        );
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-        }
-    }
-}
-
-/// The record as the topic held it, payload byte for byte (for the DLQ).
-fn original_source(record: &LoadRecord) -> batch::SourceRecord {
-    let mut source = record.source.clone();
-    source.payload = Some(record.original().to_vec());
-    source
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        result.map(|()| pipeline.summary)
     }
 }

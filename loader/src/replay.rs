@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use etl_common::kafka::KafkaArgs;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -281,34 +281,13 @@ impl GroupOffsets {
 
     /// Commits `offsets` for the group, stamped with the time (shown by `loader status`).
     pub fn commit(&self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let tpl = commit_list(
+        crate::consumer::commit(
+            &self.consumer,
             offsets.iter().map(|(p, o)| (self.topic.as_str(), *p, *o)),
             "loader replay",
-        )?;
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| anyhow::anyhow!("cannot commit group {}'s offsets: {e}", self.group))
+        )
+        .map_err(|e| anyhow::anyhow!("cannot commit group {}'s offsets: {e:#}", self.group))
     }
-}
-
-/// A commit list whose entries carry `{"committed_at": …, "by": …}` as metadata, so `loader status`
-/// can say when each partition was last committed (Kafka itself does not report it).
-pub fn commit_list<'a>(
-    offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
-    by: &str,
-) -> anyhow::Result<TopicPartitionList> {
-    let meta = serde_json::json!({
-        "committed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "by": by,
-    })
-    .to_string();
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p, o) in offsets {
-        let mut e = tpl.add_partition(topic, p);
-        e.set_offset(Offset::Offset(o))?;
-        e.set_metadata(&meta);
-    }
-    Ok(tpl)
 }
 
 /// Renders a replay plan as the table `loader replay` prints.
