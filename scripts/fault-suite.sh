@@ -16,7 +16,7 @@ kept="$(sed -n '/^## Holes closed/,$p' docs/RELIABILITY.md 2>/dev/null || true)"
 python3 - "$out" "$started" >docs/RELIABILITY.md <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-rows.sort(key=lambda r: r["scenario"])
+rows.sort(key=lambda r: int(r["scenario"].split(".")[0]))
 print("# Reliability: the fault suite's figures\n")
 print("Produced by `scripts/fault-suite.sh` (which runs `cargo test -p loader --test faults -- --test-threads=1`")
 print(f"against the local single-node Kafka and PostgreSQL) on {sys.argv[2]}, on a 2-core machine.")

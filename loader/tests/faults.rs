@@ -12,6 +12,7 @@ mod support;
 use rand::Rng;
 use randomuser_stub::{Fault, FaultPlan, Stub};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -188,7 +189,9 @@ fn extractor_config(
 }
 
 /// Waits until PostgreSQL and Parquet both hold `expected` users and nothing is left staged,
-/// then counts what is lost and what is duplicated in each.
+/// then counts what is lost and what is duplicated in each: users in `processed_data` and in
+/// processed Parquet, and raw records in `raw_data` against raw Parquet (each raw row's record
+/// once in raw Parquet, nothing there that `raw_data` lacks).
 async fn settle_and_count(
     db: &TestDb,
     data: &Path,
@@ -203,9 +206,12 @@ async fn settle_and_count(
             .count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
             .await;
         let pq_n = parquet_rows(&data.join("processed"), &["user_uuid"]).len() as i64;
+        let raw_n = db.count("SELECT count(*) FROM raw_data").await;
+        let raw_pq_n = parquet_rows(&data.join("raw"), &["raw_id"]).len() as i64;
         if db_n >= expected
             && staged == 0
             && pq_n >= expected
+            && raw_pq_n >= raw_n
             && parquet_files(&data.join("_staging")).is_empty()
         {
             break;
@@ -239,6 +245,30 @@ async fn settle_and_count(
         lost += missing;
         duplicated += dup;
     }
+    let raw_rows: Vec<String> = sqlx::query_scalar("SELECT raw_id::text FROM raw_data")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let raw_pq = histogram(
+        parquet_rows(&data.join("raw"), &["raw_id"])
+            .into_iter()
+            .filter_map(|r| r[0].clone()),
+    );
+    let raw_dup: usize = raw_pq.values().map(|n| n - 1).sum();
+    let raw_missing = raw_rows
+        .iter()
+        .filter(|id| !raw_pq.contains_key(*id))
+        .count();
+    let raw_rows: HashSet<String> = raw_rows.into_iter().collect();
+    let raw_extra = raw_pq.keys().filter(|id| !raw_rows.contains(*id)).count();
+    eprintln!(
+        "raw: {} rows in raw_data, {} distinct in raw Parquet, {raw_dup} duplicated, {raw_missing} lost, {raw_extra} not in raw_data",
+        raw_rows.len(),
+        raw_pq.len()
+    );
+    assert_eq!(raw_extra, 0, "raw Parquet holds records raw_data does not");
+    lost += raw_missing;
+    duplicated += raw_dup;
     (lost, duplicated)
 }
 
@@ -992,5 +1022,275 @@ async fn a_replica_paused_inside_a_transaction_holds_nobody_up() {
     );
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!((lost_after, duplicated_after), (0, 0));
+    db.drop_db().await;
+}
+
+/// 10. The database connection cut right after COMMIT went out (the server committed, the
+///     loader never hears so), five times under load, through a TCP proxy in front of
+///     PostgreSQL. The staged files of each such batch must be published by recovery, not
+///     discarded, and the re-delivered batch written nowhere twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_outcome_unknown_five_times_under_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let cutter = CommitCutter::start(&db.url).await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let mut config =
+        loader::RunConfig::for_test(&cutter.url, &brokers(), &topic, &unique("g"), data.path())
+            .expect("loader config through the proxy");
+    config.batch_max_records = 5;
+    let loader = RunningLoader::start(config).await;
+    let producing = extractor(&stub.url(), &topic, 40, 50, "250ms");
+    eventually(Duration::from_secs(60), "some users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await >= 100
+    })
+    .await;
+    let cuts = 5;
+    for i in 1..=cuts {
+        cutter.arm();
+        eventually(Duration::from_secs(60), &format!("cut {i}"), || async {
+            cutter.cuts() == i
+        })
+        .await;
+    }
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    let sink_errors = loader.metric("etl_loader_sink_errors_total").await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "10. database connection cut right after COMMIT is sent, 5 times under load",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "{cuts} commits with an unknown outcome; {sink_errors} failed writes retried"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(
+        sink_errors >= cuts as f64,
+        "every cut was seen as an outage"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// A network namespace of the test's own, joined to the host by a veth pair, in which a
+/// process reaches the host's Kafka and PostgreSQL only through forwarders the test controls
+/// (`support/tcp_forward.py` inside, [`HoldingProxy`] outside). Removed when dropped.
+struct Netns {
+    name: String,
+    host_if: String,
+    forwarder: Option<std::process::Child>,
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+impl Netns {
+    /// A namespace whose `127.0.0.1:{port}` reaches `host_ip:{host_port}` for each pair.
+    fn create(n: u8, forwards: &[(u16, u16)]) -> (Netns, std::net::Ipv4Addr) {
+        let name = format!("etlz{}-{n}", std::process::id());
+        let (host_if, ns_if) = (
+            format!("ez{n}h{}", std::process::id() % 10000),
+            format!("ez{n}n"),
+        );
+        let host_ip = std::net::Ipv4Addr::new(10, 231, n, 1);
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        ip(&["netns", "add", &name]);
+        // From here on a failure removes the namespace again.
+        let mut ns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            forwarder: None,
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        in_ns(&["addr", "add", &format!("10.231.{n}.2/30"), "dev", &ns_if]);
+        in_ns(&["link", "set", &ns_if, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            name.clone(),
+            "python3".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tcp_forward.py").into(),
+        ];
+        for (port, host_port) in forwards {
+            args.extend([port.to_string(), host_ip.to_string(), host_port.to_string()]);
+        }
+        let forwarder = std::process::Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the forwarder in the namespace");
+        ns.forwarder = Some(forwarder);
+        (ns, host_ip)
+    }
+
+    /// A loader process inside the namespace.
+    fn loader(&self, db: &TestDb, topic: &str, group: &str, data: &Path, logs: &Path) -> Child {
+        std::fs::create_dir_all(logs).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join("zombie.out"))
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.name,
+            env!("CARGO_BIN_EXE_loader"),
+            "run",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", "localhost:9092")
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", group)
+        .env("KAFKA_DLQ_TOPIC", format!("{topic}.dlq"))
+        .env("KAFKA_SESSION_TIMEOUT", "6s")
+        .env("DATA_DIR", data)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("LOG_DIR", "")
+        .env("LOG_LEVEL", "warn,loader=info")
+        .env("BATCH_MAX_RECORDS", "5")
+        .env("BATCH_MAX_AGE", "200ms")
+        .env("LOADER_BACKOFF_BASE", "100ms")
+        .env("LOADER_BACKOFF_MAX", "2s")
+        .env("LOADER_RECOVERY_INTERVAL", "2s")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+        cmd.spawn().expect("spawn the loader in the namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.forwarder.take() {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        // Deleting the namespace deletes the veth pair with it, once nothing runs inside;
+        // the host end is removed explicitly too, so a rerun starts clean.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// 11. A loader in its own network namespace cut off from the broker only (its Kafka path
+///     dropped, PostgreSQL still reachable) for twice the session timeout under load, then
+///     healed: a zombie that lost its partitions to the other loader while it could still write
+///     to the database. It must write nothing twice and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_cut_off_from_the_broker_only_is_a_harmless_zombie() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(4).await;
+    let logs = data.path().join("logs");
+    let pg_port = url::Url::parse(&db.url).unwrap().port().unwrap_or(5432);
+    let kafka_port: u16 = brokers()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9092);
+    let (ns, host_ip) = Netns::create(7, &[(kafka_port, 19092), (pg_port, 15432)]);
+    let kafka_path = HoldingProxy::start(
+        SocketAddr::from((host_ip, 19092)),
+        SocketAddr::from(([127, 0, 0, 1], kafka_port)),
+    )
+    .await;
+    let _pg_path = HoldingProxy::start(
+        SocketAddr::from((host_ip, 15432)),
+        SocketAddr::from(([127, 0, 0, 1], pg_port)),
+    )
+    .await;
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let group = unique("g");
+    let mut zombie = ns.loader(&db, &topic, &group, data.path(), &logs);
+    let mut other = spawn_loader(
+        &db,
+        &topic,
+        &group,
+        data.path(),
+        &logs,
+        &[("KAFKA_SESSION_TIMEOUT", "6s")],
+    );
+    let producing = extractor(&stub.url(), &topic, 60, 50, "500ms");
+    let zombie_log = logs.join("zombie.out");
+    eventually(
+        Duration::from_secs(90),
+        "the namespaced loader has committed a batch",
+        || async {
+            std::fs::read_to_string(&zombie_log)
+                .unwrap_or_default()
+                .contains("batch committed")
+        },
+    )
+    .await;
+    kafka_path.hold();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    kafka_path.release();
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let (lost, duplicated) =
+        settle_and_count(&db, data.path(), &served, Duration::from_secs(120)).await;
+    let zombie_log = std::fs::read_to_string(&zombie_log).unwrap_or_default();
+    let zombie_wrote = zombie_log.matches("batch committed").count();
+    sigterm(&mut other).await;
+    let _ = zombie.start_kill();
+    let _ = zombie.wait().await;
+    drop(ns);
+    Outcome {
+        scenario: "11. a loader cut off from the broker only (own network namespace) for 12 s (session timeout 6 s) under load, then healed",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "Kafka path dropped 12 s, PostgreSQL reachable; the zombie committed {zombie_wrote} batches in all"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(
+        zombie_wrote > 0,
+        "the namespaced loader took part in the load: {}",
+        &zombie_log[..zombie_log.len().min(4000)]
+    );
+    assert_eq!((lost, duplicated), (0, 0));
     db.drop_db().await;
 }

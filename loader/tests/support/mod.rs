@@ -459,3 +459,86 @@ impl CommitCutter {
         self.cuts.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A TCP forwarder from `listen` to `upstream` that can be made to drop the path the way a
+/// firewall rule dropping packets does: while held, nothing is read or written either way (no
+/// reset, no close; TCP's own buffers fill and it waits), new connections wait unanswered; once
+/// released, the bytes flow again in order.
+pub struct HoldingProxy {
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl HoldingProxy {
+    /// Starts forwarding.
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> HoldingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        let held = std::sync::Arc::new(AtomicBool::new(false));
+        let h = held.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    while h.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    async fn pipe(
+                        mut r: tokio::net::tcp::OwnedReadHalf,
+                        mut w: tokio::net::tcp::OwnedWriteHalf,
+                        held: std::sync::Arc<AtomicBool>,
+                    ) {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            while held.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            let n = match tokio::time::timeout(
+                                Duration::from_millis(100),
+                                r.read(&mut buf),
+                            )
+                            .await
+                            {
+                                Err(_) => continue,
+                                Ok(Ok(0)) | Ok(Err(_)) => break,
+                                Ok(Ok(n)) => n,
+                            };
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = w.shutdown().await;
+                    }
+                    let up = tokio::spawn(pipe(cr, sw, h.clone()));
+                    let down = tokio::spawn(pipe(sr, cw, h));
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        HoldingProxy { held, task }
+    }
+
+    /// Drops the path (as a firewall would).
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Heals it.
+    pub fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
