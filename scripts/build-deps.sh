@@ -9,6 +9,10 @@ command -v make >/dev/null || missing+=(make)
 command -v perl >/dev/null || missing+=(perl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 if ! pkg-config --exists openssl 2>/dev/null; then missing+=(libssl-dev); fi
+# The fault suite's zombie scenario: its own network namespace (ip netns + veth) and a small
+# TCP forwarder in Python inside it. Creating a namespace needs root (or CAP_NET_ADMIN).
+command -v ip >/dev/null || missing+=(iproute2)
+command -v python3 >/dev/null || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "[build-deps] installing ${missing[*]}" >&2
   sudo=""
