@@ -1111,6 +1111,7 @@ impl Netns {
         let host_ip = std::net::Ipv4Addr::new(10, 231, n, 1);
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
+            .stderr(Stdio::null())
             .status();
         ip(&["netns", "add", &name]);
         // From here on a failure removes the namespace again.
