@@ -42,6 +42,6 @@ else
   # the Kafka-tools test uses the jars it resolved: everything else runs against your services.
   log "cargo test (unit and integration; the fault suite needs scripts/dev-services.sh)"
   cargo test --workspace --locked --no-fail-fast --exclude loader
-  cargo test --locked --no-fail-fast -p loader --lib --bins --test pipeline --test service --test sinks --test replay --test readme --test hostile_input
+  cargo test --locked --no-fail-fast -p loader --lib --bins --test pipeline --test service --test sinks --test replay --test readme --test hostile_input --test identity --test rebalance --test limits
 fi
 log "all green in $(( $(date +%s) - started ))s"
