@@ -48,9 +48,11 @@ impl SourceRecord {
         let header_time = text_header(header::FETCHED_AT).and_then(contract::parse_fetched_at);
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
         let fetch_id = match text_header(header::FETCH_ID) {
-            Some(id) if !id.is_empty() => Some(id.to_string()),
-            _ if text_header(header::SCHEMA) == Some(contract::SCHEMA_VERSION) => key.clone(),
-            _ => None,
+            Some(id) => usable_fetch_id(id.as_bytes()),
+            None if text_header(header::SCHEMA) == Some(contract::SCHEMA_VERSION) => {
+                m.key().and_then(usable_fetch_id)
+            }
+            None => None,
         };
         let fetched_at = header_time
             .or_else(|| {
@@ -69,6 +71,18 @@ impl SourceRecord {
             fetched_at,
         }
     }
+}
+
+/// The longest fetch id taken as an identity (the extractor's are 36-byte UUIDs); a longer one
+/// would not fit a btree index entry and is no identity anyone meant.
+pub const MAX_FETCH_ID_BYTES: usize = 256;
+
+/// `raw` as a fetch id: non-empty UTF-8 of at most [`MAX_FETCH_ID_BYTES`], else `None` (the
+/// record is then identified by its payload). Empty or mangled ids would make unrelated records
+/// one identity.
+pub fn usable_fetch_id(raw: &[u8]) -> Option<String> {
+    let id = std::str::from_utf8(raw).ok()?;
+    (!id.is_empty() && id.len() <= MAX_FETCH_ID_BYTES).then(|| id.to_string())
 }
 
 /// A record that transformed: its raw row and its users.
@@ -470,6 +484,26 @@ mod tests {
         assert_eq!(b.bytes(), 0);
         assert_eq!(b.take().len(), 2);
         assert!(b.is_empty() && b.deadline(age, linger).is_none());
+    }
+
+    #[test]
+    fn only_a_real_fetch_id_is_an_identity() {
+        assert_eq!(usable_fetch_id(b"0190-a"), Some("0190-a".to_string()));
+        assert_eq!(
+            usable_fetch_id(b""),
+            None,
+            "empty: every such record would be one"
+        );
+        assert_eq!(
+            usable_fetch_id(b"\xff\xfe"),
+            None,
+            "not UTF-8: would collapse when decoded lossily"
+        );
+        assert_eq!(
+            usable_fetch_id(&[b'a'; MAX_FETCH_ID_BYTES]).map(|s| s.len()),
+            Some(MAX_FETCH_ID_BYTES)
+        );
+        assert_eq!(usable_fetch_id(&[b'a'; MAX_FETCH_ID_BYTES + 1]), None);
     }
 
     /// A partition revoked and assigned back within one poll (a member leaving and coming

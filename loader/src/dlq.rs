@@ -66,12 +66,17 @@ impl DeadLetters {
         let empty: [u8; 0] = [];
         let original: &[u8] = src.payload.as_deref().unwrap_or(&empty);
         let identity = crate::transform::Identity::of(src.fetch_id.as_deref(), original);
-        // Stable across re-deliveries and offsets: the same record and bytes, the same id.
-        let id = uuid::Uuid::new_v5(
-            &DEAD_LETTER_NAMESPACE,
-            format!("{}/{}", identity.key, hex::encode(identity.digest)).as_bytes(),
-        )
-        .to_string();
+        // Stable across re-deliveries: the same record and bytes, the same id. A record with a
+        // fetch id keeps it at any offset; one without (its identity its bytes alone, which
+        // empty or identical junk payloads share) is told apart by where it sits.
+        let name = match src.fetch_id {
+            Some(_) => format!("{}/{}", identity.key, hex::encode(identity.digest)),
+            None => format!(
+                "{}/{}/{}/{}",
+                identity.key, src.topic, src.partition, src.offset
+            ),
+        };
+        let id = uuid::Uuid::new_v5(&DEAD_LETTER_NAMESPACE, name.as_bytes()).to_string();
         let digest = hex::encode(identity.digest);
         let size = original.len().to_string();
         let partition = src.partition.to_string();

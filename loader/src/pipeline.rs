@@ -104,7 +104,7 @@ impl Pipeline {
                 }
                 _ = sweep.tick() => {
                     match self.sinks.recover().await {
-                        Ok(Some(r)) if r != sink::RecoveryReport::default() => tracing::info!(report = ?r, "Parquet staging swept"),
+                        Ok(r) if r.finished + r.removed + r.rebuilt + r.missing > 0 => tracing::info!(report = ?r, "Parquet staging swept"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "Parquet staging sweep failed; will retry"),
                     }
@@ -193,14 +193,14 @@ impl Pipeline {
                 } else {
                     migrate::apply(self.sinks.pool()).await?;
                 }
-                match self.sinks.recover().await? {
-                    Some(report) if report != sink::RecoveryReport::default() => {
-                        tracing::info!(?report, "Parquet staging recovered")
-                    }
-                    Some(_) => {}
-                    None => tracing::info!(
-                        "another replica is writing; Parquet staging is left for the periodic sweep"
-                    ),
+                let report = self.sinks.recover().await?;
+                if report.finished + report.removed + report.rebuilt + report.missing > 0 {
+                    tracing::info!(?report, "Parquet staging recovered");
+                }
+                if report.deferred {
+                    tracing::info!(
+                        "another replica is writing; unregistered staged files are left for the periodic sweep"
+                    );
                 }
                 anyhow::Ok(())
             };

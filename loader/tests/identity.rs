@@ -321,5 +321,31 @@ async fn existing_rows_are_migrated_to_their_identity() {
             format!("position:{topic}/0/2"),
         ]
     );
+
+    // A loader of the previous version, still running during a rolling upgrade, inserts
+    // without record_key: the row gets its identity, and the same fetch id again is absorbed
+    // by its ON CONFLICT DO NOTHING instead of failing (which it would dead-letter).
+    let old_insert = |offset: i64, fetch_id: &'static str| {
+        sqlx::query(
+            "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at)
+             VALUES ($1, $2, 0, $3, $4, '{\"results\":[]}', 0, now()) ON CONFLICT DO NOTHING RETURNING raw_id",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(topic.clone())
+        .bind(offset)
+        .bind(fetch_id)
+        .fetch_all(&db.pool)
+    };
+    assert_eq!(old_insert(7, "F2").await.unwrap().len(), 1);
+    assert_eq!(
+        old_insert(8, "F2").await.unwrap().len(),
+        0,
+        "the same record again"
+    );
+    let key: String = sqlx::query_scalar("SELECT record_key FROM raw_data WHERE kafka_offset = 7")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(key, "fetch:F2");
     db.drop_db().await;
 }

@@ -160,7 +160,7 @@ async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
     )
     .unwrap();
 
-    let report = s.recover().await.unwrap().expect("the ledger lock is free");
+    let report = s.recover().await.unwrap();
     assert_eq!((report.finished, report.removed, report.missing), (1, 1, 0));
     assert!(dir.path().join(&final_rel).exists());
     assert!(parquet_files(&dir.path().join("_staging")).is_empty());
@@ -176,7 +176,7 @@ async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
     // Recovery is idempotent.
     assert_eq!(
         s.recover().await.unwrap(),
-        Some(loader::sink::RecoveryReport::default())
+        loader::sink::RecoveryReport::default()
     );
     db.drop_db().await;
 }
@@ -248,7 +248,7 @@ async fn a_commit_whose_outcome_is_unknown_keeps_its_files_for_recovery() {
         2,
         "the server committed"
     );
-    let report = s.recover().await.unwrap().expect("the ledger lock is free");
+    let report = s.recover().await.unwrap();
     assert_eq!((report.finished, report.missing), (2, 0));
     // The re-delivered batch is all duplicates and writes no file; the files are complete.
     let again = s.write(&records("t", 0..2)).await.unwrap();
@@ -277,7 +277,7 @@ async fn recovery_rebuilds_a_registered_file_that_is_gone() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let report = s.recover().await.unwrap().expect("the ledger lock is free");
+    let report = s.recover().await.unwrap();
     assert_eq!((report.rebuilt, report.missing), (2, 0));
     let mut after = parquet_rows(
         &dir.path().join("processed"),
@@ -310,10 +310,40 @@ async fn a_sweep_never_waits_behind_a_hung_batch() {
         .execute(&mut *hung)
         .await
         .unwrap();
+    // A committed file left in staging (its replica crashed before the move), and a staged
+    // file nobody registered (perhaps the hung batch's own).
+    s.write(&records("t", 10..11)).await.unwrap();
+    let (final_rel, staged_rel): (String, String) = sqlx::query_as(
+        "SELECT path, staged_path FROM parquet_files WHERE dataset = 'processed' LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    std::fs::rename(dir.path().join(&final_rel), dir.path().join(&staged_rel)).unwrap();
+    sqlx::query("UPDATE parquet_files SET state = 'staged' WHERE path = $1")
+        .bind(&final_rel)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let unregistered = dir
+        .path()
+        .join("_staging/processed-maybe-the-hung-batch.parquet");
+    std::fs::write(&unregistered, b"not yet registered").unwrap();
     let sweep = tokio::time::timeout(std::time::Duration::from_secs(10), s.recover())
         .await
-        .expect("the sweep does not wait for the lock");
-    assert_eq!(sweep.unwrap(), None, "skipped while the ledger is busy");
+        .expect("the sweep does not wait for the lock")
+        .unwrap();
+    assert!(
+        sweep.deferred,
+        "removing and rebuilding wait for the ledger"
+    );
+    assert_eq!(
+        (sweep.finished, sweep.removed),
+        (1, 0),
+        "a committed file is published anyway; an unregistered one is left alone"
+    );
+    assert!(dir.path().join(&final_rel).exists());
+    assert!(unregistered.exists());
     let written = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         s.write(&records("t", 0..1)),
@@ -323,6 +353,9 @@ async fn a_sweep_never_waits_behind_a_hung_batch() {
     .unwrap();
     assert_eq!(written.new_records, 1);
     hung.rollback().await.unwrap();
+    let after = s.recover().await.unwrap();
+    assert!(!after.deferred);
+    assert_eq!(after.removed, 1, "once the ledger is free the orphan goes");
     db.drop_db().await;
 }
 
@@ -343,8 +376,7 @@ async fn recovery_works_with_a_single_connection() {
     let report = tokio::time::timeout(std::time::Duration::from_secs(30), s.recover())
         .await
         .expect("recovery finishes")
-        .unwrap()
-        .expect("the ledger lock is free");
+        .unwrap();
     assert_eq!(report.finished, 0);
     assert_eq!(
         db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")

@@ -84,6 +84,9 @@ pub struct RecoveryReport {
     pub rebuilt: usize,
     /// Registered files found neither staged nor in place that no record names.
     pub missing: usize,
+    /// Another replica was mid-batch, so the parts that need the ledger to itself (removing
+    /// unregistered staged files, rebuilding lost ones) were left for the next sweep.
+    pub deferred: bool,
 }
 
 /// Where a write failed, so operators (and readiness) can tell which sink is out.
@@ -422,37 +425,42 @@ impl Sinks {
     }
 
     /// Finishes registered staged files, rebuilds registered files that are gone, and removes
-    /// unregistered staged files, holding the ledger lock exclusively so no batch is mid-way
-    /// while it looks. The lock is only *tried*: a waiting exclusive request would queue every
-    /// later shared request (every batch of every replica) behind it, so while any batch holds
-    /// the lock the sweep is skipped (`Ok(None)`) and the next one tries again.
-    pub async fn recover(&self) -> Result<Option<RecoveryReport>, SinkError> {
+    /// unregistered staged files.
+    ///
+    /// Publishing a registered file needs no lock: registered means committed, and the move is
+    /// idempotent, so committed files reach their place however busy the ledger is. Removing an
+    /// unregistered file (a batch may be about to register it) and rebuilding a lost one (two
+    /// replicas must not write the same staging path) need the ledger to itself: that lock is
+    /// only *tried*, because a waiting exclusive request would queue every later shared request
+    /// (every batch of every replica) behind it. While a batch holds it those parts are
+    /// `deferred` to the next sweep.
+    pub async fn recover(&self) -> Result<RecoveryReport, SinkError> {
         let mut conn = self.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        let exclusive: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(postgres::LEDGER_LOCK)
             .fetch_one(&mut *conn)
             .await?;
-        if !locked {
-            tracing::debug!("ledger busy; Parquet staging sweep skipped this time");
-            return Ok(None);
+        let result = self.recover_with(&mut conn, exclusive).await;
+        if exclusive {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(postgres::LEDGER_LOCK)
+                .execute(&mut *conn)
+                .await?;
         }
-        let result = self.recover_locked(&mut conn).await;
-        let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(postgres::LEDGER_LOCK)
-            .execute(&mut *conn)
-            .await;
-        let report = result?;
-        unlock?;
-        Ok(Some(report))
+        result
     }
 
-    async fn recover_locked(
+    async fn recover_with(
         &self,
         conn: &mut sqlx::PgConnection,
+        exclusive: bool,
     ) -> Result<RecoveryReport, SinkError> {
         let staged = postgres::staged_files(conn).await?;
         let root = self.parquet.root().to_path_buf();
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport {
+            deferred: !exclusive,
+            ..RecoveryReport::default()
+        };
         let mut to_publish = Vec::new();
         let mut done = Vec::new();
         for (final_rel, staged_rel) in &staged {
@@ -460,6 +468,8 @@ impl Sinks {
                 to_publish.push((final_rel.clone(), staged_rel.clone()));
             } else if root.join(final_rel).exists() {
                 done.push(final_rel.clone());
+            } else if !exclusive {
+                // Lost, or moved between our two looks: the next exclusive sweep decides.
             } else if self.rebuild(conn, final_rel, staged_rel).await? {
                 // Committed, but the file is gone (lost with a disk, or removed by an older
                 // loader after a COMMIT whose outcome it did not know): rebuilt from raw_data.
@@ -478,11 +488,13 @@ impl Sinks {
             .await
             .map_err(|e| SinkError::Parquet(e.into()))?;
         postgres::mark_published(&mut *conn, &done).await?;
-        let keep: HashSet<String> = staged.into_iter().map(|(_, s)| s).collect();
-        report.removed = self
-            .parquet
-            .remove_orphans(&keep)
-            .map_err(|e| SinkError::Parquet(e.into()))?;
+        if exclusive {
+            let keep: HashSet<String> = staged.into_iter().map(|(_, s)| s).collect();
+            report.removed = self
+                .parquet
+                .remove_orphans(&keep)
+                .map_err(|e| SinkError::Parquet(e.into()))?;
+        }
         Ok(report)
     }
 
