@@ -10,9 +10,7 @@ use randomuser_stub::{FaultPlan, Stub};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use std::collections::HashMap;
+use rdkafka::message::Message;
 use std::time::Duration;
 use support::*;
 
@@ -24,42 +22,6 @@ async fn stub() -> Stub {
     Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
         .await
         .expect("stub starts")
-}
-
-/// Every record of `topic` from the start, as the broker holds it (key, headers, payload).
-async fn read_all(topic: &str, n: usize) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("a record within 30 s")
-            .expect("consume");
-        out.push(m.detach());
-    }
-    out
-}
-
-fn headers(m: &OwnedMessage) -> HashMap<String, String> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Raw rows, processed rows, raw Parquet rows and processed Parquet rows.

@@ -8,46 +8,11 @@ mod support;
 
 use etl_common::contract::dlq_header;
 use randomuser_stub::{FaultPlan, Stub};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use std::collections::HashMap;
+use rdkafka::message::Message;
 use std::time::Duration;
 use support::*;
 
 const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
-
-async fn dead_letters(topic: &str, n: usize) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .expect("a dead letter within 60 s")
-            .unwrap();
-        out.push(m.detach());
-    }
-    out
-}
-
-fn headers(m: &OwnedMessage) -> HashMap<String, String> {
-    m.headers()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h.key.to_string(),
-                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-            )
-        })
-        .collect()
-}
 
 /// Non-JSON bytes of `n` bytes (an HTML error page grown large, say).
 fn junk(n: usize) -> Vec<u8> {
@@ -110,7 +75,7 @@ async fn big_poison_is_dead_lettered_whole() {
     )
     .await;
     loader.shutdown().await;
-    let dead = dead_letters(&format!("{topic}.dlq"), 2).await;
+    let dead = read_all(&format!("{topic}.dlq"), 2).await;
     for (m, want) in dead.iter().zip([&small, &large]) {
         let h = headers(m);
         assert_eq!(h[dlq_header::ERROR_KIND], "not_json");
@@ -148,7 +113,7 @@ async fn poison_too_big_for_the_dlq_is_dead_lettered_without_its_payload() {
     .await;
     let summary = loader.shutdown().await;
     assert_eq!((summary.loaded, summary.dead_lettered), (1, 1));
-    let dead = dead_letters(&format!("{topic}.dlq"), 1).await;
+    let dead = read_all(&format!("{topic}.dlq"), 1).await;
     let h = headers(&dead[0]);
     assert_eq!(h[dlq_header::PAYLOAD_OMITTED], "true");
     assert_eq!(h[dlq_header::PAYLOAD_BYTES], "1500000");

@@ -542,3 +542,42 @@ impl Drop for HoldingProxy {
         self.task.abort();
     }
 }
+
+/// The first `n` records of `topic`, as the broker holds them (key, headers, payload).
+pub async fn read_all(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record within 30 s")
+            .expect("consume");
+        out.push(m.detach());
+    }
+    out
+}
+
+/// A record's headers as text.
+pub fn headers(m: &rdkafka::message::OwnedMessage) -> HashMap<String, String> {
+    use rdkafka::message::{Headers, Message};
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
