@@ -115,16 +115,7 @@ impl ParquetSink {
         }
         let mut files = Vec::new();
         for ((topic, partition, date), recs) in groups {
-            let first = recs
-                .iter()
-                .map(|r| r.source.offset)
-                .min()
-                .unwrap_or_default();
-            let last = recs
-                .iter()
-                .map(|r| r.source.offset)
-                .max()
-                .unwrap_or_default();
+            let (first, last) = offset_span(&recs);
             let tag = uuid::Uuid::new_v4().simple().to_string();
             let name = format!(
                 "{topic}-p{partition}-o{first}-o{last}-{}.parquet",
@@ -194,16 +185,7 @@ impl ParquetSink {
         final_rel: &str,
         records: &[&LoadRecord],
     ) -> anyhow::Result<StagedFile> {
-        let first = records
-            .iter()
-            .map(|r| r.source.offset)
-            .min()
-            .unwrap_or_default();
-        let last = records
-            .iter()
-            .map(|r| r.source.offset)
-            .max()
-            .unwrap_or_default();
+        let (first, last) = offset_span(records);
         let batch = processed_batch(records)?;
         let file = StagedFile {
             dataset: Dataset::Processed,
@@ -250,16 +232,8 @@ impl ParquetSink {
                 .map(|r| r.source.topic.clone())
                 .unwrap_or_default(),
             partition: records.first().map_or(0, |r| r.source.partition),
-            first_offset: records
-                .iter()
-                .map(|r| r.source.offset)
-                .min()
-                .unwrap_or_default(),
-            last_offset: records
-                .iter()
-                .map(|r| r.source.offset)
-                .max()
-                .unwrap_or_default(),
+            first_offset: offset_span(records).0,
+            last_offset: offset_span(records).1,
             rows: batches.iter().map(RecordBatch::num_rows).sum(),
             staged_rel: staged_rel.to_string(),
             final_rel: final_rel.to_string(),
@@ -353,6 +327,16 @@ fn publish_blocking(root: &Path, files: &[(String, String)]) -> io::Result<()> {
         fsync_dir(&d)?;
     }
     Ok(())
+}
+
+/// The lowest and highest offsets of `records` (0, 0 when empty): what a file's name and
+/// ledger row say it holds.
+fn offset_span(records: &[&LoadRecord]) -> (i64, i64) {
+    let offsets = records.iter().map(|r| r.source.offset);
+    (
+        offsets.clone().min().unwrap_or_default(),
+        offsets.max().unwrap_or_default(),
+    )
 }
 
 /// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created:
