@@ -4,7 +4,7 @@
 #   down     stop both (data is kept)
 #   status   one line per service; exit 0 if both run, 3 otherwise
 #   env      print the export lines for KAFKA_BROKERS and DATABASE_URL (and the TLS test settings)
-#   start-kafka | stop-kafka | start-postgres | stop-postgres
+#   start-kafka | stop-kafka | start-postgres | stop-postgres | start-s3 | stop-s3
 #            one service alone, data kept (for fault tests that stop a service mid-load)
 #
 # Kafka: a single-node KRaft broker from the release jars, resolved by Maven from Maven Central
@@ -16,8 +16,14 @@
 # Kafka has a second listener on KAFKA_TLS_PORT speaking SASL_SSL with SCRAM-SHA-512 for user
 # `etl` (password generated into $STATE/tls/scram-password). `env` prints where they are.
 #
+# S3: `moto_server` (PyPI moto[server], pinned in scripts/services/s3-requirements.txt with
+# pyarrow, the independent reader the tests check objects with) in a virtualenv in the state dir,
+# on S3_PORT. It keeps objects in memory, so `stop-s3` freezes it (SIGSTOP: requests hang, as
+# with a store that stopped answering) and `start-s3` thaws it with its objects intact.
+#
 # Environment: ETL_SERVICES_DIR (state, default <repo>/.services), KAFKA_PORT (9092),
-# KAFKA_CONTROLLER_PORT (9093), KAFKA_TLS_PORT (9094), PG_PORT (5432), KAFKA_HEAP (512m).
+# KAFKA_CONTROLLER_PORT (9093), KAFKA_TLS_PORT (9094), PG_PORT (5432), S3_PORT (9000),
+# KAFKA_HEAP (512m).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +42,11 @@ KAFKA_LIB="$KAFKA_HOME/lib-$KAFKA_VERSION"
 KAFKA_DATA="$KAFKA_HOME/data"
 KAFKA_PID="$KAFKA_HOME/kafka.pid"
 PG_USER_DB="etl"
+S3_PORT="${S3_PORT:-9000}"
+PYENV="$STATE/python"
+S3_HOME="$STATE/s3"
+S3_PID="$S3_HOME/moto.pid"
+S3_REQUIREMENTS="$ROOT/scripts/services/s3-requirements.txt"
 
 log() { printf '[dev-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -379,6 +390,63 @@ stop_kafka() {
   rm -f "$KAFKA_PID"
 }
 
+# ---------------------------------------------------------------- S3 (moto_server)
+
+python_setup() {
+  local stamp
+  stamp="$(sha256sum "$S3_REQUIREMENTS" | cut -d' ' -f1)"
+  [ "$(cat "$PYENV/.complete" 2>/dev/null)" = "$stamp" ] && return 0
+  command -v python3 >/dev/null || die "python3 is required for the S3 server (Debian: apt-get install python3 python3-venv)"
+  log "installing moto[server] and pyarrow into $PYENV (PyPI)"
+  rm -rf "$PYENV"
+  python3 -m venv "$PYENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$PYENV/bin/pip" install --quiet --disable-pip-version-check -r "$S3_REQUIREMENTS" \
+    || die "pip install of $S3_REQUIREMENTS failed"
+  printf '%s' "$stamp" >"$PYENV/.complete"
+}
+
+s3_pid_alive() { [ -f "$S3_PID" ] && kill -0 "$(cat "$S3_PID")" 2>/dev/null; }
+
+start_s3() {
+  python_setup
+  mkdir -p "$S3_HOME"
+  if s3_pid_alive; then
+    kill -CONT "$(cat "$S3_PID")" 2>/dev/null || true
+  else
+    port_open "$S3_PORT" && die "port $S3_PORT is taken by another process; set S3_PORT"
+    log "starting moto_server on localhost:$S3_PORT"
+    setsid "$PYENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$S3_HOME/moto.log" 2>&1 </dev/null &
+    echo $! >"$S3_PID"
+  fi
+  local i
+  for i in $(seq 1 60); do
+    port_open "$S3_PORT" && { log "S3 ready: http://localhost:$S3_PORT"; return 0; }
+    s3_pid_alive || die "moto_server exited; see $S3_HOME/moto.log"
+    sleep 0.5
+  done
+  die "moto_server did not open port $S3_PORT in 30 s; see $S3_HOME/moto.log"
+}
+
+stop_s3() {
+  if s3_pid_alive; then
+    log "freezing moto_server (pid $(cat "$S3_PID")); start-s3 thaws it"
+    kill -STOP "$(cat "$S3_PID")"
+  else
+    log "S3 not running"
+  fi
+}
+
+down_s3() {
+  if s3_pid_alive; then
+    local pid
+    pid="$(cat "$S3_PID")"
+    log "stopping moto_server (pid $pid)"
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  rm -f "$S3_PID"
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -390,12 +458,16 @@ print_env() {
   printf 'export ETL_TEST_TLS_OTHER_CA=%s\n' "$TLS/other-ca.pem"
   printf 'export ETL_TEST_KAFKA_SCRAM_USER=%s\n' "$SCRAM_USER"
   printf 'export ETL_TEST_KAFKA_SCRAM_PASSWORD_FILE=%s\n' "$TLS/scram-password"
+  # For the object-storage tests: moto's endpoint and the independent reader.
+  printf 'export ETL_TEST_S3_ENDPOINT=http://localhost:%s\n' "$S3_PORT"
+  printf 'export ETL_TEST_PYTHON=%s\n' "$PYENV/bin/python"
 }
 
 status() {
   local rc=0
   if pg_running; then log "postgres: running on localhost:$PG_PORT"; else log "postgres: not running"; rc=3; fi
   if kafka_pid_alive; then log "kafka: running on localhost:$KAFKA_PORT (pid $(cat "$KAFKA_PID"))"; else log "kafka: not running"; rc=3; fi
+  if s3_pid_alive; then log "s3: running on localhost:$S3_PORT (pid $(cat "$S3_PID"))"; else log "s3: not running"; rc=3; fi
   return "$rc"
 }
 
@@ -405,9 +477,11 @@ case "$cmd" in
     mkdir -p "$STATE"
     start_postgres
     start_kafka
+    start_s3
     print_env
     ;;
   down)
+    down_s3
     stop_kafka
     stop_postgres
     ;;
@@ -417,8 +491,10 @@ case "$cmd" in
   stop-kafka) stop_kafka ;;
   start-postgres) mkdir -p "$STATE"; start_postgres ;;
   stop-postgres) stop_postgres ;;
+  start-s3) mkdir -p "$STATE"; start_s3 ;;
+  stop-s3) stop_s3 ;;
   *)
-    echo "usage: $0 up|down|status|env|start-kafka|stop-kafka|start-postgres|stop-postgres" >&2
+    echo "usage: $0 up|down|status|env|start-kafka|stop-kafka|start-postgres|stop-postgres|start-s3|stop-s3" >&2
     exit 2
     ;;
 esac

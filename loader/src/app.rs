@@ -7,8 +7,7 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::sink::parquet::ParquetSink;
-use crate::sink::{self, Sinks};
+use crate::sink::{self, Rolls, Sinks};
 use etl_common::config::redact_url;
 use etl_common::status::{self, Readiness};
 use rdkafka::consumer::Consumer;
@@ -66,9 +65,13 @@ impl Application {
         }
         let url = config.db.url()?;
         let pool = sink::lazy_pool(url.expose(), config.db.max_connections)?;
-        let parquet = ParquetSink::new(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("DATA_DIR={}: {e}", config.data_dir.display()))?;
-        let sinks = Sinks::new(pool, parquet);
+        let store = config.parquet.store(&config.data_dir)?;
+        store
+            .prepare()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", store.describe()))?;
+        let parquet_url = store.describe();
+        let rolls = Rolls::new(pool.clone(), store, config.parquet.policy());
+        let sinks = Sinks::new(pool, rolls);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
 
         let consumer = consumer::create(&config, range.is_some(), &metrics, &readiness)?;
@@ -96,7 +99,7 @@ impl Application {
             dlq = %config.dlq_topic,
             brokers = %config.kafka.brokers,
             database = %redact_url(url.expose()),
-            data_dir = %config.data_dir.display(),
+            parquet = %parquet_url,
             status = %status_addr,
             "loader starting"
         );

@@ -195,7 +195,8 @@ pub struct RunConfig {
     /// is written at once, a backlog still fills whole batches.
     #[arg(long = "batch-linger", env = "BATCH_LINGER", value_name = "BATCH_LINGER", default_value = "50ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
-    /// Root of the Parquet datasets (`raw/`, `processed/`, `_staging/`).
+    /// Root of the Parquet datasets (`raw/`, `processed/`, `_staging/`) when `PARQUET_URL` is
+    /// not set.
     #[arg(
         long = "data-dir",
         env = "DATA_DIR",
@@ -203,6 +204,9 @@ pub struct RunConfig {
         default_value = "data"
     )]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub parquet: ParquetArgs,
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = etl_common::contract::MAX_PAYLOAD_BYTES)]
     pub max_record_bytes: usize,
@@ -292,6 +296,7 @@ impl RunConfig {
         if self.max_record_bytes == 0 {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
         }
+        self.parquet.url(&self.data_dir)?;
         Ok(())
     }
 
@@ -332,10 +337,124 @@ impl RunConfig {
             "1s",
             "--loader-recovery-interval",
             "2s",
+            "--parquet-roll-interval",
+            "0s",
         ])?;
         match cli.command {
             Command::Run(c) => Ok(*c),
             _ => anyhow::bail!("unreachable: parsed `run`"),
+        }
+    }
+}
+
+/// Where Parquet goes and how files roll.
+#[derive(Debug, Clone, Args)]
+pub struct ParquetArgs {
+    /// Where Parquet goes: `file:///path`, `s3://bucket/prefix` (AWS and S3-compatible stores),
+    /// `gs://bucket/prefix` or `az://container/prefix`. Default: `DATA_DIR`. Bucket clients read
+    /// the standard `AWS_*`, `GOOGLE_*` and `AZURE_*` variables.
+    #[arg(long = "parquet-url", env = "PARQUET_URL", value_name = "PARQUET_URL")]
+    pub parquet_url: Option<String>,
+    /// A Parquet file closes at this many bytes of input (payload JSON; the Snappy file is a
+    /// few times smaller). It is built in memory and sent in one PUT, hence the 1 GiB cap.
+    #[arg(long = "parquet-roll-max-bytes", env = "PARQUET_ROLL_MAX_BYTES", value_name = "PARQUET_ROLL_MAX_BYTES", default_value_t = 128 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub roll_max_bytes: u64,
+    /// ...or once its oldest record has waited this long (0s: after every batch).
+    #[arg(long = "parquet-roll-interval", env = "PARQUET_ROLL_INTERVAL", value_name = "PARQUET_ROLL_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub roll_interval: Duration,
+    /// A file holding `AWS_SECRET_ACCESS_KEY` (a mounted secret).
+    #[arg(
+        long = "aws-secret-access-key-file",
+        env = "AWS_SECRET_ACCESS_KEY_FILE",
+        value_name = "AWS_SECRET_ACCESS_KEY_FILE"
+    )]
+    pub aws_secret_access_key_file: Option<PathBuf>,
+    /// A file holding `AWS_SESSION_TOKEN`.
+    #[arg(
+        long = "aws-session-token-file",
+        env = "AWS_SESSION_TOKEN_FILE",
+        value_name = "AWS_SESSION_TOKEN_FILE"
+    )]
+    pub aws_session_token_file: Option<PathBuf>,
+    /// A file holding `AZURE_STORAGE_ACCOUNT_KEY`.
+    #[arg(
+        long = "azure-storage-account-key-file",
+        env = "AZURE_STORAGE_ACCOUNT_KEY_FILE",
+        value_name = "AZURE_STORAGE_ACCOUNT_KEY_FILE"
+    )]
+    pub azure_storage_account_key_file: Option<PathBuf>,
+    /// Store settings that override the environment, as (variable, value): for a program that
+    /// embeds the loader (and the tests) rather than setting process variables.
+    #[arg(skip)]
+    pub store_settings: Vec<(String, String)>,
+}
+
+impl ParquetArgs {
+    /// `PARQUET_URL`, or `DATA_DIR` as a `file://` URL.
+    pub fn url(&self, data_dir: &std::path::Path) -> anyhow::Result<url::Url> {
+        match &self.parquet_url {
+            Some(raw) => {
+                let url = url::Url::parse(raw).map_err(|e| {
+                    anyhow::anyhow!(
+                        "PARQUET_URL={}: not a URL ({e})",
+                        etl_common::config::redact_url(raw)
+                    )
+                })?;
+                if url.password().is_some() || url.query().is_some() {
+                    anyhow::bail!(
+                        "PARQUET_URL must not carry credentials or options; use the store's variables (AWS_*, GOOGLE_*, AZURE_*)"
+                    );
+                }
+                match url.scheme() {
+                    "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" => {}
+                    other => anyhow::bail!(
+                        "PARQUET_URL: unsupported scheme {other}:// (file, s3, gs or az)"
+                    ),
+                }
+                if url.scheme() != "file" && url.host_str().unwrap_or_default().is_empty() {
+                    anyhow::bail!("PARQUET_URL={url}: no bucket");
+                }
+                Ok(url)
+            }
+            None => {
+                let dir = std::path::absolute(data_dir)
+                    .map_err(|e| anyhow::anyhow!("DATA_DIR={}: {e}", data_dir.display()))?;
+                url::Url::from_directory_path(&dir).map_err(|()| {
+                    anyhow::anyhow!("DATA_DIR={}: not a usable path", data_dir.display())
+                })
+            }
+        }
+    }
+
+    /// The store, with `_FILE` secrets read.
+    pub fn store(&self, data_dir: &std::path::Path) -> anyhow::Result<crate::sink::store::Store> {
+        let url = self.url(data_dir)?;
+        let mut settings = Vec::new();
+        for (var, file) in [
+            ("AWS_SECRET_ACCESS_KEY", &self.aws_secret_access_key_file),
+            ("AWS_SESSION_TOKEN", &self.aws_session_token_file),
+            (
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                &self.azure_storage_account_key_file,
+            ),
+        ] {
+            let plain = std::env::var(var).ok().map(Secret::new);
+            if plain.is_none()
+                && let Some(secret) = secret_from(None, file.as_ref(), var)?
+            {
+                settings.push((var.to_string(), secret.expose().to_string()));
+            }
+        }
+        settings.extend(self.store_settings.iter().cloned());
+        crate::sink::store::Store::from_url(&url, &settings)
+            .map_err(|e| anyhow::anyhow!("PARQUET_URL={url}: {e:#}"))
+    }
+
+    /// The roll policy.
+    pub fn policy(&self) -> crate::sink::RollPolicy {
+        crate::sink::RollPolicy {
+            max_bytes: self.roll_max_bytes,
+            interval: self.roll_interval,
         }
     }
 }
@@ -377,6 +496,9 @@ mod tests {
         assert_eq!(c.batch_max_age, Duration::from_secs(5));
         assert_eq!(c.batch_linger, Duration::from_millis(50));
         assert_eq!(c.batch_max_bytes, 8 << 20);
+        assert_eq!(c.parquet.roll_max_bytes, 128 << 20);
+        assert_eq!(c.parquet.roll_interval, Duration::from_secs(600));
+        assert_eq!(c.parquet.url(&c.data_dir).unwrap().scheme(), "file");
         c.validate().unwrap();
     }
 
@@ -393,9 +515,27 @@ mod tests {
                 "big",
                 "LOADER_MAX_RECORD_BYTES",
             ),
+            ("--parquet-roll-max-bytes", "0", "PARQUET_ROLL_MAX_BYTES"),
+            (
+                "--parquet-roll-max-bytes",
+                "2147483648",
+                "PARQUET_ROLL_MAX_BYTES",
+            ),
+            ("--parquet-roll-interval", "soon", "PARQUET_ROLL_INTERVAL"),
         ] {
             let err = run(&[flag, bad]).unwrap_err().to_string();
             assert!(err.contains(var), "{flag}={bad}: {err}");
+        }
+        for url in [
+            "ftp://host/x",
+            "s3:///no-bucket",
+            "s3://b/p?secret=1",
+            "not a url",
+        ] {
+            let c = run(&["--parquet-url", url]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("PARQUET_URL"), "{url}: {err}");
+            assert!(!err.contains("secret=1"), "{url}: {err}");
         }
         let c = run(&["--kafka-dlq-topic", "randomuser.raw"]).unwrap();
         assert!(
@@ -427,6 +567,10 @@ mod tests {
             "BATCH_LINGER",
             "BATCH_MAX_BYTES",
             "DATA_DIR",
+            "PARQUET_URL",
+            "PARQUET_ROLL_MAX_BYTES",
+            "PARQUET_ROLL_INTERVAL",
+            "AWS_SECRET_ACCESS_KEY_FILE",
             "METRICS_ADDR",
             "LOG_DIR",
             "LOADER_SKIP_MIGRATIONS",

@@ -1,10 +1,12 @@
 //! The loader: consume raw randomuser responses from Kafka and load them into PostgreSQL and
-//! Parquet, effectively once, committing offsets only after both sinks hold the batch.
+//! Parquet, effectively once: offsets are committed once a batch is in PostgreSQL, whose ledger
+//! then holds its records until they are rolled into Parquet files of a useful size.
 //!
 //! - [`config`]: `loader run` / `loader migrate`, typed and validated.
 //! - [`batch`]: gathering records by count and age; decoding into loadable vs poison.
 //! - [`transform`]: the pure 1.4-response → user-rows function.
-//! - [`sink`]: PostgreSQL + Parquet behind one ledgered write; start-up recovery.
+//! - [`sink`]: the PostgreSQL write, the Parquet rolls and ledger, the stores (local or bucket).
+//! - [`roller`]: the task that rolls due Parquet files and sweeps unpublished ones.
 //! - [`consumer`]: client settings, rebalance callbacks as ordered events, the offset commit.
 //! - [`dlq`]: the dead-letter topic.
 //! - [`app`]: builds the clients and the status endpoint and runs the pipeline, bounded on shutdown.
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
 pub mod replay;
+pub mod roller;
 pub mod sink;
 pub mod transform;
 

@@ -37,6 +37,14 @@ pub struct Metrics {
     pub data_dir_available: IntGauge,
     /// Size of the `DATA_DIR` filesystem.
     pub data_dir_capacity: IntGauge,
+    /// Bytes written, by sink (PostgreSQL: payload bytes of new records; Parquet: file bytes).
+    pub sink_bytes: IntCounterVec,
+    /// Parquet files written (created or rewritten) and marked published.
+    pub parquet_files: IntCounter,
+    /// Payload bytes in PostgreSQL waiting for a Parquet roll, on this replica's partitions.
+    pub parquet_waiting_bytes: IntGauge,
+    /// How long the oldest record waiting for a roll has waited (on this replica's partitions).
+    pub parquet_waiting_age: IntGauge,
 }
 
 impl Metrics {
@@ -124,8 +132,28 @@ impl Metrics {
             "etl_loader_data_dir_capacity_bytes",
             "Size of the DATA_DIR filesystem in bytes",
         )?;
+        let sink_bytes = IntCounterVec::new(
+            Opts::new("etl_loader_sink_bytes_total", "Bytes written per sink"),
+            &["sink"],
+        )?;
+        let parquet_files = IntCounter::new(
+            "etl_loader_parquet_files_written_total",
+            "Parquet files written and published",
+        )?;
+        let parquet_waiting_bytes = IntGauge::new(
+            "etl_loader_parquet_waiting_bytes",
+            "Payload bytes loaded into PostgreSQL and waiting for a Parquet roll (not Kafka backlog)",
+        )?;
+        let parquet_waiting_age = IntGauge::new(
+            "etl_loader_parquet_waiting_age_seconds",
+            "Age of the oldest record waiting for a Parquet roll",
+        )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sink_bytes.clone()),
+            Box::new(parquet_files.clone()),
+            Box::new(parquet_waiting_bytes.clone()),
+            Box::new(parquet_waiting_age.clone()),
             Box::new(data_dir_available.clone()),
             Box::new(data_dir_capacity.clone()),
             Box::new(consumed.clone()),
@@ -158,6 +186,10 @@ impl Metrics {
             assigned_partitions,
             data_dir_available,
             data_dir_capacity,
+            sink_bytes,
+            parquet_files,
+            parquet_waiting_bytes,
+            parquet_waiting_age,
         })
     }
 }

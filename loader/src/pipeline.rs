@@ -1,6 +1,8 @@
 //! The loader's data path: consume → batch (count or age) → decode → dead-letter the poison →
-//! write both sinks → commit offsets. Offsets are committed last, so a crash anywhere
-//! re-delivers the batch and the sinks' natural keys absorb it.
+//! write PostgreSQL → commit offsets → roll the Parquet files that are due. Offsets are
+//! committed once the batch is in PostgreSQL, so a crash before re-delivers the batch and the
+//! natural keys absorb it; records waiting for a Parquet roll are held by PostgreSQL's ledger,
+//! not by uncommitted offsets (see [`crate::sink::roll`]).
 //!
 //! Rebalances: librdkafka runs the rebalance callbacks during our poll, never during a flush, so
 //! a batch being written is finished and committed first. The callbacks queue ordered events
@@ -15,6 +17,7 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
 use crate::migrate;
+use crate::roller::Roller;
 use crate::sink::{self, SinkError, Sinks};
 use etl_common::backoff::Backoff;
 use etl_common::status::Readiness;
@@ -68,18 +71,25 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads until shutdown (or, for a backfill, the end of its range).
     pub async fn run(&mut self) -> anyhow::Result<()> {
-        if !self.prepare_database().await {
+        let roller = Roller::new(
+            self.sinks.clone(),
+            self.consumer.clone(),
+            self.metrics.clone(),
+            self.readiness.clone(),
+            (self.config.backoff_base, self.config.backoff_max),
+            self.config.recovery_interval,
+        );
+        if !self.prepare_database(&roller).await {
             return Ok(());
         }
+        let stop_roller = self.shutdown.child_token();
+        let mut rolling = AbortOnDrop(tokio::spawn(roller.clone().run(stop_roller.clone())));
         let mut batch = Batch::default();
         let max_records = self.config.batch_max_records as usize;
         let max_bytes = usize::try_from(self.config.batch_max_bytes).unwrap_or(usize::MAX);
         let max_age = self.config.batch_max_age;
         let linger = self.config.batch_linger;
         let consumer = self.consumer.clone();
-        let mut sweep = tokio::time::interval(self.config.recovery_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.tick().await; // the first tick is immediate; recovery just ran
         let mut disk = tokio::time::interval(DISK_INTERVAL);
         disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = Progress::new(self.range.as_ref().map_or(0, Range::total));
@@ -97,16 +107,10 @@ impl Pipeline {
                     false
                 }
                 _ = disk.tick() => {
-                    if let Err(e) = self.metrics.observe_data_dir(&self.config.data_dir) {
+                    if let Some(root) = self.sinks.rolls().store().local_root()
+                        && let Err(e) = self.metrics.observe_data_dir(root)
+                    {
                         tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
-                    }
-                    false
-                }
-                _ = sweep.tick() => {
-                    match self.sinks.recover().await {
-                        Ok(r) if r.finished + r.removed + r.rebuilt + r.missing > 0 => tracing::info!(report = ?r, "Parquet staging swept"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "Parquet staging sweep failed; will retry"),
                     }
                     false
                 }
@@ -143,17 +147,35 @@ impl Pipeline {
                 },
             };
             self.apply_rebalances(&mut batch);
-            if (flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes)
-                && let Err(Abandoned::Shutdown) = self.flush(batch.take()).await
-            {
-                break;
+            if flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes {
+                if let Err(Abandoned::Shutdown) = self.flush(batch.take()).await {
+                    break;
+                }
+                roller.wake();
             }
             if self.range_done() && batch.is_empty() {
                 progress.finish();
                 tracing::info!(records = self.summary.consumed, "backfill range complete");
-                break;
+                stop_roller.cancel();
+                rolling.finish().await;
+                // The backfill is done when its files are: wait the store out.
+                let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+                loop {
+                    match roller.close().await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in = ?delay, "cannot write the backfill's Parquet files yet; retrying");
+                            if !self.sleep(delay).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
             }
         }
+        stop_roller.cancel();
+        rolling.finish().await;
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
         self.apply_rebalances(&mut batch);
         if !batch.is_empty() {
@@ -168,6 +190,11 @@ impl Pipeline {
                 }
             }
         }
+        // Close the open rolls, once: if the store is out they wait in PostgreSQL for the next
+        // owner of their partitions.
+        if let Err(e) = roller.close().await {
+            tracing::warn!(error = %e, "open Parquet rolls left in PostgreSQL for the partitions' next owner");
+        }
         Ok(())
     }
 
@@ -178,7 +205,7 @@ impl Pipeline {
 
     /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
     /// False when shutdown came first.
-    async fn prepare_database(&mut self) -> bool {
+    async fn prepare_database(&mut self, roller: &Roller) -> bool {
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         loop {
             let attempt = async {
@@ -194,14 +221,7 @@ impl Pipeline {
                     migrate::apply(self.sinks.pool()).await?;
                 }
                 let report = self.sinks.recover().await?;
-                if report.finished + report.removed + report.rebuilt + report.missing > 0 {
-                    tracing::info!(?report, "Parquet staging recovered");
-                }
-                if report.deferred {
-                    tracing::info!(
-                        "another replica is writing; unregistered staged files are left for the periodic sweep"
-                    );
-                }
+                roller.count(&report, "Parquet files recovered");
                 anyhow::Ok(())
             };
             match attempt.await {
@@ -288,13 +308,9 @@ impl Pipeline {
             .with_label_values(&["postgres", "processed_data"])
             .inc_by(outcome.users_written);
         self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "raw"])
-            .inc_by(outcome.new_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "processed"])
-            .inc_by(outcome.users_written);
+            .sink_bytes
+            .with_label_values(&["postgres"])
+            .inc_by(outcome.bytes_written);
         self.metrics.batch_records.observe(n as f64);
         self.metrics
             .batch_seconds
@@ -311,7 +327,7 @@ impl Pipeline {
             dead_lettered = poison.len(),
             users = outcome.users_written,
             reprocessed = outcome.reprocessed_records,
-            files = outcome.files_published,
+            files_rewritten = outcome.files_rewritten,
             ms = started.elapsed().as_millis() as u64,
             "batch committed"
         );
@@ -408,13 +424,7 @@ impl Pipeline {
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
         loop {
-            let attempt = async {
-                if failed_before {
-                    // A failure may have left committed-but-unmoved files: finish them first.
-                    self.sinks.recover().await?;
-                }
-                self.sinks.write_with(records, self.config.reprocess).await
-            };
+            let attempt = async { self.sinks.write_with(records, self.config.reprocess).await };
             match attempt.await {
                 Ok(outcome) => {
                     if failed_before {
@@ -486,6 +496,26 @@ fn original_source(record: &LoadRecord) -> batch::SourceRecord {
     let mut source = record.source.clone();
     source.payload = Some(record.original().to_vec());
     source
+}
+
+/// A task that is aborted if its owner is dropped (the shutdown grace ran out mid-run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task to end (after its stop token is cancelled).
+    async fn finish(&mut self) {
+        if let Err(e) = (&mut self.0).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

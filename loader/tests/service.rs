@@ -332,8 +332,9 @@ async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
     let group = unique("g");
     let mut config = loader_config(&db, &topic, &group, data.path());
     config.shutdown_grace = Duration::from_secs(1);
-    // No staging sweep while the database hangs: the write must be what hangs.
+    // No Parquet sweep or roll check while the database hangs: the write must be what hangs.
     config.recovery_interval = Duration::from_secs(3600);
+    config.parquet.roll_interval = Duration::from_secs(3600);
     let loader = RunningLoader::start(config).await;
     eventually(
         Duration::from_secs(60),

@@ -1,12 +1,13 @@
-//! The ledgered write and start-up recovery against a real PostgreSQL: the crash windows of the
-//! Parquet protocol, reproduced by leaving the data directory as a crash would.
+//! The batch write, the Parquet rolls and recovery against a real PostgreSQL: the crash
+//! windows of the roll protocol, reproduced by leaving the ledger and the store as a crash would.
 
 mod support;
 
 use chrono::Utc;
 use loader::batch::{SourceRecord, decode};
-use loader::sink::Sinks;
-use loader::sink::parquet::ParquetSink;
+use loader::sink::store::Store;
+use loader::sink::{Cut, RollPolicy, Rolls, Sinks};
+use std::time::Duration;
 use support::*;
 
 fn records(topic: &str, offsets: std::ops::Range<i64>) -> Vec<loader::batch::LoadRecord> {
@@ -27,13 +28,37 @@ fn records(topic: &str, offsets: std::ops::Range<i64>) -> Vec<loader::batch::Loa
     good
 }
 
+/// Rolls into `dir`, closing files at `max_bytes` of input; nothing is due by age.
+fn rolls(pool: &sqlx::PgPool, dir: &std::path::Path, max_bytes: u64) -> Rolls {
+    let store = Store::Local(dir.to_path_buf());
+    store.prepare().unwrap();
+    Rolls::new(
+        pool.clone(),
+        store,
+        RollPolicy {
+            max_bytes,
+            interval: Duration::from_secs(3600),
+        },
+    )
+}
+
 async fn sinks(db: &TestDb, dir: &std::path::Path) -> Sinks {
     loader::migrate::apply(&db.pool).await.unwrap();
-    Sinks::new(db.pool.clone(), ParquetSink::new(dir).unwrap())
+    Sinks::new(db.pool.clone(), rolls(&db.pool, dir, 128 << 20))
+}
+
+/// The processed Parquet rows under `dir`.
+fn processed_rows(dir: &std::path::Path) -> usize {
+    parquet_rows(&dir.join("processed"), &["raw_id"]).len()
+}
+
+async fn waiting(db: &TestDb) -> i64 {
+    db.count("SELECT count(*) FROM raw_data WHERE parquet_pending")
+        .await
 }
 
 #[tokio::test]
-async fn a_batch_written_twice_is_written_once() {
+async fn a_batch_written_twice_is_rolled_once() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let s = sinks(&db, dir.path()).await;
@@ -47,7 +72,8 @@ async fn a_batch_written_twice_is_written_once() {
         ),
         (3, 0, 333)
     );
-    assert_eq!(first.files_published, 2);
+    assert!(parquet_files(dir.path()).is_empty(), "nothing rolled yet");
+    assert_eq!(waiting(&db).await, 3);
     // Overlapping re-delivery: offsets 1..4, of which only 3 is new.
     let second = s.write(&records("t", 1..4)).await.unwrap();
     assert_eq!(
@@ -59,38 +85,23 @@ async fn a_batch_written_twice_is_written_once() {
         (1, 2, 111)
     );
     assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 444);
+    let report = s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    assert_eq!((report.claimed, report.written), (2, 2));
+    assert_eq!((report.raw_rows, report.processed_rows), (4, 444));
+    assert_eq!(processed_rows(dir.path()), 444);
     assert_eq!(
-        parquet_rows(&dir.path().join("processed"), &["raw_id"]).len(),
-        444
+        parquet_files(dir.path()).len(),
+        2,
+        "one raw and one processed file"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")
-            .await,
-        4
-    );
-    // The second write was speculative (the first was all new) and met duplicates: offset 3's
-    // files hold it alone, and its row names them, not the discarded speculative ones.
-    let (first, last): (i64, i64) = sqlx::query_as(
-        "SELECT f.first_offset, f.last_offset FROM raw_data r JOIN parquet_files f ON f.path = r.processed_file WHERE r.kafka_offset = 3",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!((first, last), (3, 3));
-    // All duplicates, then new records again: the careful order, then back to speculation.
+    assert_eq!(waiting(&db).await, 0);
+    // Everything again: loaded before, so written nowhere, and nothing new to roll.
     let third = s.write(&records("t", 0..4)).await.unwrap();
-    assert_eq!(
-        (
-            third.new_records,
-            third.duplicate_records,
-            third.files_published
-        ),
-        (0, 4, 0)
-    );
-    let fourth = s.write(&records("t", 4..6)).await.unwrap();
-    assert_eq!((fourth.new_records, fourth.files_published), (2, 2));
-    let fifth = s.write(&records("t", 6..7)).await.unwrap();
-    assert_eq!((fifth.new_records, fifth.files_published), (1, 2));
+    assert_eq!((third.new_records, third.duplicate_records), (0, 4));
+    let again = s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    assert_eq!((again.claimed, again.written), (0, 0));
+    s.write(&records("t", 4..7)).await.unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
     assert_eq!(
         db.count(
             "SELECT count(*) FROM raw_data r WHERE NOT EXISTS (SELECT 1 FROM parquet_files f WHERE f.path = r.raw_file AND f.state = 'published' AND f.dataset = 'raw' AND r.kafka_offset BETWEEN f.first_offset AND f.last_offset)
@@ -101,9 +112,12 @@ async fn a_batch_written_twice_is_written_once() {
         "every raw row names the published files that hold it"
     );
     assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 777);
+    assert_eq!(processed_rows(dir.path()), 777);
     assert_eq!(
-        parquet_rows(&dir.path().join("processed"), &["raw_id"]).len(),
-        777
+        db.count("SELECT count(*) FROM raw_data WHERE payload_text IS NOT NULL")
+            .await,
+        0,
+        "the exact payload is kept only until its raw file is published"
     );
     assert_eq!(
         std::fs::read_dir(dir.path().join("_staging"))
@@ -133,51 +147,255 @@ async fn a_batch_written_twice_is_written_once() {
     db.drop_db().await;
 }
 
+/// Files close at the roll size; a part-filled file waits for more (or for the interval).
 #[tokio::test]
-async fn recovery_finishes_committed_files_and_removes_uncommitted_ones() {
+async fn files_roll_at_their_size_and_the_rest_waits() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let batch = records("t", 0..5);
+    let size = batch[0].payload_text.len() as u64;
+    let s = Sinks::new(db.pool.clone(), rolls(&db.pool, dir.path(), size * 2));
+    s.write(&batch).await.unwrap();
+    let w = s.rolls().waiting().await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].records, w[0].bytes as u64), (5, size * 5));
+    let policy = s.rolls().policy();
+    assert_eq!(policy.due(&w[0], Utc::now()), Some(Cut::Full));
+    let report = s.rolls().roll("t", 0, Cut::Full).await.unwrap();
+    assert_eq!(
+        report.written, 4,
+        "two files of two records, raw and processed"
+    );
+    assert_eq!(waiting(&db).await, 1, "the fifth waits for a full file");
+    let spans: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT first_offset, last_offset FROM parquet_files WHERE dataset = 'raw' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(spans, vec![(0, 1), (2, 3)]);
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    assert_eq!(waiting(&db).await, 0);
+    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 5);
+    db.drop_db().await;
+}
+
+/// A roll that claimed its files and died before writing them (here: the store refused) leaves
+/// them pending; recovery writes them from the rows that name them, under the same names.
+#[tokio::test]
+async fn a_claimed_roll_that_died_is_written_by_recovery() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let not_a_dir = dir.path().join("not-a-directory");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let broken = Rolls::new(
+        db.pool.clone(),
+        Store::Local(not_a_dir),
+        RollPolicy {
+            max_bytes: 1 << 30,
+            interval: Duration::ZERO,
+        },
+    );
+    let s = Sinks::new(db.pool.clone(), broken);
+    s.write(&records("t", 0..2)).await.unwrap();
+    let err = s.rolls().roll("t", 0, Cut::All).await.unwrap_err();
+    assert_eq!(err.sink(), "parquet", "{err}");
+    let pending: Vec<String> =
+        sqlx::query_scalar("SELECT path FROM parquet_files WHERE state = 'pending' ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending.len(), 2, "claimed, not written");
+    assert_eq!(
+        waiting(&db).await,
+        0,
+        "the records belong to the claimed files"
+    );
+    let s = sinks(&db, dir.path()).await;
+    let report = s.recover().await.unwrap();
+    assert_eq!((report.written, report.missing), (2, 0));
+    assert_eq!(processed_rows(dir.path()), 222);
+    let mut written: Vec<String> = parquet_files(dir.path())
+        .iter()
+        .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+        .collect();
+    written.sort();
+    assert_eq!(written, pending, "the names the claim fixed");
+    db.drop_db().await;
+}
+
+/// An object already under a pending file's name is from a write a crash interrupted after the
+/// store took it (whole: kept) or from something else (torn or other rows: replaced).
+#[tokio::test]
+async fn an_object_from_before_a_crash_is_kept_if_whole_and_replaced_if_not() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let s = sinks(&db, dir.path()).await;
     s.write(&records("t", 0..2)).await.unwrap();
-
-    // Crash after commit, before the move: the ledger says staged, the file sits in staging.
-    let published: Vec<(String, String)> =
-        sqlx::query_as("SELECT path, staged_path FROM parquet_files WHERE dataset = 'processed'")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let (final_rel, staged_rel) = published[0].clone();
-    std::fs::rename(dir.path().join(&final_rel), dir.path().join(&staged_rel)).unwrap();
-    sqlx::query("UPDATE parquet_files SET state = 'staged', published_at = NULL WHERE path = $1")
-        .bind(&final_rel)
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let raw = parquet_files(&dir.path().join("raw")).remove(0);
+    let processed = parquet_files(&dir.path().join("processed")).remove(0);
+    let whole = std::fs::read(&raw).unwrap();
+    let modified = std::fs::metadata(&raw).unwrap().modified().unwrap();
+    std::fs::write(&processed, &whole[..whole.len() / 2]).unwrap();
+    sqlx::query("UPDATE parquet_files SET state = 'pending', published_at = NULL")
         .execute(&db.pool)
         .await
         .unwrap();
-    // Crash before commit: a staged file nobody registered.
-    std::fs::write(
-        dir.path().join("_staging/processed-orphan.parquet"),
-        b"half a file",
-    )
-    .unwrap();
-
     let report = s.recover().await.unwrap();
-    assert_eq!((report.finished, report.removed, report.missing), (1, 1, 0));
-    assert!(dir.path().join(&final_rel).exists());
-    assert!(parquet_files(&dir.path().join("_staging")).is_empty());
+    assert_eq!(report.written, 2);
     assert_eq!(
-        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+        std::fs::metadata(&raw).unwrap().modified().unwrap(),
+        modified,
+        "the whole object is kept as it was"
+    );
+    assert_eq!(processed_rows(dir.path()), 222, "the torn one is replaced");
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
             .await,
         0
     );
-    assert_eq!(
-        parquet_rows(&dir.path().join("processed"), &["raw_id"]).len(),
-        222
+    db.drop_db().await;
+}
+
+/// A loader of the previous version committed a batch (its files `staged`) and died before
+/// moving them into place: the new loader writes them from the rows, so a rolling upgrade
+/// loses nothing.
+#[tokio::test]
+async fn files_staged_by_the_previous_version_are_written_from_their_rows() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..2)).await.unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let before = parquet_rows(
+        &dir.path().join("processed"),
+        &["raw_id", "user_uuid", "email"],
     );
-    // Recovery is idempotent.
-    assert_eq!(
-        s.recover().await.unwrap(),
-        loader::sink::RecoveryReport::default()
+    for f in parquet_files(dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    std::fs::write(dir.path().join("_staging/processed-old.parquet"), b"old").unwrap();
+    sqlx::query("UPDATE parquet_files SET state = 'staged', staged_path = '_staging/processed-old.parquet', published_at = NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = s.recover().await.unwrap();
+    assert_eq!((report.written, report.missing), (2, 0));
+    let mut after = parquet_rows(
+        &dir.path().join("processed"),
+        &["raw_id", "user_uuid", "email"],
     );
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "the same users, under the same raw ids");
+    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
+    db.drop_db().await;
+}
+
+/// A replica that hangs while writing a file (a paused process) holds that file's lock: a sweep
+/// skips the file instead of waiting, batches go on, and once the writer is gone the sweep
+/// writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_never_waits_behind_a_hung_writer() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 10..11)).await.unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let path: String =
+        sqlx::query_scalar("SELECT path FROM parquet_files WHERE dataset = 'processed'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    std::fs::remove_file(dir.path().join(&path)).unwrap();
+    sqlx::query("UPDATE parquet_files SET state = 'pending' WHERE path = $1")
+        .bind(&path)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut hung = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(loader::sink::postgres::FILE_LOCK)
+        .bind(&path)
+        .execute(&mut *hung)
+        .await
+        .unwrap();
+    let sweep = tokio::time::timeout(Duration::from_secs(10), s.recover())
+        .await
+        .expect("the sweep does not wait for the lock")
+        .unwrap();
+    assert_eq!((sweep.busy, sweep.written), (1, 0));
+    let written = tokio::time::timeout(Duration::from_secs(10), s.write(&records("t", 0..1)))
+        .await
+        .expect("a batch is not held up by a hung writer")
+        .unwrap();
+    assert_eq!(written.new_records, 1);
+    hung.rollback().await.unwrap();
+    let after = s.recover().await.unwrap();
+    assert_eq!((after.busy, after.written), (0, 1));
+    assert!(dir.path().join(&path).exists());
+    db.drop_db().await;
+}
+
+/// With one connection in the pool, a roll and recovery must never wait for a second one while
+/// holding the first.
+#[tokio::test]
+async fn rolls_and_recovery_work_with_a_single_connection() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let pool = loader::sink::lazy_pool(&db.url, 1).unwrap();
+    let s = Sinks::new(pool.clone(), rolls(&pool, dir.path(), 1 << 20));
+    s.write(&records("t", 0..1)).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), s.rolls().roll("t", 0, Cut::All))
+        .await
+        .expect("the roll finishes")
+        .unwrap();
+    assert_eq!(report.written, 2);
+    sqlx::query("UPDATE parquet_files SET state = 'rewrite'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(30), s.recover())
+        .await
+        .expect("recovery finishes")
+        .unwrap();
+    assert_eq!(report.written, 2);
+    db.drop_db().await;
+}
+
+/// The connection drops right after the claim's COMMIT went out (the server committed; the
+/// loader cannot know): the claimed files are pending in the ledger and recovery writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_commit_outcome_is_unknown_is_finished_by_recovery() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let cutter = CommitCutter::start(&db.url).await;
+    let pool = loader::sink::lazy_pool(&cutter.url, 2).unwrap();
+    let s = Sinks::new(pool.clone(), rolls(&pool, dir.path(), 1 << 30));
+    s.write(&records("t", 0..2)).await.unwrap();
+    cutter.arm();
+    let err = s
+        .rolls()
+        .roll("t", 0, Cut::All)
+        .await
+        .expect_err("the COMMIT's answer never came");
+    assert!(!err.is_data_error(), "an outage, not poison: {err}");
+    assert_eq!(cutter.cuts(), 1);
+    assert_eq!(waiting(&db).await, 0, "the server committed the claim");
+    let report = s.recover().await.unwrap();
+    assert_eq!((report.written, report.missing), (2, 0));
+    // The re-delivered batch is all duplicates; nothing waits and nothing is written twice.
+    let again = s.write(&records("t", 0..2)).await.unwrap();
+    assert_eq!((again.new_records, again.duplicate_records), (0, 2));
+    assert_eq!(s.rolls().roll("t", 0, Cut::All).await.unwrap().written, 0);
+    assert_eq!(processed_rows(dir.path()), 222);
+    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
     db.drop_db().await;
 }
 
@@ -217,171 +435,5 @@ async fn migrate_check_reports_pending_then_up_to_date() {
     let changed = loader::migrate::problems(&db.pool).await.unwrap();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].contains("different contents"), "{changed:?}");
-    db.drop_db().await;
-}
-
-/// The processed Parquet rows under `dir`.
-fn processed_rows(dir: &std::path::Path) -> usize {
-    parquet_rows(&dir.join("processed"), &["raw_id"]).len()
-}
-
-/// The connection drops right after COMMIT went out (the server committed; the loader cannot
-/// know): the staged files must stay for recovery, which publishes them because the ledger
-/// names them. Deleting them, as before, left the ledger naming files that exist nowhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_whose_outcome_is_unknown_keeps_its_files_for_recovery() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    loader::migrate::apply(&db.pool).await.unwrap();
-    let cutter = CommitCutter::start(&db.url).await;
-    let pool = loader::sink::lazy_pool(&cutter.url, 2).unwrap();
-    let s = Sinks::new(pool, ParquetSink::new(dir.path()).unwrap());
-    cutter.arm();
-    let err = s
-        .write(&records("t", 0..2))
-        .await
-        .expect_err("the COMMIT's answer never came");
-    assert!(!err.is_data_error(), "an outage, not poison: {err}");
-    assert_eq!(cutter.cuts(), 1);
-    assert_eq!(
-        db.count("SELECT count(*) FROM raw_data").await,
-        2,
-        "the server committed"
-    );
-    let report = s.recover().await.unwrap();
-    assert_eq!((report.finished, report.missing), (2, 0));
-    // The re-delivered batch is all duplicates and writes no file; the files are complete.
-    let again = s.write(&records("t", 0..2)).await.unwrap();
-    assert_eq!((again.new_records, again.duplicate_records), (0, 2));
-    assert_eq!(processed_rows(dir.path()), 222);
-    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
-    db.drop_db().await;
-}
-
-/// A file the ledger registered but that is gone from both staging and its place is written
-/// again from the records raw_data says it holds.
-#[tokio::test]
-async fn recovery_rebuilds_a_registered_file_that_is_gone() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = sinks(&db, dir.path()).await;
-    s.write(&records("t", 0..2)).await.unwrap();
-    let before = parquet_rows(
-        &dir.path().join("processed"),
-        &["raw_id", "user_uuid", "email"],
-    );
-    for f in parquet_files(dir.path()) {
-        std::fs::remove_file(f).unwrap();
-    }
-    sqlx::query("UPDATE parquet_files SET state = 'staged', published_at = NULL")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let report = s.recover().await.unwrap();
-    assert_eq!((report.rebuilt, report.missing), (2, 0));
-    let mut after = parquet_rows(
-        &dir.path().join("processed"),
-        &["raw_id", "user_uuid", "email"],
-    );
-    let mut before = before;
-    before.sort();
-    after.sort();
-    assert_eq!(after, before, "the same users, under the same raw ids");
-    assert_eq!(parquet_rows(&dir.path().join("raw"), &["raw_id"]).len(), 2);
-    assert_eq!(
-        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
-            .await,
-        0
-    );
-    db.drop_db().await;
-}
-
-/// A batch that hangs inside its transaction (a paused replica) holds the shared ledger lock.
-/// A sweep that queued an exclusive request behind it would queue every later batch of every
-/// replica behind itself: the sweep only tries the lock, and batches go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sweep_never_waits_behind_a_hung_batch() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = sinks(&db, dir.path()).await;
-    let mut hung = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(loader::sink::postgres::LEDGER_LOCK)
-        .execute(&mut *hung)
-        .await
-        .unwrap();
-    // A committed file left in staging (its replica crashed before the move), and a staged
-    // file nobody registered (perhaps the hung batch's own).
-    s.write(&records("t", 10..11)).await.unwrap();
-    let (final_rel, staged_rel): (String, String) = sqlx::query_as(
-        "SELECT path, staged_path FROM parquet_files WHERE dataset = 'processed' LIMIT 1",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    std::fs::rename(dir.path().join(&final_rel), dir.path().join(&staged_rel)).unwrap();
-    sqlx::query("UPDATE parquet_files SET state = 'staged' WHERE path = $1")
-        .bind(&final_rel)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let unregistered = dir
-        .path()
-        .join("_staging/processed-maybe-the-hung-batch.parquet");
-    std::fs::write(&unregistered, b"not yet registered").unwrap();
-    let sweep = tokio::time::timeout(std::time::Duration::from_secs(10), s.recover())
-        .await
-        .expect("the sweep does not wait for the lock")
-        .unwrap();
-    assert!(
-        sweep.deferred,
-        "removing and rebuilding wait for the ledger"
-    );
-    assert_eq!(
-        (sweep.finished, sweep.removed),
-        (1, 0),
-        "a committed file is published anyway; an unregistered one is left alone"
-    );
-    assert!(dir.path().join(&final_rel).exists());
-    assert!(unregistered.exists());
-    let written = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        s.write(&records("t", 0..1)),
-    )
-    .await
-    .expect("a batch is not queued behind a sweep")
-    .unwrap();
-    assert_eq!(written.new_records, 1);
-    hung.rollback().await.unwrap();
-    let after = s.recover().await.unwrap();
-    assert!(!after.deferred);
-    assert_eq!(after.removed, 1, "once the ledger is free the orphan goes");
-    db.drop_db().await;
-}
-
-/// With one connection in the pool, recovery must not wait for a second one while it holds
-/// the first (it marked files published through the pool, and so waited on itself).
-#[tokio::test]
-async fn recovery_works_with_a_single_connection() {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    loader::migrate::apply(&db.pool).await.unwrap();
-    let pool = loader::sink::lazy_pool(&db.url, 1).unwrap();
-    let s = Sinks::new(pool, ParquetSink::new(dir.path()).unwrap());
-    s.write(&records("t", 0..1)).await.unwrap();
-    sqlx::query("UPDATE parquet_files SET state = 'staged', published_at = NULL")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let report = tokio::time::timeout(std::time::Duration::from_secs(30), s.recover())
-        .await
-        .expect("recovery finishes")
-        .unwrap();
-    assert_eq!(report.finished, 0);
-    assert_eq!(
-        db.count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
-            .await,
-        0
-    );
     db.drop_db().await;
 }

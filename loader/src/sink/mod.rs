@@ -1,34 +1,22 @@
-//! The two sinks behind one write, with PostgreSQL as the ledger that makes Parquet
-//! effectively-once:
-//!
-//! 1. begin; take the shared ledger lock;
-//! 2. insert raw rows, `ON CONFLICT DO NOTHING RETURNING` → which records are new;
-//! 3. insert the new records' processed rows;
-//! 4. write the new records' Parquet files to staging (fsynced) and register them as `staged`;
-//! 5. commit — rows and ledger entries become durable together;
-//! 6. rename the files into place, fsync, mark them `published`.
-//!
-//! In steady running every record of a batch is new, so 2–4 overlap: the rows are inserted
-//! already naming their files while the files are encoded. If the insert reports records that
-//! were loaded before (a replay), the speculative files are discarded, the new records' files
-//! written and linked, and the next batch takes the careful order until a batch is all new.
-//!
-//! A crash before 5 leaves unregistered staged files (removed by recovery) and no rows; a crash
-//! after 5 leaves registered staged files (moved into place by recovery). Either way a
-//! re-delivered record finds its raw row and writes nothing twice.
+//! The two sinks. A batch is one PostgreSQL transaction: raw rows (`ON CONFLICT DO NOTHING
+//! RETURNING` says which records are new), the new records' processed rows, and — with
+//! `--reprocess` — recomputed rows and their Parquet files marked for rewriting. The new records
+//! wait in `raw_data` for a Parquet roll ([`roll`]), which claims them into files of a useful
+//! size through the ledger and writes each file whole ([`store`]). A re-delivered record finds
+//! its raw row and is written nowhere twice.
 
 pub mod parquet;
 pub mod postgres;
+pub mod roll;
+pub mod store;
 
 use crate::batch::LoadRecord;
 use chrono::Utc;
-use parquet::{ParquetSink, StagedFile};
+pub use roll::{Cut, RollPolicy, RollReport, Rolls};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A record whose identity was loaded before with other bytes: written nowhere, for the DLQ.
@@ -53,8 +41,10 @@ pub struct WriteOutcome {
     pub duplicate_records: usize,
     /// `processed_data` rows inserted.
     pub users_written: u64,
-    /// Parquet files moved into place.
-    pub files_published: usize,
+    /// Payload bytes of the new records.
+    pub bytes_written: u64,
+    /// Parquet files rewritten (`--reprocess`).
+    pub files_rewritten: usize,
     /// Records recomputed by `--reprocess` (rows updated in place, files rewritten).
     pub reprocessed_records: usize,
     /// Records whose identity was loaded before with other bytes: poison for the caller.
@@ -67,26 +57,11 @@ impl WriteOutcome {
         self.new_records += other.new_records;
         self.duplicate_records += other.duplicate_records;
         self.users_written += other.users_written;
-        self.files_published += other.files_published;
+        self.bytes_written += other.bytes_written;
+        self.files_rewritten += other.files_rewritten;
         self.reprocessed_records += other.reprocessed_records;
         self.conflicts.extend(other.conflicts);
     }
-}
-
-/// What start-up recovery did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Registered staged files moved into place.
-    pub finished: usize,
-    /// Unregistered staged files removed.
-    pub removed: usize,
-    /// Registered files found neither staged nor in place, rebuilt from `raw_data`.
-    pub rebuilt: usize,
-    /// Registered files found neither staged nor in place that no record names.
-    pub missing: usize,
-    /// Another replica was mid-batch, so the parts that need the ledger to itself (removing
-    /// unregistered staged files, rebuilding lost ones) were left for the next sweep.
-    pub deferred: bool,
 }
 
 /// Where a write failed, so operators (and readiness) can tell which sink is out.
@@ -95,7 +70,7 @@ pub enum SinkError {
     /// PostgreSQL refused or is unreachable.
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
-    /// The data directory is unwritable, full or gone.
+    /// The Parquet store is unwritable, full, throttling or gone.
     #[error("Parquet: {0:#}")]
     Parquet(anyhow::Error),
 }
@@ -126,10 +101,7 @@ impl SinkError {
 #[derive(Debug, Clone)]
 pub struct Sinks {
     pool: PgPool,
-    parquet: ParquetSink,
-    /// Whether the last batch was all new records: if so the next one is written
-    /// speculatively (see [`Sinks::write_with`]); a replay falls back to the careful order.
-    all_new_last_time: Arc<AtomicBool>,
+    rolls: Rolls,
 }
 
 /// Server-side limits on every loader connection, so no session can hold the others up for
@@ -155,12 +127,8 @@ pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
 
 impl Sinks {
     /// Both sinks.
-    pub fn new(pool: PgPool, parquet: ParquetSink) -> Self {
-        Self {
-            pool,
-            parquet,
-            all_new_last_time: Arc::new(AtomicBool::new(true)),
-        }
+    pub fn new(pool: PgPool, rolls: Rolls) -> Self {
+        Self { pool, rolls }
     }
 
     /// The pool.
@@ -168,14 +136,19 @@ impl Sinks {
         &self.pool
     }
 
-    /// Writes a batch of decoded records to both sinks (see the module docs for the protocol).
+    /// The Parquet rolls.
+    pub fn rolls(&self) -> &Rolls {
+        &self.rolls
+    }
+
+    /// Writes a batch of decoded records (see the module docs).
     pub async fn write(&self, records: &[LoadRecord]) -> Result<WriteOutcome, SinkError> {
         self.write_with(records, false).await
     }
 
     /// As [`Sinks::write`]; with `reprocess`, records already loaded are transformed again:
     /// their processed rows are updated in place and every processed Parquet file holding them
-    /// is rewritten whole (all its records recomputed) and atomically replaced.
+    /// is rewritten whole (all its records recomputed) and replaced in one step.
     pub async fn write_with(
         &self,
         records: &[LoadRecord],
@@ -206,81 +179,14 @@ impl Sinks {
             }
         }
         let mut tx = self.pool.begin().await?;
-        postgres::lock_ledger_shared(&mut tx).await?;
-        let speculate = !reprocess && self.all_new_last_time.load(Ordering::Relaxed);
-        let (new_ids, users_written, mut staged, linked) = if speculate {
-            // Expect every record to be new, as in steady running: the rows carry their file
-            // names and the files are encoded while PostgreSQL inserts.
-            let plan = self.parquet.plan(&unique);
-            let links = postgres::links_of(&plan);
-            let rows = async {
-                let ids = postgres::insert_raw(&mut tx, &unique, now, &links).await?;
-                let users = if ids.len() == unique.len() {
-                    postgres::insert_processed(&mut tx, &unique, now).await?
-                } else {
-                    let fresh: Vec<&LoadRecord> = unique
-                        .iter()
-                        .copied()
-                        .filter(|r| ids.contains(&r.raw_id))
-                        .collect();
-                    postgres::insert_processed(&mut tx, &fresh, now).await?
-                };
-                Ok::<_, sqlx::Error>((ids, users))
-            };
-            let (rows, files) = tokio::join!(rows, self.parquet.write_plan(plan.clone(), &unique));
-            let (ids, users) = match rows {
-                Ok(v) => v,
-                Err(e) => {
-                    if let Ok(files) = &files {
-                        self.parquet.discard(files).await;
-                    }
-                    return Err(e.into());
-                }
-            };
-            let files = files.map_err(SinkError::Parquet)?;
-            crate::failpoint::hit("mid-batch");
-            if ids.len() == unique.len() {
-                (ids, users, files, true)
-            } else {
-                // Some were loaded before (re-delivery, replay): only the new ones get files.
-                self.parquet.discard(&files).await;
-                self.all_new_last_time.store(false, Ordering::Relaxed);
-                let fresh: Vec<&LoadRecord> = unique
-                    .iter()
-                    .copied()
-                    .filter(|r| ids.contains(&r.raw_id))
-                    .collect();
-                let files = if fresh.is_empty() {
-                    Vec::new()
-                } else {
-                    self.parquet
-                        .stage(&fresh)
-                        .await
-                        .map_err(SinkError::Parquet)?
-                };
-                (ids, users, files, false)
-            }
-        } else {
-            let ids = postgres::insert_raw(&mut tx, &unique, now, &HashMap::new()).await?;
-            let fresh: Vec<&LoadRecord> = unique
-                .iter()
-                .copied()
-                .filter(|r| ids.contains(&r.raw_id))
-                .collect();
-            let users = postgres::insert_processed(&mut tx, &fresh, now).await?;
-            crate::failpoint::hit("mid-batch");
-            let files = if fresh.is_empty() {
-                Vec::new()
-            } else {
-                self.parquet
-                    .stage(&fresh)
-                    .await
-                    .map_err(SinkError::Parquet)?
-            };
-            self.all_new_last_time
-                .store(fresh.len() == unique.len(), Ordering::Relaxed);
-            (ids, users, files, false)
-        };
+        let new_ids = postgres::insert_raw(&mut tx, &unique, now).await?;
+        let fresh: Vec<&LoadRecord> = unique
+            .iter()
+            .copied()
+            .filter(|r| new_ids.contains(&r.raw_id))
+            .collect();
+        let users_written = postgres::insert_processed(&mut tx, &fresh, now).await?;
+        crate::failpoint::hit("mid-batch");
         let known: Vec<&LoadRecord> = unique
             .iter()
             .copied()
@@ -288,13 +194,7 @@ impl Sinks {
             .collect();
         // Loaded before: the same bytes are a re-delivery, other bytes a conflict.
         let keys: Vec<&str> = known.iter().map(|r| r.record_key.as_str()).collect();
-        let loaded = match postgres::loaded_before(&mut tx, &keys).await {
-            Ok(l) => l,
-            Err(e) => {
-                self.parquet.discard(&staged).await;
-                return Err(e.into());
-            }
-        };
+        let loaded = postgres::loaded_before(&mut tx, &keys).await?;
         let mut again = Vec::with_capacity(known.len());
         for r in known {
             let before = loaded.get(&r.record_key);
@@ -308,72 +208,37 @@ impl Sinks {
                 _ => again.push((r, before.map_or(r.raw_id, |l| l.raw_id))),
             }
         }
-        let mut reprocessed = 0;
-        if reprocess && !again.is_empty() {
-            match self.reprocess(&mut tx, &again, now).await {
-                Ok((n, files)) => {
-                    reprocessed = n;
-                    staged.extend(files);
-                }
-                Err(e) => {
-                    self.parquet.discard(&staged).await;
-                    return Err(e);
-                }
-            }
-        }
-        let (new_files, rewritten): (Vec<StagedFile>, Vec<StagedFile>) =
-            staged.iter().cloned().partition(|f| !f.replaces);
-        let registered = async {
-            postgres::register_files(&mut tx, &new_files).await?;
-            for f in &rewritten {
-                postgres::restage_file(&mut tx, f).await?;
-            }
-            if !linked {
-                postgres::link_files(&mut tx, &new_files).await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        if let Err(e) = registered {
-            // Not committed (the transaction rolls back as it drops): the files are nobody's.
-            self.parquet.discard(&staged).await;
-            return Err(e.into());
-        }
-        // Once COMMIT is sent its outcome can be unknown (the connection dropped after the
-        // server committed): the staged files are left for recovery, which publishes them if
-        // the ledger names them and removes them if it does not.
+        let (reprocessed, rewrite) = if reprocess && !again.is_empty() {
+            self.reprocess(&mut tx, &again, now).await?
+        } else {
+            (0, Vec::new())
+        };
         tx.commit().await?;
         crate::failpoint::hit("after-db-commit");
-        let pairs: Vec<(String, String)> = staged
-            .iter()
-            .map(|f| (f.final_rel.clone(), f.staged_rel.clone()))
-            .collect();
-        let finals: Vec<String> = pairs.iter().map(|(f, _)| f.clone()).collect();
-        self.parquet
-            .publish(pairs)
-            .await
-            .map_err(|e| SinkError::Parquet(e.into()))?;
-        let mut conn = self.pool.acquire().await?;
-        postgres::mark_published(&mut conn, &finals).await?;
+        // Committed: the files are marked for rewriting, so if this fails (or we crash) the
+        // retry, a roll or a sweep writes them.
+        let rewritten = self.rolls.rewrite(&rewrite).await?;
         conflicts.sort_by_key(|c| c.index);
         Ok(WriteOutcome {
             new_records: new_ids.len(),
             duplicate_records: records.len() - new_ids.len() - conflicts.len(),
             users_written,
-            files_published: finals.len(),
+            bytes_written: fresh.iter().map(|r| r.payload_text.len() as u64).sum(),
+            files_rewritten: rewritten.written,
             reprocessed_records: reprocessed,
             conflicts,
         })
     }
 
     /// Recomputes `known` records (and every other record sharing a processed file with them):
-    /// rows upserted in the transaction, rewritten files staged. Returns records recomputed.
+    /// rows upserted in the transaction, their processed files marked for rewriting. Returns
+    /// the records recomputed and the files to rewrite.
     async fn reprocess(
         &self,
         tx: &mut sqlx::PgConnection,
         known: &[(&LoadRecord, uuid::Uuid)],
         now: chrono::DateTime<Utc>,
-    ) -> Result<(usize, Vec<StagedFile>), SinkError> {
+    ) -> Result<(usize, Vec<String>), SinkError> {
         // Rows loaded before migration 3 keep the raw id of their position: recompute under it.
         let known: Vec<LoadRecord> = known
             .iter()
@@ -382,7 +247,7 @@ impl Sinks {
         let ids: Vec<uuid::Uuid> = known.iter().map(|r| r.raw_id).collect();
         let files = postgres::processed_files_of(tx, &ids).await?;
         let mut covered = HashSet::new();
-        let mut restaged = Vec::new();
+        let mut rewrite = Vec::new();
         let mut count = 0;
         for path in files {
             let (stored_ids, sources): (Vec<uuid::Uuid>, Vec<_>) =
@@ -403,16 +268,13 @@ impl Sinks {
                 .collect();
             let refs: Vec<&LoadRecord> = records.iter().collect();
             postgres::upsert_processed(tx, &refs, now).await?;
-            restaged.push(
-                self.parquet
-                    .restage_processed(&path, &refs)
-                    .await
-                    .map_err(SinkError::Parquet)?,
-            );
             covered.extend(records.iter().map(|r| r.raw_id));
             count += records.len();
+            rewrite.push(path);
         }
-        // Records loaded before files were linked to records: rows only.
+        postgres::mark_rewrite(tx, &rewrite).await?;
+        // Records not in a file yet (waiting for a roll, or loaded before files were linked to
+        // records): rows only; a roll builds their files from the recomputed state.
         let rest: Vec<&LoadRecord> = known
             .iter()
             .filter(|r| !covered.contains(&r.raw_id))
@@ -421,126 +283,19 @@ impl Sinks {
             postgres::upsert_processed(tx, &rest, now).await?;
             count += rest.len();
         }
-        Ok((count, restaged))
+        Ok((count, rewrite))
     }
 
-    /// Finishes registered staged files, rebuilds registered files that are gone, and removes
-    /// unregistered staged files.
-    ///
-    /// Publishing a registered file needs no lock: registered means committed, and the move is
-    /// idempotent, so committed files reach their place however busy the ledger is. Removing an
-    /// unregistered file (a batch may be about to register it) and rebuilding a lost one (two
-    /// replicas must not write the same staging path) need the ledger to itself: that lock is
-    /// only *tried*, because a waiting exclusive request would queue every later shared request
-    /// (every batch of every replica) behind it. While a batch holds it those parts are
-    /// `deferred` to the next sweep.
-    pub async fn recover(&self) -> Result<RecoveryReport, SinkError> {
-        let mut conn = self.pool.acquire().await?;
-        let exclusive: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(postgres::LEDGER_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        let result = self.recover_with(&mut conn, exclusive).await;
-        if exclusive {
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(postgres::LEDGER_LOCK)
-                .execute(&mut *conn)
-                .await?;
-        }
-        result
-    }
-
-    async fn recover_with(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        exclusive: bool,
-    ) -> Result<RecoveryReport, SinkError> {
-        let staged = postgres::staged_files(conn).await?;
-        let root = self.parquet.root().to_path_buf();
-        let mut report = RecoveryReport {
-            deferred: !exclusive,
-            ..RecoveryReport::default()
-        };
-        let mut to_publish = Vec::new();
-        let mut done = Vec::new();
-        for (final_rel, staged_rel) in &staged {
-            if root.join(staged_rel).exists() {
-                to_publish.push((final_rel.clone(), staged_rel.clone()));
-            } else if root.join(final_rel).exists() {
-                done.push(final_rel.clone());
-            } else if !exclusive {
-                // Lost, or moved between our two looks: the next exclusive sweep decides.
-            } else if self.rebuild(conn, final_rel, staged_rel).await? {
-                // Committed, but the file is gone (lost with a disk, or removed by an older
-                // loader after a COMMIT whose outcome it did not know): rebuilt from raw_data.
-                tracing::warn!(path = %final_rel, "ledger names a Parquet file that is gone; rebuilt it from raw_data");
-                report.rebuilt += 1;
-                to_publish.push((final_rel.clone(), staged_rel.clone()));
-            } else {
-                report.missing += 1;
-                tracing::error!(path = %final_rel, "ledger names a Parquet file that is neither staged nor in place, and no record in raw_data names it");
-            }
-        }
-        report.finished = to_publish.len() - report.rebuilt;
-        done.extend(to_publish.iter().map(|(f, _)| f.clone()));
-        self.parquet
-            .publish(to_publish)
-            .await
-            .map_err(|e| SinkError::Parquet(e.into()))?;
-        postgres::mark_published(&mut *conn, &done).await?;
-        if exclusive {
-            let keep: HashSet<String> = staged.into_iter().map(|(_, s)| s).collect();
-            report.removed = self
-                .parquet
-                .remove_orphans(&keep)
-                .map_err(|e| SinkError::Parquet(e.into()))?;
-        }
-        Ok(report)
-    }
-
-    /// Writes the registered file `final_rel` again, at `staged_rel`, from the records
-    /// `raw_data` says it holds; false when no record names it.
-    async fn rebuild(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        final_rel: &str,
-        staged_rel: &str,
-    ) -> Result<bool, SinkError> {
-        let dataset = if final_rel.starts_with("raw/") {
-            parquet::Dataset::Raw
-        } else {
-            parquet::Dataset::Processed
-        };
-        let (ids, sources): (Vec<uuid::Uuid>, Vec<_>) =
-            postgres::records_in(conn, dataset, final_rel)
-                .await?
-                .into_iter()
-                .unzip();
-        if sources.is_empty() {
-            return Ok(false);
-        }
-        // The stored payloads are what the first load stored: no stripping again, no limit.
-        let (records, poison) = crate::batch::decode(sources, usize::MAX, Utc::now(), false);
-        if let Some(p) = poison.first() {
-            tracing::error!(path = %final_rel, offset = p.source.offset, error = %p.error, "cannot rebuild: a stored record no longer transforms");
-            return Ok(false);
-        }
-        let records: Vec<LoadRecord> = records
-            .into_iter()
-            .zip(ids)
-            .map(|(r, id)| with_raw_id(r, id))
-            .collect();
-        let refs: Vec<&LoadRecord> = records.iter().collect();
-        self.parquet
-            .rebuild(dataset, final_rel, staged_rel, &refs)
-            .await
-            .map_err(SinkError::Parquet)?;
-        Ok(true)
+    /// Writes every Parquet file the ledger has not marked published (a crashed roll's, a
+    /// failed rewrite's) and clears a crash's leftovers. Runs at start, periodically and after
+    /// a failed write; safe beside other replicas (each file is written under its own lock).
+    pub async fn recover(&self) -> Result<RollReport, SinkError> {
+        self.rolls.recover().await
     }
 }
 
 /// `record` under another raw id (its users too).
-fn with_raw_id(mut record: LoadRecord, raw_id: uuid::Uuid) -> LoadRecord {
+pub(crate) fn with_raw_id(mut record: LoadRecord, raw_id: uuid::Uuid) -> LoadRecord {
     record.raw_id = raw_id;
     for u in &mut record.users {
         u.raw_id = raw_id;

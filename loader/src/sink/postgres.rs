@@ -1,5 +1,6 @@
 //! PostgreSQL: the `raw_data` and `processed_data` rows, in bulk (one `UNNEST` statement per
-//! table per batch), and the Parquet ledger (`parquet_files`).
+//! table per batch), and the Parquet ledger (`parquet_files`): which records wait for a roll,
+//! which files are claimed, written, or to be rewritten.
 //!
 //! Re-delivery is absorbed by the natural keys: a raw row's `record_key` is the record's
 //! identity (never its position), `INSERT ... ON CONFLICT DO NOTHING RETURNING` tells which
@@ -7,42 +8,34 @@
 //! tells a re-delivery (same bytes) from a conflict (same identity, other bytes).
 
 use crate::batch::{LoadRecord, SourceRecord};
-use crate::sink::parquet::{Dataset, StagedFile};
+use crate::sink::parquet::Dataset;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// Advisory-lock key guarding the Parquet staging area: batches hold it shared while they stage
-/// and register files, recovery holds it exclusively while it sweeps, so recovery never removes
-/// a file another loader is about to register.
-pub const LEDGER_LOCK: i64 = 0x7261_6e64_6f6d_7573; // "randomus"
+/// Advisory-lock class of a partition's roll (the object id is a hash of topic and partition):
+/// one claim at a time per partition, so files never interleave offsets.
+pub const ROLL_LOCK: i32 = 0x726f_6c6c; // "roll"
+/// Advisory-lock class of one file's write (the object id is a hash of its path): a roll and a
+/// sweep do not build the same file twice at once.
+pub const FILE_LOCK: i32 = 0x6669_6c65; // "file"
 
 /// Migrations embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Takes the shared ledger lock for the rest of the transaction.
-pub async fn lock_ledger_shared(tx: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(LEDGER_LOCK)
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
-/// Inserts the raw rows, each with the Parquet files `links` names for it (or none, to be
-/// linked later); returns the ids that were new (the rest were already loaded).
+/// Inserts the raw rows, waiting for a Parquet roll; returns the ids that were new (the rest
+/// were already loaded).
 pub async fn insert_raw(
     tx: &mut PgConnection,
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
-    links: &HashMap<Uuid, (&str, &str)>,
 ) -> sqlx::Result<HashSet<Uuid>> {
     // A statement per few MB of payload: the driver holds each statement's parameters twice
     // while sending, so this bounds memory without adding round trips worth measuring.
     let mut new = HashSet::with_capacity(records.len());
     for chunk in crate::sink::parquet::chunks_by_bytes(records, RAW_STATEMENT_BYTES) {
-        new.extend(insert_raw_chunk(&mut *tx, chunk, created_at, links).await?);
+        new.extend(insert_raw_chunk(&mut *tx, chunk, created_at).await?);
     }
     Ok(new)
 }
@@ -54,7 +47,6 @@ async fn insert_raw_chunk(
     tx: &mut PgConnection,
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
-    links: &HashMap<Uuid, (&str, &str)>,
 ) -> sqlx::Result<Vec<Uuid>> {
     let n = records.len();
     let mut ids = Vec::with_capacity(n);
@@ -67,8 +59,7 @@ async fn insert_raw_chunk(
     let mut payloads = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
     let mut fetched = Vec::with_capacity(n);
-    let mut raw_files: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut processed_files: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
     for r in records {
         ids.push(r.raw_id);
         topics.push(r.source.topic.as_str());
@@ -80,15 +71,13 @@ async fn insert_raw_chunk(
         payloads.push(r.payload_text.as_str());
         counts.push(r.users.len() as i32);
         fetched.push(r.source.fetched_at);
-        let link = links.get(&r.raw_id);
-        raw_files.push(link.map(|l| l.0));
-        processed_files.push(link.map(|l| l.1));
+        sizes.push(i32::try_from(r.payload_text.len()).unwrap_or(i32::MAX));
     }
     let rows = sqlx::query(
-        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file, record_key, payload_sha256)
-         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rf, r.pf, r.rk, r.d
-         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::text[], $12::text[], $13::bytea[])
-              AS r(raw_id, topic, p, o, k, payload, n, f, rf, pf, rk, d)
+        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, record_key, payload_sha256, payload_bytes, parquet_pending, payload_text)
+         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rk, r.d, r.b, true, r.payload
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::bytea[], $12::int4[])
+              AS r(raw_id, topic, p, o, k, payload, n, f, rk, d, b)
          ON CONFLICT DO NOTHING
          RETURNING raw_id",
     )
@@ -101,10 +90,9 @@ async fn insert_raw_chunk(
     .bind(counts)
     .bind(fetched)
     .bind(created_at)
-    .bind(raw_files)
-    .bind(processed_files)
     .bind(record_keys)
     .bind(digests)
+    .bind(sizes)
     .fetch_all(tx)
     .await?;
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
@@ -144,21 +132,6 @@ pub async fn loaded_before(
             ))
         })
         .collect()
-}
-
-/// The `raw_file`/`processed_file` of each record in `files`.
-pub fn links_of(files: &[StagedFile]) -> HashMap<Uuid, (&str, &str)> {
-    let mut out: HashMap<Uuid, (&str, &str)> = HashMap::new();
-    for f in files {
-        for id in &f.raw_ids {
-            let e = out.entry(*id).or_insert(("", ""));
-            match f.dataset {
-                Dataset::Raw => e.0 = &f.final_rel,
-                Dataset::Processed => e.1 = &f.final_rel,
-            }
-        }
-    }
-    out
 }
 
 const INSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
@@ -279,77 +252,6 @@ async fn write_processed(
     Ok(result.rows_affected())
 }
 
-/// Registers staged files in the ledger, in the batch's transaction.
-pub async fn register_files(tx: &mut PgConnection, files: &[StagedFile]) -> sqlx::Result<()> {
-    if files.is_empty() {
-        return Ok(());
-    }
-    let mut path = Vec::new();
-    let mut staged = Vec::new();
-    let mut dataset = Vec::new();
-    let mut topic = Vec::new();
-    let mut partition = Vec::new();
-    let mut first = Vec::new();
-    let mut last = Vec::new();
-    let mut rows = Vec::new();
-    for f in files {
-        path.push(f.final_rel.clone());
-        staged.push(f.staged_rel.clone());
-        dataset.push(f.dataset.as_str().to_string());
-        topic.push(f.topic.clone());
-        partition.push(f.partition);
-        first.push(f.first_offset);
-        last.push(f.last_offset);
-        rows.push(f.rows as i64);
-    }
-    sqlx::query(
-        "INSERT INTO parquet_files (path, staged_path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state)
-         SELECT f.*, 'staged' FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::int8[], $8::int8[]) AS f",
-    )
-    .bind(path)
-    .bind(staged)
-    .bind(dataset)
-    .bind(topic)
-    .bind(partition)
-    .bind(first)
-    .bind(last)
-    .bind(rows)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Records which files hold which records (see migration 2).
-pub async fn link_files(tx: &mut PgConnection, files: &[StagedFile]) -> sqlx::Result<()> {
-    for dataset in [Dataset::Raw, Dataset::Processed] {
-        let mut ids = Vec::new();
-        let mut paths = Vec::new();
-        for f in files.iter().filter(|f| f.dataset == dataset) {
-            for id in &f.raw_ids {
-                ids.push(*id);
-                paths.push(f.final_rel.clone());
-            }
-        }
-        if ids.is_empty() {
-            continue;
-        }
-        let sql = match dataset {
-            Dataset::Raw => {
-                "UPDATE raw_data r SET raw_file = u.path FROM UNNEST($1::uuid[], $2::text[]) AS u(raw_id, path) WHERE r.raw_id = u.raw_id"
-            }
-            Dataset::Processed => {
-                "UPDATE raw_data r SET processed_file = u.path FROM UNNEST($1::uuid[], $2::text[]) AS u(raw_id, path) WHERE r.raw_id = u.raw_id"
-            }
-        };
-        sqlx::query(sql)
-            .bind(ids)
-            .bind(paths)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The processed files holding any of `raw_ids`.
 pub async fn processed_files_of(
     tx: &mut PgConnection,
@@ -366,26 +268,43 @@ pub async fn records_in_file(
     tx: &mut PgConnection,
     path: &str,
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
-    records_in(tx, Dataset::Processed, path).await
+    records_in(
+        tx,
+        Dataset::Processed,
+        path,
+        (i64::MIN, Uuid::nil()),
+        i64::MAX,
+    )
+    .await
 }
 
-/// Every record the `dataset` file `path` holds, as the loader consumed it, with its raw id.
+/// Up to `limit` records of the `dataset` file `path` after `after` in (offset, raw id) order,
+/// as the loader consumed them, with their raw ids. (A re-created topic can put two records at
+/// one offset, hence the raw id.)
 pub async fn records_in(
     tx: &mut PgConnection,
     dataset: Dataset,
     path: &str,
+    after: (i64, Uuid),
+    limit: i64,
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
     let sql = match dataset {
         Dataset::Raw => {
-            "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
-             FROM raw_data WHERE raw_file = $1 ORDER BY kafka_partition, kafka_offset"
+            "SELECT topic, kafka_partition, kafka_offset, fetch_id, coalesce(payload_text, payload::text), fetched_at, raw_id
+             FROM raw_data WHERE raw_file = $1 AND (kafka_offset, raw_id) > ($2, $3) ORDER BY kafka_offset, raw_id LIMIT $4"
         }
         Dataset::Processed => {
-            "SELECT topic, kafka_partition, kafka_offset, fetch_id, payload::text, fetched_at, raw_id
-             FROM raw_data WHERE processed_file = $1 ORDER BY kafka_partition, kafka_offset"
+            "SELECT topic, kafka_partition, kafka_offset, fetch_id, coalesce(payload_text, payload::text), fetched_at, raw_id
+             FROM raw_data WHERE processed_file = $1 AND (kafka_offset, raw_id) > ($2, $3) ORDER BY kafka_offset, raw_id LIMIT $4"
         }
     };
-    let rows = sqlx::query(sql).bind(path).fetch_all(tx).await?;
+    let rows = sqlx::query(sql)
+        .bind(path)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(tx)
+        .await?;
     rows.iter()
         .map(|r| {
             let key: Option<String> = r.try_get(3)?;
@@ -405,37 +324,221 @@ pub async fn records_in(
         .collect()
 }
 
-/// Puts a published file back in the ledger as staged, pointing at its rewritten version.
-pub async fn restage_file(tx: &mut PgConnection, file: &StagedFile) -> sqlx::Result<()> {
-    sqlx::query("UPDATE parquet_files SET state = 'staged', staged_path = $2, row_count = $3, published_at = NULL WHERE path = $1")
-        .bind(&file.final_rel)
-        .bind(&file.staged_rel)
-        .bind(file.rows as i64)
+/// Asks for the published files `paths` to be written again from their rows (`--reprocess`).
+pub async fn mark_rewrite(tx: &mut PgConnection, paths: &[String]) -> sqlx::Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE parquet_files SET state = 'rewrite', generation = generation + 1, published_at = NULL WHERE path = ANY($1)")
+        .bind(paths.to_vec())
         .execute(tx)
         .await?;
     Ok(())
 }
 
-/// Marks files as moved into place.
-pub async fn mark_published(conn: &mut PgConnection, final_paths: &[String]) -> sqlx::Result<()> {
-    if final_paths.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now() WHERE path = ANY($1) AND state = 'staged'")
-        .bind(final_paths.to_vec())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A partition's records waiting for a roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Records waiting.
+    pub records: i64,
+    /// Their payload bytes.
+    pub bytes: i64,
+    /// When the oldest was loaded.
+    pub oldest: DateTime<Utc>,
 }
 
-/// A file the ledger says is staged: (final path, staged path), both relative to `DATA_DIR`.
-pub async fn staged_files(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, String)>> {
+/// What waits for a roll, per partition.
+pub async fn waiting(conn: &mut PgConnection) -> sqlx::Result<Vec<Waiting>> {
     let rows = sqlx::query(
-        "SELECT path, staged_path FROM parquet_files WHERE state = 'staged' ORDER BY created_at",
+        "SELECT topic, kafka_partition, count(*), coalesce(sum(payload_bytes), 0)::int8, min(created_at)
+         FROM raw_data WHERE parquet_pending GROUP BY topic, kafka_partition ORDER BY topic, kafka_partition",
     )
     .fetch_all(conn)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .map(|r| {
+            Ok(Waiting {
+                topic: r.try_get(0)?,
+                partition: r.try_get(1)?,
+                records: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+                oldest: r.try_get(4)?,
+            })
+        })
         .collect()
+}
+
+/// A record waiting for a roll, as the claim needs it.
+#[derive(Debug, Clone)]
+pub struct WaitingRecord {
+    /// Its raw id.
+    pub raw_id: Uuid,
+    /// Its offset.
+    pub offset: i64,
+    /// When it was fetched (its date partition).
+    pub fetched_at: DateTime<Utc>,
+    /// Payload bytes.
+    pub bytes: i64,
+    /// Users in it.
+    pub users: i64,
+}
+
+/// The records of `topic`'s `partition` waiting for a roll, in offset order.
+pub async fn waiting_records(
+    tx: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+) -> sqlx::Result<Vec<WaitingRecord>> {
+    let rows = sqlx::query(
+        "SELECT raw_id, kafka_offset, fetched_at, coalesce(payload_bytes, 0)::int8, user_count::int8
+         FROM raw_data WHERE parquet_pending AND topic = $1 AND kafka_partition = $2 ORDER BY kafka_offset",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_all(tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WaitingRecord {
+                raw_id: r.try_get(0)?,
+                offset: r.try_get(1)?,
+                fetched_at: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+                users: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// A file a roll claims: its two paths and what they will hold.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// `raw/date=…/name`.
+    pub raw_path: String,
+    /// `processed/date=…/name`.
+    pub processed_path: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Lowest offset.
+    pub first_offset: i64,
+    /// Highest offset.
+    pub last_offset: i64,
+    /// Records (raw rows).
+    pub records: Vec<Uuid>,
+    /// Users (processed rows).
+    pub users: i64,
+}
+
+/// Registers `claim`'s two files as pending and takes its records off the waiting list; false
+/// (nothing changed) if another roll took any of them first.
+pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
+    let taken = sqlx::query(
+        "UPDATE raw_data SET parquet_pending = false, raw_file = $2, processed_file = $3
+         WHERE raw_id = ANY($1) AND parquet_pending",
+    )
+    .bind(&claim.records)
+    .bind(&claim.raw_path)
+    .bind(&claim.processed_path)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if taken != claim.records.len() as u64 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO parquet_files (path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state)
+         VALUES ($1, 'raw', $3, $4, $5, $6, $7, 'pending'), ($2, 'processed', $3, $4, $5, $6, $8, 'pending')",
+    )
+    .bind(&claim.raw_path)
+    .bind(&claim.processed_path)
+    .bind(&claim.topic)
+    .bind(claim.partition)
+    .bind(claim.first_offset)
+    .bind(claim.last_offset)
+    .bind(claim.records.len() as i64)
+    .bind(claim.users)
+    .execute(tx)
+    .await?;
+    Ok(true)
+}
+
+/// A file the ledger has not marked published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpublished {
+    /// Its path.
+    pub path: String,
+    /// `pending`, `rewrite` or `staged`.
+    pub state: String,
+    /// Its rewrite generation.
+    pub generation: i64,
+}
+
+/// Files not yet published, oldest first; only `topic`'s `partition` when given.
+pub async fn unpublished(
+    conn: &mut PgConnection,
+    only: Option<(&str, i32)>,
+) -> sqlx::Result<Vec<Unpublished>> {
+    let rows = sqlx::query(
+        "SELECT path, state, generation FROM parquet_files
+         WHERE state <> 'published' AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
+         ORDER BY created_at, path",
+    )
+    .bind(only.map(|(t, _)| t))
+    .bind(only.map_or(0, |(_, p)| p))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Unpublished {
+                path: r.try_get(0)?,
+                state: r.try_get(1)?,
+                generation: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The file's state and generation, if the ledger knows it.
+pub async fn file_state(conn: &mut PgConnection, path: &str) -> sqlx::Result<Option<Unpublished>> {
+    let row = sqlx::query("SELECT path, state, generation FROM parquet_files WHERE path = $1")
+        .bind(path)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(Unpublished {
+            path: r.try_get(0)?,
+            state: r.try_get(1)?,
+            generation: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Marks the file written, unless a newer rewrite was asked for meanwhile. A published raw
+/// file holds its records' exact payloads, so their copies in `payload_text` go.
+pub async fn mark_published(
+    conn: &mut PgConnection,
+    path: &str,
+    generation: i64,
+    rows: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now(), row_count = $3 WHERE path = $1 AND generation = $2 AND state <> 'published'")
+        .bind(path)
+        .bind(generation)
+        .bind(rows)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 && Dataset::of_path(path) == Dataset::Raw {
+        sqlx::query("UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL")
+            .bind(path)
+            .execute(conn)
+            .await?;
+    }
+    Ok(done.rows_affected() == 1)
 }

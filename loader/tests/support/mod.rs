@@ -3,6 +3,8 @@
 //! test, and the real services run in-process with a cancellation token for shutdown.
 #![allow(dead_code)]
 
+pub mod bucket;
+
 use arrow::array::{Array, AsArray};
 use loader::{RunConfig, RunSummary};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

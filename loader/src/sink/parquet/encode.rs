@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use std::path::Path;
 use std::sync::Arc;
 
 /// UTC microsecond timestamps, as DuckDB, Spark and pyarrow read them.
@@ -183,23 +182,64 @@ pub fn chunks_by_bytes<'a, 'r>(
     })
 }
 
-/// Writes `batches` as one file, a row group each, and fsyncs it.
-pub(super) fn write_file(path: &Path, batches: &[RecordBatch]) -> anyhow::Result<()> {
-    let schema = batches
-        .first()
-        .map(RecordBatch::schema)
-        .ok_or_else(|| anyhow::anyhow!("no rows for {}", path.display()))?;
-    let file = std::fs::File::create(path)?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_created_by(concat!("randomuser-etl-loader ", env!("CARGO_PKG_VERSION")).to_string())
-        .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
-    for batch in batches {
-        writer.write(batch)?;
-        writer.flush()?;
+/// One Parquet file built in memory, a row group per pushed chunk: a roll is read from
+/// PostgreSQL a few MB at a time, so the only large buffer is the compressed output.
+pub struct FileWriter {
+    dataset: super::Dataset,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+}
+
+impl FileWriter {
+    /// An empty file of `dataset`.
+    pub fn new(dataset: super::Dataset) -> parquet::errors::Result<Self> {
+        let schema = match dataset {
+            super::Dataset::Raw => raw_schema(),
+            super::Dataset::Processed => processed_schema(),
+        };
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by(
+                concat!("randomuser-etl-loader ", env!("CARGO_PKG_VERSION")).to_string(),
+            )
+            .build();
+        Ok(Self {
+            dataset,
+            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+            rows: 0,
+        })
     }
-    let file = writer.into_inner()?;
-    file.sync_all()?;
-    Ok(())
+
+    /// Appends `records` (raw: a row each, in row groups of a few MB; processed: a row per user).
+    pub fn push(&mut self, records: &[&LoadRecord]) -> anyhow::Result<()> {
+        let batches = match self.dataset {
+            super::Dataset::Raw => chunks_by_bytes(records, RAW_ROW_GROUP_BYTES)
+                .map(raw_batch)
+                .collect::<Result<Vec<_>, _>>()?,
+            super::Dataset::Processed => vec![processed_batch(records)?],
+        };
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            self.writer.write(batch)?;
+            self.writer.flush()?;
+            self.rows += batch.num_rows();
+        }
+        Ok(())
+    }
+
+    /// Rows so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The finished file.
+    pub fn finish(self) -> parquet::errors::Result<bytes::Bytes> {
+        Ok(bytes::Bytes::from(self.writer.into_inner()?))
+    }
+}
+
+/// Rows in the Parquet file `bytes`, from its footer; an error if it is not a whole file.
+pub fn rows_in(bytes: bytes::Bytes) -> parquet::errors::Result<i64> {
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(bytes)?;
+    Ok(reader.metadata().file_metadata().num_rows())
 }

@@ -1,0 +1,206 @@
+//! The Parquet roller: a task beside the pipeline that rolls the files due on this replica's
+//! partitions (woken after each batch, and on a timer for age) and sweeps unpublished files.
+//! It runs apart from the batch loop so a slow or unreachable store never holds PostgreSQL
+//! loading up: records wait in PostgreSQL (counted by `etl_loader_parquet_waiting_*`) and the
+//! roller waits the store out with backoff, naming the `parquet` check on `/ready` meanwhile.
+
+use crate::consumer::LoaderConsumer;
+use crate::metrics::Metrics;
+use crate::sink::{Cut, RollReport, SinkError, Sinks};
+use etl_common::backoff::Backoff;
+use etl_common::status::Readiness;
+use rdkafka::consumer::Consumer;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Rolls and sweeps Parquet files for one loader.
+#[derive(Clone)]
+pub struct Roller {
+    sinks: Sinks,
+    consumer: Arc<LoaderConsumer>,
+    metrics: Metrics,
+    readiness: Readiness,
+    backoff: (Duration, Duration),
+    sweep_every: Duration,
+    wake: Arc<Notify>,
+}
+
+impl Roller {
+    /// A roller for the partitions `consumer` owns.
+    pub fn new(
+        sinks: Sinks,
+        consumer: Arc<LoaderConsumer>,
+        metrics: Metrics,
+        readiness: Readiness,
+        backoff: (Duration, Duration),
+        sweep_every: Duration,
+    ) -> Self {
+        Self {
+            sinks,
+            consumer,
+            metrics,
+            readiness,
+            backoff,
+            sweep_every,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Asks for a look at what is due (after a batch is in PostgreSQL).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Rolls what is due until `stop`: after each wake, a few times per roll interval (for age),
+    /// and sweeps every `sweep_every`.
+    pub async fn run(self, stop: CancellationToken) {
+        let interval = self.sinks.rolls().policy().interval;
+        let mut check = tokio::time::interval(
+            (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(self.sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await; // immediate; start-up recovery just ran
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = sweep.tick() => match self.sinks.recover().await {
+                    Ok(r) => self.count(&r, "Parquet sweep wrote unpublished files"),
+                    Err(e) => {
+                        self.failed(&e);
+                        tracing::warn!(error = %e, "Parquet sweep failed; will retry");
+                    }
+                },
+                _ = self.wake.notified() => self.roll_until_done(&stop, false).await,
+                _ = check.tick() => self.roll_until_done(&stop, false).await,
+            }
+        }
+    }
+
+    /// Writes every file that waits on this replica's partitions, whatever its size (SIGTERM,
+    /// the end of a backfill): one attempt, plus what any crash left unpublished. Errors leave
+    /// the records waiting in PostgreSQL for the partitions' next owner.
+    pub async fn close(&self) -> Result<RollReport, SinkError> {
+        let mut report = self.sinks.recover().await?;
+        report.add(self.roll_once(true).await?);
+        self.readiness.set_ok("parquet");
+        self.count(&report, "open Parquet rolls closed");
+        Ok(report)
+    }
+
+    /// Rolls what is due, retrying failures with backoff until it succeeds or `stop`.
+    async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) {
+        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+        loop {
+            match self.roll_once(closing).await {
+                Ok(report) => {
+                    self.readiness.set_ok("parquet");
+                    self.count(&report, "Parquet files rolled");
+                    return;
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&self, e: &SinkError) {
+        self.metrics
+            .sink_errors
+            .with_label_values(&[e.sink()])
+            .inc();
+        // Whichever side failed, it is the Parquet output that is late.
+        self.readiness.set_failed("parquet", e.to_string());
+    }
+
+    /// The partitions this replica owns now.
+    fn owned(&self) -> HashSet<(String, i32)> {
+        match self.consumer.assignment() {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no assignment to roll for");
+                HashSet::new()
+            }
+        }
+    }
+
+    async fn roll_once(&self, closing: bool) -> Result<RollReport, SinkError> {
+        let owned = self.owned();
+        let rolls = self.sinks.rolls();
+        let now = chrono::Utc::now();
+        let mine =
+            |w: &crate::sink::postgres::Waiting| owned.contains(&(w.topic.clone(), w.partition));
+        let waiting: Vec<_> = rolls.waiting().await?.into_iter().filter(mine).collect();
+        let mut report = RollReport::default();
+        for w in &waiting {
+            let cut = if closing {
+                Some(Cut::All)
+            } else {
+                rolls.policy().due(w, now)
+            };
+            if let Some(cut) = cut {
+                report.add(rolls.roll(&w.topic, w.partition, cut).await?);
+            }
+        }
+        let left: Vec<_> = if report.claimed > 0 {
+            rolls.waiting().await?.into_iter().filter(mine).collect()
+        } else {
+            waiting
+        };
+        self.metrics
+            .parquet_waiting_bytes
+            .set(left.iter().map(|w| w.bytes).sum());
+        self.metrics.parquet_waiting_age.set(
+            left.iter()
+                .map(|w| (now - w.oldest).num_seconds().max(0))
+                .max()
+                .unwrap_or(0),
+        );
+        Ok(report)
+    }
+
+    /// Counts and logs what a roll or a sweep wrote.
+    pub fn count(&self, r: &RollReport, what: &str) {
+        self.metrics
+            .rows_written
+            .with_label_values(&["parquet", "raw"])
+            .inc_by(r.raw_rows);
+        self.metrics
+            .rows_written
+            .with_label_values(&["parquet", "processed"])
+            .inc_by(r.processed_rows);
+        self.metrics
+            .sink_bytes
+            .with_label_values(&["parquet"])
+            .inc_by(r.bytes);
+        self.metrics.parquet_files.inc_by(r.written as u64);
+        if r.written + r.missing + r.removed > 0 {
+            tracing::info!(
+                files = r.written,
+                bytes = r.bytes,
+                raw_rows = r.raw_rows,
+                processed_rows = r.processed_rows,
+                busy = r.busy,
+                missing = r.missing,
+                removed = r.removed,
+                "{what}"
+            );
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Where Parquet objects go: a local directory (`file://`, the default) or a bucket (`s3://`,
+//! `gs://`, `az://`). Two writes only, both atomic to a reader: *create* an object that must
+//! not exist yet, and *replace* one. Nothing is ever visible half-written: a bucket takes one PUT
+//! whole or not at all; the local store writes and fsyncs under `_staging/`, then links or
+//! renames the file into place and fsyncs the directory.
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the local store writes files before they are linked into place. Readers skip
+/// `_`-prefixed directories (Spark, Hive, DuckDB's hive partitioning).
+pub const STAGING_DIR: &str = "_staging";
+
+/// What [`Store::create`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object is new.
+    New,
+    /// An object was already there (a write that finished before a crash): left untouched.
+    Existed,
+}
+
+/// A Parquet destination.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A directory on a local or mounted filesystem.
+    Local(PathBuf),
+    /// A bucket, under a prefix.
+    Object {
+        /// The client.
+        store: Arc<dyn ObjectStore>,
+        /// Key prefix from the URL's path (may be empty).
+        prefix: String,
+        /// `scheme://bucket/prefix`, for logs (credentials never live in the URL).
+        url: String,
+    },
+}
+
+/// A store failure, with the key it concerned.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {key}: {source}")]
+pub struct StoreError {
+    url: String,
+    key: String,
+    #[source]
+    source: anyhow::Error,
+}
+
+impl Store {
+    /// The store `url` names. Bucket clients take their settings from the standard variables
+    /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`); `settings` (variable name, value: secrets read from
+    /// `_FILE`s, or a test's endpoint) override them.
+    pub fn from_url(url: &url::Url, settings: &[(String, String)]) -> anyhow::Result<Self> {
+        let bucket = url.host_str().unwrap_or_default();
+        let prefix = url.path().trim_matches('/').to_string();
+        let shown = format!("{}://{bucket}/{prefix}", url.scheme());
+        // Our own backoff waits out long outages and counts them; the client retries a few
+        // transient errors (a dropped connection, one 503 SlowDown) quietly.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| anyhow::anyhow!("not a local path: {url}"))?;
+                return Ok(Store::Local(path));
+            }
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry);
+                for (key, value) in timeouts("AWS").iter().chain(settings) {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                Arc::new(b.build()?)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry);
+                for (key, value) in timeouts("GOOGLE").iter().chain(settings) {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                Arc::new(b.build()?)
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry);
+                for (key, value) in timeouts("AZURE").iter().chain(settings) {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                Arc::new(b.build()?)
+            }
+            other => anyhow::bail!("unsupported scheme {other}:// (file, s3, gs or az)"),
+        };
+        Ok(Store::Object {
+            store,
+            prefix,
+            url: shown,
+        })
+    }
+
+    /// `file:///dir` or `s3://bucket/prefix`, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local(root) => format!("file://{}", root.display()),
+            Store::Object { url, .. } => url.clone(),
+        }
+    }
+
+    /// The local root, when the store is a directory.
+    pub fn local_root(&self) -> Option<&Path> {
+        match self {
+            Store::Local(root) => Some(root),
+            Store::Object { .. } => None,
+        }
+    }
+
+    /// Makes sure the store can be written to at start, so a wrong path fails fast; a bucket is
+    /// only checked on first write (it may be down now and up later, which is waited out).
+    pub fn prepare(&self) -> io::Result<()> {
+        if let Store::Local(root) = self {
+            create_dir_durably(&root.join(STAGING_DIR))?;
+        }
+        Ok(())
+    }
+
+    fn key(&self, key: &str) -> ObjectPath {
+        match self {
+            Store::Object { prefix, .. } if !prefix.is_empty() => {
+                ObjectPath::from(format!("{prefix}/{key}"))
+            }
+            _ => ObjectPath::from(key),
+        }
+    }
+
+    fn error(&self, key: &str, source: impl Into<anyhow::Error>) -> StoreError {
+        StoreError {
+            url: self.describe(),
+            key: key.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// Writes `key` unless it exists. Where the store supports conditional writes (S3, GCS,
+    /// Azure, a local filesystem) the check and the write are one step.
+    pub async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let (root, rel) = (root.clone(), key.to_string());
+                tokio::task::spawn_blocking(move || local_write(&root, &rel, &bytes, false))
+                    .await
+                    .map_err(|e| self.error(key, e))?
+                    .map_err(|e| self.error(key, e))
+            }
+            Store::Object { store, .. } => {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                let at = self.key(key);
+                match store
+                    .put_opts(&at, PutPayload::from(bytes.clone()), opts)
+                    .await
+                {
+                    Ok(_) => Ok(Created::New),
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => Ok(Created::Existed),
+                    Err(
+                        object_store::Error::NotImplemented { .. }
+                        | object_store::Error::NotSupported { .. },
+                    ) => {
+                        // A store without conditional writes: look, then write. Names are
+                        // claimed in the ledger first, so only a retry of ours can race here.
+                        if self.size(key).await?.is_some() {
+                            return Ok(Created::Existed);
+                        }
+                        self.replace(key, bytes).await?;
+                        Ok(Created::New)
+                    }
+                    Err(e) => Err(self.error(key, e)),
+                }
+            }
+        }
+    }
+
+    /// Writes `key`, replacing what is there in one step.
+    pub async fn replace(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => {
+                let (root, rel) = (root.clone(), key.to_string());
+                tokio::task::spawn_blocking(move || local_write(&root, &rel, &bytes, true))
+                    .await
+                    .map_err(|e| self.error(key, e))?
+                    .map(|_| ())
+                    .map_err(|e| self.error(key, e))
+            }
+            Store::Object { store, .. } => store
+                .put(&self.key(key), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(key, e)),
+        }
+    }
+
+    /// The object's size, or `None` if there is none.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Local(root) => match tokio::fs::metadata(root.join(key)).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.error(key, e)),
+            },
+            Store::Object { store, .. } => match store.head(&self.key(key)).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.error(key, e)),
+            },
+        }
+    }
+
+    /// The whole object.
+    pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(root) => tokio::fs::read(root.join(key))
+                .await
+                .map(Bytes::from)
+                .map_err(|e| self.error(key, e)),
+            Store::Object { store, .. } => {
+                let got = store
+                    .get(&self.key(key))
+                    .await
+                    .map_err(|e| self.error(key, e))?;
+                got.bytes().await.map_err(|e| self.error(key, e))
+            }
+        }
+    }
+
+    /// Removes temporary files a crash left in the local store's staging directory (older than
+    /// `age`, so a write in progress is never touched); returns how many went.
+    pub fn remove_stale_temporaries(&self, age: Duration) -> io::Result<usize> {
+        let Store::Local(root) = self else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        let dir = root.join(STAGING_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let old = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|a| a >= age);
+            if old {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Bounded requests, unless the environment says otherwise (`AWS_TIMEOUT`, ...): a store that
+/// stops answering is an error to retry with backoff, not a hang.
+fn timeouts(prefix: &str) -> Vec<(String, String)> {
+    [("TIMEOUT", "30s"), ("CONNECT_TIMEOUT", "5s")]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}_{k}"), v.to_string()))
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .collect()
+}
+
+/// Writes `rel` under `root`: the bytes go to a fsynced file in staging first, then are linked
+/// (create: fails if the name exists) or renamed (replace) into place, and the directory synced.
+fn local_write(root: &Path, rel: &str, bytes: &[u8], replace: bool) -> io::Result<Created> {
+    use std::io::Write;
+    let to = root.join(rel);
+    let dir = to
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.to_path_buf());
+    let tmp = root
+        .join(STAGING_DIR)
+        .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+    create_dir_durably(&root.join(STAGING_DIR))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        create_dir_durably(&dir)?;
+        if replace {
+            std::fs::rename(&tmp, &to)?;
+            Ok(Created::New)
+        } else {
+            match std::fs::hard_link(&tmp, &to) {
+                Ok(()) => Ok(Created::New),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Existed),
+                Err(e) => Err(e),
+            }
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let created = written?;
+    if created == Created::New {
+        fsync_dir(&dir)?;
+    }
+    Ok(created)
+}
+
+/// Creates `dir` and any missing parents, and fsyncs the parent of each directory it created:
+/// a new `date=` directory is an entry in its parent, and until the parent is synced an OS
+/// crash can lose the directory (and every file linked into it) while the ledger says
+/// published. Returns the directories it created, outermost first.
+pub fn create_dir_durably(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    missing.reverse();
+    std::fs::create_dir_all(dir)?;
+    for created in &missing {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(missing)
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an OS crash can lose is a directory entry not yet synced into its parent: every
+    /// directory created on the way to a new `date=` partition is synced into its parent.
+    #[test]
+    fn new_partition_directories_are_created_durably() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("processed/date=2026-12-01");
+        assert_eq!(
+            create_dir_durably(&dir).unwrap(),
+            vec![root.path().join("processed"), dir.clone()]
+        );
+        assert!(dir.is_dir());
+        assert!(
+            create_dir_durably(&dir).unwrap().is_empty(),
+            "nothing new, nothing synced"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_never_overwrites_and_replace_does() {
+        let root = tempfile::tempdir().unwrap();
+        let store =
+            Store::from_url(&url::Url::from_directory_path(root.path()).unwrap(), &[]).unwrap();
+        store.prepare().unwrap();
+        let key = "raw/date=2026-12-01/a.parquet";
+        assert_eq!(store.size(key).await.unwrap(), None);
+        assert_eq!(
+            store.create(key, Bytes::from_static(b"one")).await.unwrap(),
+            Created::New
+        );
+        assert_eq!(
+            store
+                .create(key, Bytes::from_static(b"two!"))
+                .await
+                .unwrap(),
+            Created::Existed
+        );
+        assert_eq!(&store.read(key).await.unwrap()[..], b"one");
+        store
+            .replace(key, Bytes::from_static(b"three"))
+            .await
+            .unwrap();
+        assert_eq!(store.size(key).await.unwrap(), Some(5));
+        let staging: Vec<_> = std::fs::read_dir(root.path().join(STAGING_DIR))
+            .unwrap()
+            .collect();
+        assert!(staging.is_empty(), "no temporary left behind: {staging:?}");
+    }
+
+    #[test]
+    fn stale_temporaries_go_and_fresh_ones_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::Local(root.path().to_path_buf());
+        store.prepare().unwrap();
+        std::fs::write(root.path().join(STAGING_DIR).join("x.tmp"), b"x").unwrap();
+        assert_eq!(
+            store
+                .remove_stale_temporaries(Duration::from_secs(3600))
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.remove_stale_temporaries(Duration::ZERO).unwrap(), 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! Parquet on object storage, against a real S3 API server (moto, started by
+//! `scripts/dev-services.sh`): the store's two writes, a whole load through `s3://` read back by
+//! an independent reader (pyarrow's S3 filesystem), files of the rolled size. (A store that
+//! stops answering is `bucket_outage.rs`: it freezes the one server every test here uses.)
+
+mod support;
+
+use bytes::Bytes;
+use loader::sink::store::{Created, Store};
+use randomuser_stub::{FaultPlan, Stub};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+use support::bucket::*;
+use support::*;
+
+/// Create never overwrites (S3's `If-None-Match: *`), replace does, and a missing object is
+/// told from an unreachable one.
+#[tokio::test]
+async fn a_bucket_creates_once_and_replaces_whole() {
+    let bucket = bucket();
+    let url = url::Url::parse(&format!("s3://{bucket}/lake")).unwrap();
+    let store = Store::from_url(&url, &settings()).unwrap();
+    let key = "raw/date=2026-12-01/x.parquet";
+    assert_eq!(store.size(key).await.unwrap(), None);
+    assert_eq!(
+        store.create(key, Bytes::from_static(b"one")).await.unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        store
+            .create(key, Bytes::from_static(b"two!"))
+            .await
+            .unwrap(),
+        Created::Existed,
+        "a second create leaves the first object"
+    );
+    assert_eq!(&store.read(key).await.unwrap()[..], b"one");
+    store
+        .replace(key, Bytes::from_static(b"three"))
+        .await
+        .unwrap();
+    assert_eq!(store.size(key).await.unwrap(), Some(5));
+
+    let unreachable = Store::from_url(
+        &url,
+        &[(
+            "AWS_ENDPOINT_URL".to_string(),
+            "http://127.0.0.1:9".to_string(),
+        )]
+        .into_iter()
+        .chain(
+            settings()
+                .into_iter()
+                .filter(|(k, _)| k != "AWS_ENDPOINT_URL"),
+        )
+        .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let err = unreachable.size(key).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("s3://{bucket}/lake")), "{err}");
+    assert!(!err.contains("test"), "no credential in the error: {err}");
+}
+
+/// The whole product through `s3://`: every served user once in PostgreSQL and once in the
+/// bucket, read back by pyarrow, in one file pair per partition (not one per fetch), Snappy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_through_s3_is_exactly_once_in_the_bucket() {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let topic = unique("s3load");
+    create_topic(&topic, 2).await;
+    let db = TestDb::new().await;
+    let bucket = bucket();
+    let data = tempfile::tempdir().unwrap();
+    run_extractor(&stub.url(), &topic, 8, 25).await;
+
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
+    config.parquet.store_settings = settings();
+    // Files roll on SIGTERM, not per batch: the load below is one roll per partition.
+    config.parquet.roll_interval = Duration::from_secs(3600);
+    config.batch_max_records = 2;
+    let loader = RunningLoader::start(config).await;
+    eventually(Duration::from_secs(60), "200 processed rows", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 200
+    })
+    .await;
+    assert!(
+        objects(&bucket, "lake").is_empty(),
+        "nothing is rolled before its size or age"
+    );
+    assert!(
+        loader.metric("etl_loader_parquet_waiting_bytes").await > 0.0,
+        "what waits is shown"
+    );
+    loader.shutdown().await;
+
+    let all = objects(&bucket, "lake");
+    let processed: Vec<&Value> = all
+        .iter()
+        .filter(|o| {
+            o["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("lake/processed/date=")
+        })
+        .collect();
+    let raw: Vec<&Value> = all
+        .iter()
+        .filter(|o| o["key"].as_str().unwrap().starts_with("lake/raw/date="))
+        .collect();
+    assert_eq!(
+        all.len(),
+        processed.len() + raw.len(),
+        "nothing else: {all:?}"
+    );
+    assert!(
+        (1..=2).contains(&raw.len()) && raw.len() == processed.len(),
+        "one file pair per partition that had records, not per batch: {all:?}"
+    );
+    for o in &all {
+        assert_eq!(o["compression"], "SNAPPY", "{o}");
+    }
+    let users: Vec<(String, String)> = processed
+        .iter()
+        .flat_map(|o| {
+            strings(o, "raw_id")
+                .into_iter()
+                .zip(strings(o, "user_index"))
+        })
+        .collect();
+    assert_eq!(users.len(), 200, "every user once");
+    assert_eq!(
+        users.iter().collect::<HashSet<_>>().len(),
+        200,
+        "no duplicates"
+    );
+    let raw_ids: Vec<String> = raw.iter().flat_map(|o| strings(o, "raw_id")).collect();
+    assert_eq!(raw_ids.len(), 8);
+    let in_db: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT raw_id FROM raw_data")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(raw_ids.into_iter().collect::<HashSet<_>>(), in_db);
+    let ledger: HashSet<String> =
+        sqlx::query_scalar("SELECT 'lake/' || path FROM parquet_files WHERE state = 'published'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let keys: HashSet<String> = all
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys, ledger,
+        "the bucket holds exactly what the ledger published"
+    );
+    assert!(
+        std::fs::read_dir(data.path()).unwrap().next().is_none(),
+        "nothing written to DATA_DIR"
+    );
+    db.drop_db().await;
+}
