@@ -127,6 +127,8 @@ fn spawn_loader(
         .env("LOADER_BACKOFF_BASE", "100ms")
         .env("LOADER_BACKOFF_MAX", "2s")
         .env("LOADER_RECOVERY_INTERVAL", "2s")
+        // Files span a second of batches, so crashes land inside and between rolls.
+        .env("PARQUET_ROLL_INTERVAL", "1s")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
@@ -203,7 +205,7 @@ async fn settle_and_count(
     loop {
         let db_n = db.count("SELECT count(*) FROM processed_data").await;
         let staged = db
-            .count("SELECT count(*) FROM parquet_files WHERE state = 'staged'")
+            .count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
             .await;
         let pq_n = parquet_rows(&data.join("processed"), &["user_uuid"]).len() as i64;
         let raw_n = db.count("SELECT count(*) FROM raw_data").await;
@@ -304,9 +306,10 @@ async fn setup(partitions: i32) -> (String, TestDb, tempfile::TempDir) {
     (topic, TestDb::new().await, tempfile::tempdir().unwrap())
 }
 
-/// 1. The loader killed (SIGKILL, or aborting itself at a failpoint: mid-batch, between the
-///    database commit and the Parquet move, between the sinks and the offset commit) again and
-///    again while a load of 6,000 users runs.
+/// 1. The loader killed (SIGKILL, or aborting itself at a failpoint: mid-batch, after the
+///    database commit, before the offset commit, after a roll claimed its files, after an
+///    object was written but before the ledger said so) again and again while a load of 6,000
+///    users runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loader_killed_repeatedly_mid_load() {
     let _serial = SERIAL.lock().await;
@@ -324,6 +327,8 @@ async fn loader_killed_repeatedly_mid_load() {
         "mid-batch=0.3",
         "after-db-commit=0.3",
         "after-sinks=0.3",
+        "after-roll-claim=0.5",
+        "after-object-write=0.5",
     ];
     let mut kills = 0;
     for i in 0..12 {
@@ -1184,6 +1189,8 @@ impl Netns {
         .env("LOADER_BACKOFF_BASE", "100ms")
         .env("LOADER_BACKOFF_MAX", "2s")
         .env("LOADER_RECOVERY_INTERVAL", "2s")
+        // Files span a second of batches, so crashes land inside and between rolls.
+        .env("PARQUET_ROLL_INTERVAL", "1s")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
