@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): provisions a real Kafka broker and a real
-# PostgreSQL with scripts/dev-services.sh, then checks formatting and lints and runs every test
-# (unit and integration) against them. Exits non-zero on any failure.
+# The project's test command (README, .ci/run): provisions a real Kafka broker, a real
+# PostgreSQL and a real S3 API server (moto) with scripts/dev-services.sh — in the background,
+# while the code is checked and compiled — then runs every test (unit and integration) against
+# them. Exits non-zero on any failure.
 #
 #   ETL_USE_EXISTING_SERVICES=1  skip provisioning and use KAFKA_BROKERS / DATABASE_URL as set
 #                                (e.g. a Redpanda or a managed cluster you point it at); the fault
@@ -14,10 +15,25 @@ started=$(date +%s)
 
 scripts/build-deps.sh
 
+services_pid=""
 if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
-  scripts/dev-services.sh up
+  # Mostly downloads and waiting: overlapped with the compile below.
+  mkdir -p .services
+  log "starting the services in the background (log: .services/up.log)"
+  scripts/dev-services.sh up >.services/up.log 2>&1 &
+  services_pid=$!
   eval "$(scripts/dev-services.sh env)"
 fi
+services_ready() {
+  [ -z "$services_pid" ] && return 0
+  if ! wait "$services_pid"; then
+    cat .services/up.log >&2
+    log "scripts/dev-services.sh up failed"
+    exit 1
+  fi
+  services_pid=""
+  tail -n 3 .services/up.log >&2
+}
 export KAFKA_BROKERS="${KAFKA_BROKERS:-localhost:9092}"
 export DATABASE_URL="${DATABASE_URL:-postgres://etl:etl@localhost:5432/etl}"
 log "broker ${KAFKA_BROKERS}; database $(printf '%s' "$DATABASE_URL" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#')"
@@ -32,8 +48,11 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "compiling the tests"
+cargo test --workspace --locked --no-run --quiet
+services_ready
 if [ "${ETL_USE_EXISTING_SERVICES:-0}" != "1" ]; then
-  log "cargo test (unit, integration and the fault suite, against the real broker and database)"
+  log "cargo test (unit, integration and the fault suite, against the real broker, database and S3 server)"
   cargo test --workspace --locked --no-fail-fast
   log "benchmark, tiny size (keeps scripts/bench.sh working; figures are not asserted)"
   BENCH_PROFILE=debug ETL_USE_EXISTING_SERVICES=1 scripts/bench.sh --tiny

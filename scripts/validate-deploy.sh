@@ -170,6 +170,40 @@ sys.exit(1 if errors else 0)
 PY
 ok "docker-compose.yml: compose $(docker-compose version --short) config -q; variables/defaults match README; ports on 127.0.0.1; healthchecks; loader scalable"
 
+# The S3 variant (docker-compose.s3.yml, MinIO): merges cleanly and keeps the same policies.
+docker-compose --env-file .env.example -f docker-compose.yml -f docker-compose.s3.yml config --format json \
+  >"$WORK/compose-s3.json" || fail "docker compose -f docker-compose.yml -f docker-compose.s3.yml config"
+"$PY" - "$WORK/compose-s3.json" <<'PY' || fail "docker-compose.s3.yml policy checks"
+import json, re, sys
+cfg = json.load(open(sys.argv[1]))
+readme = open("README.md").read()
+errors = []
+loader = cfg["services"]["loader"]
+env = loader.get("environment") or {}
+if not str(env.get("PARQUET_URL", "")).startswith("s3://"):
+    errors.append("loader: PARQUET_URL should name the MinIO bucket")
+if "AWS_SECRET_ACCESS_KEY" in env:
+    errors.append("loader: the secret key goes as a file (AWS_SECRET_ACCESS_KEY_FILE), never inline")
+for var in env:
+    if f"`{var}`" not in readme:
+        errors.append(f"loader: {var} is not documented in README")
+if "lake-bucket" not in (loader.get("depends_on") or {}):
+    errors.append("loader: must wait for the bucket (lake-bucket)")
+for name, svc in cfg["services"].items():
+    for p in svc.get("ports", []) or []:
+        if p.get("published") and p.get("host_ip") != "127.0.0.1":
+            errors.append(f"service {name}: port {p.get('published')} not bound to 127.0.0.1")
+    if svc.get("restart", "no") != "no" and not svc.get("healthcheck"):
+        errors.append(f"service {name}: long-running but no healthcheck")
+    for dep, cond in (svc.get("depends_on") or {}).items():
+        if cond.get("condition") not in ("service_healthy", "service_completed_successfully"):
+            errors.append(f"service {name}: depends_on {dep} without a health/completion condition")
+for e in errors:
+    print("  -", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+ok "docker-compose.s3.yml: merges with docker-compose.yml; loader writes to the MinIO bucket with its key from a secret file; ports on 127.0.0.1; healthchecks"
+
 # --- Kubernetes ---------------------------------------------------------------------------------
 # kubernetes-validate knows only built-in kinds and passes any other with a WARN; the CRD kinds
 # we use (ScaledObject, ServiceMonitor) are checked by the structural check below instead, and

@@ -168,3 +168,75 @@ async fn a_load_through_s3_is_exactly_once_in_the_bucket() {
     );
     db.drop_db().await;
 }
+
+/// The bucket throttles (`503 SlowDown` on every write) for a while: the roller backs off and
+/// retries, counting each failed attempt, PostgreSQL keeps loading, and once the store accepts
+/// writes again every user is in the bucket once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_store_is_backed_off_and_retried() {
+    let topic = unique("s3slow");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let bucket = bucket();
+    let data = tempfile::tempdir().unwrap();
+    let throttle = Throttle::start().await;
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.parquet.parquet_url = Some(format!("s3://{bucket}"));
+    config.parquet.store_settings = settings()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .chain([("AWS_ENDPOINT_URL".to_string(), throttle.endpoint.clone())])
+        .collect();
+    let loader = RunningLoader::start(config).await;
+    let big = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    let small = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    produce_as(
+        &topic,
+        &[
+            (Some("t1".into()), &big[..]),
+            (Some("t2".into()), &small[..]),
+        ],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "PostgreSQL loads meanwhile",
+        || async { db.count("SELECT count(*) FROM processed_data").await == 131 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "writes refused and retried",
+        || async {
+            throttle.refused() >= 3 && loader.metric("etl_loader_sink_errors_total").await >= 2.0
+        },
+    )
+    .await;
+    throttle.stop();
+    eventually(Duration::from_secs(60), "every file published", || async {
+        db.count("SELECT count(*) FROM raw_data WHERE parquet_pending")
+            .await
+            == 0
+            && db
+                .count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
+                .await
+                == 0
+    })
+    .await;
+    loader.shutdown().await;
+    let processed: Vec<Value> = objects(&bucket, "")
+        .into_iter()
+        .filter(|o| o["key"].as_str().unwrap().starts_with("processed/"))
+        .collect();
+    let users: Vec<(String, String)> = processed
+        .iter()
+        .flat_map(|o| {
+            strings(o, "raw_id")
+                .into_iter()
+                .zip(strings(o, "user_index"))
+        })
+        .collect();
+    assert_eq!(users.len(), 131);
+    assert_eq!(users.iter().collect::<HashSet<_>>().len(), 131);
+    db.drop_db().await;
+}

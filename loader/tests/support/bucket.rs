@@ -89,3 +89,119 @@ impl Drop for Frozen {
 fn services() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services.sh")
 }
+
+/// An HTTP proxy in front of the S3 server that answers every write (PUT/POST) with S3's
+/// `503 SlowDown` while throttling is on, as a bucket over its request rate does, and passes
+/// everything else through. Real HTTP over real sockets; the loader's own client sees it.
+pub struct Throttle {
+    /// The endpoint to give the loader instead of the server's.
+    pub endpoint: String,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Throttle {
+    /// Starts the proxy, throttling.
+    pub async fn start() -> Throttle {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let upstream = endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .replace("localhost", "127.0.0.1");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let on = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (o, r) = (on.clone(), refused.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (o, r, upstream) = (o.clone(), r.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let _ = serve(client, &upstream, &o, &r).await;
+                });
+            }
+        });
+        Throttle {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            on,
+            refused,
+        }
+    }
+
+    /// Stops throttling.
+    pub fn stop(&self) {
+        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes refused so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Reads one request (head and `Content-Length` body) from `client`; `None` at end of stream.
+async fn read_request(
+    client: &mut tokio::net::TcpStream,
+    buffered: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buffered.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffered[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buffered.len() < head_end + length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buffered.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(buffered.drain(..head_end + length).collect()))
+}
+
+async fn serve(
+    mut client: tokio::net::TcpStream,
+    upstream: &str,
+    on: &std::sync::atomic::AtomicBool,
+    refused: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let mut buffered = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut client, &mut buffered).await? else {
+            return Ok(());
+        };
+        let write = request.starts_with(b"PUT ") || request.starts_with(b"POST ");
+        if write && on.load(Ordering::SeqCst) {
+            refused.fetch_add(1, Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            let answer = format!(
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(answer.as_bytes()).await?;
+            continue;
+        }
+        // Everything from here on goes to the server, this request first.
+        let mut server = tokio::net::TcpStream::connect(upstream).await?;
+        server.write_all(&request).await?;
+        server.write_all(&buffered).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+        return Ok(());
+    }
+}
