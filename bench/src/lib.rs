@@ -79,6 +79,10 @@ pub struct Config {
     /// The command line recorded with the results.
     #[arg(long, env = "BENCH_COMMAND", default_value = "scripts/bench.sh")]
     pub command: String,
+    /// An S3 API endpoint (the local moto of `scripts/dev-services.sh`): the loader is also run
+    /// at defaults with its Parquet going to a bucket there, beside the local directory.
+    #[arg(long, env = "ETL_TEST_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -186,6 +190,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         best_run.rate.users_per_sec()
     );
 
+    let bucket_run = match &config.s3_endpoint {
+        Some(endpoint) => {
+            let settings = bucket_settings(endpoint, &run_id).await?;
+            let run = loader_run::measure(&config, &bin_dir, &topic, &produced, &settings).await?;
+            eprintln!(
+                "[bench] loader (bucket): {:.0} users/s, rolls closed in {:?}",
+                run.rate.users_per_sec(),
+                run.close
+            );
+            Some(run)
+        }
+        None => None,
+    };
+
     let naive = naive::measure(&config, &topic, &produced).await?;
     eprintln!("[bench] naive: {:.0} users/s", naive.users_per_sec());
 
@@ -206,6 +224,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         consume,
         default_run,
         best_run,
+        bucket_run,
         naive,
         fresh,
     };
@@ -214,4 +233,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     report::prepend(&config.out, &text)?;
     eprintln!("[bench] written to {}", config.out.display());
     Ok(())
+}
+
+/// A new bucket on the S3 endpoint (moto takes an unsigned CreateBucket) and the loader's
+/// settings to write to it.
+async fn bucket_settings(endpoint: &str, run_id: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use anyhow::Context;
+    let bucket = run_id.replace('_', "-");
+    let resp = reqwest::Client::new()
+        .put(format!("{}/{bucket}", endpoint.trim_end_matches('/')))
+        .send()
+        .await
+        .with_context(|| format!("creating bucket {bucket} at {endpoint}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "creating bucket {bucket}: {}",
+        resp.status()
+    );
+    Ok([
+        ("PARQUET_URL", format!("s3://{bucket}/parquet")),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ACCESS_KEY_ID", "bench".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "bench".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect())
 }

@@ -24,8 +24,12 @@ pub struct LoaderRun {
     pub wall: Duration,
     /// Peak resident set (VmHWM), bytes.
     pub peak_rss: u64,
-    /// User + system CPU time of the process.
+    /// User + system CPU time of the process, up to the last offset committed.
     pub cpu: Duration,
+    /// From SIGTERM to exit: the open Parquet rolls written and published.
+    pub close: Duration,
+    /// Parquet files published (raw and processed).
+    pub parquet_files: i64,
 }
 
 impl LoaderRun {
@@ -202,8 +206,40 @@ async fn run_once(
         }
     }
     .await;
-    stop(&mut child);
-    let (first, done, peak_rss, cpu, pg_cpu) = outcome?;
+    let (first, done, peak_rss, cpu, pg_cpu) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            stop(&mut child);
+            return Err(e);
+        }
+    };
+    // SIGTERM closes the open Parquet rolls: timed, and watched for memory while it works.
+    let term = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut peak_rss = peak_rss;
+    let closed = loop {
+        if let Some(status) = child.try_wait().context("waiting on the loader")? {
+            anyhow::ensure!(
+                status.success(),
+                "the loader exited with {status}:\n{}",
+                tail(&log)
+            );
+            break term.elapsed();
+        }
+        if term.elapsed() > Duration::from_secs(120) {
+            stop(&mut child);
+            anyhow::bail!(
+                "the loader did not close its rolls within 120 s:\n{}",
+                tail(&log)
+            );
+        }
+        if let Ok(rss) = procfs::peak_rss(child.id()) {
+            peak_rss = peak_rss.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let pool = db.pool().await?;
     let (raw, processed): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM raw_data), (SELECT count(*) FROM processed_data)",
@@ -211,6 +247,14 @@ async fn run_once(
     .fetch_one(&pool)
     .await
     .context("counting the loaded rows")?;
+    let (files, in_files, waiting): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM parquet_files WHERE state = 'published'),
+                (SELECT coalesce(sum(row_count), 0)::int8 FROM parquet_files WHERE state = 'published' AND dataset = 'processed'),
+                (SELECT count(*) FROM raw_data WHERE parquet_pending) + (SELECT count(*) FROM parquet_files WHERE state <> 'published')",
+    )
+    .fetch_one(&pool)
+    .await
+    .context("reading the Parquet ledger")?;
     pool.close().await;
     anyhow::ensure!(
         raw == topic.records.len() as i64 && processed == topic.users as i64,
@@ -218,10 +262,10 @@ async fn run_once(
         topic.records.len(),
         topic.users
     );
-    let parquet_files = count_files(&data_dir.join("processed"));
     anyhow::ensure!(
-        parquet_files > 0,
-        "the loader wrote no processed Parquet file"
+        in_files == topic.users as i64 && waiting == 0,
+        "the Parquet files hold {in_files} users ({waiting} records or files unpublished), expected {}",
+        topic.users
     );
     Ok(LoaderRun {
         settings: settings.to_vec(),
@@ -234,22 +278,7 @@ async fn run_once(
         wall: done - started,
         peak_rss,
         cpu,
+        close: closed,
+        parquet_files: files,
     })
-}
-
-fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        count_files(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }

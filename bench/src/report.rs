@@ -32,6 +32,8 @@ pub struct Results {
     pub default_run: LoaderRun,
     /// The loader at the best settings.
     pub best_run: LoaderRun,
+    /// The loader at defaults, Parquet to a bucket, when an S3 endpoint was given.
+    pub bucket_run: Option<LoaderRun>,
     /// One INSERT per user.
     pub naive: Rate,
     /// Fetch-to-row latency.
@@ -68,6 +70,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn settings(run: &LoaderRun) -> String {
+    if let Some((_, url)) = run.settings.iter().find(|(k, _)| k == "PARQUET_URL") {
+        let scheme = url.split("://").next().unwrap_or("s3");
+        return format!("defaults, Parquet to a bucket (`{scheme}://`, moto)");
+    }
     if run.settings.is_empty() {
         "defaults".to_string()
     } else {
@@ -103,12 +109,13 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| step | users/s | MB/s | time | loader peak RSS | loader CPU (cores) | PostgreSQL CPU (cores) |"
+        "| step | users/s | MB/s | time | SIGTERM → Parquet closed | loader peak RSS | loader CPU (cores) | PostgreSQL CPU (cores) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let row = |s: &mut String, name: &str, rate: &Rate, extra: Option<&LoaderRun>| {
-        let (rss, cpu) = extra.map_or(("".to_string(), "".to_string()), |l| {
+        let (close, rss, cpu) = extra.map_or((String::new(), String::new(), String::new()), |l| {
             (
+                format!("{} ({} files)", secs(l.close), l.parquet_files),
                 format!("{:.0} MB", l.peak_rss as f64 / 1024.0 / 1024.0),
                 format!("{:.2}", l.cores()),
             )
@@ -116,7 +123,7 @@ pub fn render(r: &Results) -> String {
         let pg = rate.pg_cores.map_or(String::new(), |c| format!("{c:.2}"));
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.1} | {} | {rss} | {cpu} | {pg} |",
+            "| {name} | {:.0} | {:.1} | {} | {close} | {rss} | {cpu} | {pg} |",
             rate.users_per_sec(),
             rate.mb_per_sec(),
             secs(rate.elapsed)
@@ -136,6 +143,14 @@ pub fn render(r: &Results) -> String {
         &r.best_run.rate,
         Some(&r.best_run),
     );
+    if let Some(b) = &r.bucket_run {
+        row(
+            &mut s,
+            &format!("loader, {}", settings(b)),
+            &b.rate,
+            Some(b),
+        );
+    }
     row(
         &mut s,
         &format!(
@@ -155,6 +170,15 @@ pub fn render(r: &Results) -> String {
         r.default_run.rate.users_per_sec() / r.naive.users_per_sec(),
         best.users_per_sec() / r.naive.users_per_sec(),
     );
+    if let Some(b) = &r.bucket_run {
+        let _ = writeln!(
+            s,
+            "- bucket ÷ local directory (both at defaults): {:.2} in users/s to the last commit; closing the rolls took {} against {}",
+            b.rate.users_per_sec() / r.default_run.rate.users_per_sec(),
+            secs(b.close),
+            secs(r.default_run.close)
+        );
+    }
     let _ = writeln!(
         s,
         "- loader wall time incl. start-up and group join: {} (defaults), {} (best)",

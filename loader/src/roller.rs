@@ -158,6 +158,13 @@ impl Roller {
                 report.add(rolls.roll(&w.topic, w.partition, cut).await?);
             }
         }
+        // Files a failed attempt claimed and could not write: until they are written the roll
+        // has not succeeded, whether or not new records wait.
+        for (topic, partition) in rolls.unfinished().await? {
+            if owned.contains(&(topic.clone(), partition)) {
+                report.add(rolls.finish(&topic, partition).await?);
+            }
+        }
         let left: Vec<_> = if report.claimed > 0 {
             rolls.waiting().await?.into_iter().filter(mine).collect()
         } else {

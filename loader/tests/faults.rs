@@ -200,6 +200,52 @@ async fn settle_and_count(
     served: &HashSet<String>,
     timeout: Duration,
 ) -> (usize, usize) {
+    settle_and_count_in(db, &Lake::Local(data.to_path_buf()), served, timeout).await
+}
+
+/// Where a scenario's Parquet went.
+enum Lake {
+    /// A local directory (DATA_DIR).
+    Local(std::path::PathBuf),
+    /// A bucket on the test S3 server (under the prefix `lake/`), read by pyarrow.
+    Bucket(String),
+}
+
+impl Lake {
+    /// `column` of every row of every file of `dataset` (`raw` or `processed`).
+    fn column(&self, dataset: &str, column: &str) -> Vec<String> {
+        match self {
+            Lake::Local(dir) => parquet_rows(&dir.join(dataset), &[column])
+                .into_iter()
+                .filter_map(|r| r[0].clone())
+                .collect(),
+            Lake::Bucket(bucket) => support::bucket::objects(bucket, "lake")
+                .iter()
+                .filter(|o| {
+                    o["key"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with(&format!("lake/{dataset}/")))
+                })
+                .flat_map(|o| support::bucket::strings(o, column))
+                .collect(),
+        }
+    }
+
+    /// Nothing half-done left where readers could see it.
+    fn clean(&self) -> bool {
+        match self {
+            Lake::Local(dir) => parquet_files(&dir.join("_staging")).is_empty(),
+            Lake::Bucket(_) => true,
+        }
+    }
+}
+
+async fn settle_and_count_in(
+    db: &TestDb,
+    lake: &Lake,
+    served: &HashSet<String>,
+    timeout: Duration,
+) -> (usize, usize) {
     let expected = served.len() as i64;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -207,14 +253,20 @@ async fn settle_and_count(
         let staged = db
             .count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
             .await;
-        let pq_n = parquet_rows(&data.join("processed"), &["user_uuid"]).len() as i64;
-        let raw_n = db.count("SELECT count(*) FROM raw_data").await;
-        let raw_pq_n = parquet_rows(&data.join("raw"), &["raw_id"]).len() as i64;
-        if db_n >= expected
-            && staged == 0
-            && pq_n >= expected
-            && raw_pq_n >= raw_n
-            && parquet_files(&data.join("_staging")).is_empty()
+        let waiting = db
+            .count("SELECT count(*) FROM raw_data WHERE parquet_pending")
+            .await;
+        // Reading a bucket takes a Python process: only once PostgreSQL says all is written.
+        let (pq_n, raw_pq_n, raw_n) = if db_n >= expected && staged == 0 && waiting == 0 {
+            (
+                lake.column("processed", "user_uuid").len() as i64,
+                lake.column("raw", "raw_id").len() as i64,
+                db.count("SELECT count(*) FROM raw_data").await,
+            )
+        } else {
+            (0, 0, 1)
+        };
+        if db_n >= expected && staged == 0 && pq_n >= expected && raw_pq_n >= raw_n && lake.clean()
         {
             break;
         }
@@ -228,10 +280,7 @@ async fn settle_and_count(
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let pq_uuids: Vec<String> = parquet_rows(&data.join("processed"), &["user_uuid"])
-        .into_iter()
-        .filter_map(|r| r[0].clone())
-        .collect();
+    let pq_uuids: Vec<String> = lake.column("processed", "user_uuid");
     let mut lost = 0;
     let mut duplicated = 0;
     for (name, uuids) in [("PostgreSQL", db_uuids), ("Parquet", pq_uuids)] {
@@ -251,11 +300,7 @@ async fn settle_and_count(
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let raw_pq = histogram(
-        parquet_rows(&data.join("raw"), &["raw_id"])
-            .into_iter()
-            .filter_map(|r| r[0].clone()),
-    );
+    let raw_pq = histogram(lake.column("raw", "raw_id"));
     let raw_dup: usize = raw_pq.values().map(|n| n - 1).sum();
     let raw_missing = raw_rows
         .iter()
@@ -285,11 +330,26 @@ async fn load_under_way(
     RunningLoader,
     tokio::task::JoinHandle<extractor::RunSummary>,
 ) {
+    load_under_way_with(db, topic, data, |_| {}).await
+}
+
+/// As [`load_under_way`], with the loader's config adjusted by `configure`.
+async fn load_under_way_with(
+    db: &TestDb,
+    topic: &str,
+    data: &Path,
+    configure: impl FnOnce(&mut loader::RunConfig),
+) -> (
+    Stub,
+    RunningLoader,
+    tokio::task::JoinHandle<extractor::RunSummary>,
+) {
     let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
         .await
         .unwrap();
     let mut config = loader_config(db, topic, &unique("g"), data);
     config.batch_max_records = 5;
+    configure(&mut config);
     let loader = RunningLoader::start(config).await;
     let producing = extractor(&stub.url(), topic, 40, 50, "250ms");
     eventually(Duration::from_secs(60), "some users loaded", || async {
@@ -775,7 +835,8 @@ async fn poison_of_every_kind_interleaved_with_good_records() {
 }
 
 /// 7. The data directory unwritable for 10 s mid-load (its staging area replaced by a file):
-///    the loader holds the batch, reports `parquet` not ready, and resumes without loss.
+///    PostgreSQL goes on loading, the roller reports `parquet` not ready and retries, and the
+///    files are written without loss once the directory is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_dir_unwritable_mid_load() {
     let _serial = SERIAL.lock().await;
@@ -1299,6 +1360,182 @@ async fn a_loader_cut_off_from_the_broker_only_is_a_harmless_zombie() {
         "the namespaced loader took part in the load: {}",
         &zombie_log[..zombie_log.len().min(4000)]
     );
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// The loader's settings for a bucket on the test S3 server (through `endpoint`), as
+/// environment variables.
+fn bucket_env(bucket: &str, endpoint: &str) -> Vec<(String, String)> {
+    support::bucket::settings()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .chain([
+            ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
+            ("PARQUET_URL".to_string(), format!("s3://{bucket}/lake")),
+            ("AWS_TIMEOUT".to_string(), "5s".to_string()),
+        ])
+        .collect()
+}
+
+/// 12. Parquet to a bucket: the loader killed (SIGKILL, or aborting at a failpoint — after a
+///     roll claimed its files, after an object was stored but before the ledger said so, and
+///     the batch's own points) again and again under load. Read back by pyarrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_loader_killed_repeatedly_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let logs = data.path().join("logs");
+    let bucket = support::bucket::bucket();
+    let env = bucket_env(&bucket, &support::bucket::endpoint());
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let group = unique("g");
+    let producing = extractor(&stub.url(), &topic, 40, 100, "300ms");
+    let failpoints = [
+        "after-roll-claim=0.5",
+        "after-object-write=0.5",
+        "after-db-commit=0.3",
+        "",
+    ];
+    let mut kills = 0;
+    for i in 0..8 {
+        let mut extra: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        extra.push(("ETL_FAILPOINTS", failpoints[i % failpoints.len()]));
+        let mut loader = spawn_loader(&db, &topic, &group, data.path(), &logs, &extra);
+        let wait = Duration::from_millis(rand::rng().random_range(700..2500));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => kill9(&mut loader).await,
+            _ = loader.wait() => {}
+        }
+        kills += 1;
+    }
+    let summary = producing.await.unwrap();
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut last = spawn_loader(&db, &topic, &group, data.path(), &logs, &extra);
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(served.len(), 4000);
+    let lake = Lake::Bucket(bucket);
+    let (lost, duplicated) =
+        settle_and_count_in(&db, &lake, &served, Duration::from_secs(120)).await;
+    sigterm(&mut last).await;
+    Outcome {
+        scenario: "12. bucket (S3 API): loader killed -9 / aborted at failpoints incl. after a roll's claim and after an object's PUT, 8 times, under load",
+        records: summary.published,
+        users: served.len(),
+        kills,
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(kills >= 6);
+    assert_eq!((lost, duplicated), (0, 0));
+    assert!(
+        parquet_files(data.path()).is_empty(),
+        "nothing went to DATA_DIR"
+    );
+    db.drop_db().await;
+}
+
+/// 13. The bucket stops answering for 30 s mid-load (the S3 server frozen): PostgreSQL keeps
+///     loading, `/ready` names the Parquet sink, the roller waits the store out, and nothing is
+///     lost or duplicated in either sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_frozen_for_30_seconds_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let bucket = support::bucket::bucket();
+    let env = bucket_env(&bucket, &support::bucket::endpoint());
+    let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
+        c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
+        c.parquet.store_settings = env.clone();
+    })
+    .await;
+    let frozen = support::bucket::Frozen::store();
+    let before = db.count("SELECT count(*) FROM processed_data").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = db.count("SELECT count(*) FROM processed_data").await;
+    let ready = reqwest::get(format!("http://{}/ready", loader.status))
+        .await
+        .unwrap();
+    let (ready_status, ready_body) = (ready.status(), ready.text().await.unwrap());
+    drop(frozen);
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let lake = Lake::Bucket(bucket);
+    let (lost, duplicated) =
+        settle_and_count_in(&db, &lake, &served, Duration::from_secs(120)).await;
+    let errors = loader.metric("etl_loader_sink_errors_total").await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "13. bucket (S3 API) not answering for 30 s mid-load",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "store frozen 30 s; PostgreSQL went on ({before} → {during} users); {errors} failed rolls retried"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(
+        during > before,
+        "PostgreSQL kept loading while the store was out"
+    );
+    assert_eq!(ready_status, 503, "{ready_body}");
+    assert!(ready_body.contains("parquet"), "{ready_body}");
+    assert!(errors > 0.0);
+    assert_eq!((lost, duplicated), (0, 0));
+    db.drop_db().await;
+}
+
+/// 14. The bucket throttles (`503 SlowDown` on every write) for 20 s from the start of a load:
+///     the roller backs off and retries, and nothing is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_throttling_for_20_seconds() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(2).await;
+    let bucket = support::bucket::bucket();
+    let throttle = support::bucket::Throttle::start().await;
+    let env = bucket_env(&bucket, &throttle.endpoint);
+    let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
+        c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
+        c.parquet.store_settings = env.clone();
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    throttle.stop();
+    let refused = throttle.refused();
+    let summary = producing.await.unwrap();
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    let lake = Lake::Bucket(bucket);
+    let (lost, duplicated) =
+        settle_and_count_in(&db, &lake, &served, Duration::from_secs(120)).await;
+    let errors = loader.metric("etl_loader_sink_errors_total").await;
+    loader.shutdown().await;
+    Outcome {
+        scenario: "14. bucket (S3 API) throttling (503 SlowDown on every write) for 20 s",
+        records: summary.published,
+        users: served.len(),
+        outages: vec![format!(
+            "{refused} writes refused with 503 SlowDown; {errors} failed rolls retried with backoff"
+        )],
+        lost,
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert!(refused > 0 && errors > 0.0);
     assert_eq!((lost, duplicated), (0, 0));
     db.drop_db().await;
 }

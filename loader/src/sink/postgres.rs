@@ -504,6 +504,18 @@ pub async fn unpublished(
         .collect()
 }
 
+/// The partitions with files not yet published.
+pub async fn unpublished_partitions(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i32)>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state <> 'published' ORDER BY 1, 2",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
 /// The file's state and generation, if the ledger knows it.
 pub async fn file_state(conn: &mut PgConnection, path: &str) -> sqlx::Result<Option<Unpublished>> {
     let row = sqlx::query("SELECT path, state, generation FROM parquet_files WHERE path = $1")

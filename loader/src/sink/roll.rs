@@ -142,6 +142,12 @@ impl Rolls {
         Ok(postgres::waiting(&mut conn).await?)
     }
 
+    /// The partitions with claimed files not yet written (a failed or crashed roll's).
+    pub async fn unfinished(&self) -> Result<Vec<(String, i32)>, SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(postgres::unpublished_partitions(&mut conn).await?)
+    }
+
     /// Claims `topic`'s `partition`'s waiting records by `cut`, then writes every file of the
     /// partition still pending (these, and any a crash or a failed attempt left).
     pub async fn roll(
@@ -150,10 +156,15 @@ impl Rolls {
         partition: i32,
         cut: Cut,
     ) -> Result<RollReport, SinkError> {
-        let mut report = RollReport {
-            claimed: self.claim(topic, partition, cut).await?,
-            ..RollReport::default()
-        };
+        let claimed = self.claim(topic, partition, cut).await?;
+        let mut report = self.finish(topic, partition).await?;
+        report.claimed = claimed;
+        Ok(report)
+    }
+
+    /// Writes every file of `topic`'s `partition` that is claimed and not yet published.
+    pub async fn finish(&self, topic: &str, partition: i32) -> Result<RollReport, SinkError> {
+        let mut report = RollReport::default();
         let pending = {
             let mut conn = self.pool.acquire().await?;
             postgres::unpublished(&mut conn, Some((topic, partition))).await?

@@ -48,7 +48,7 @@ def main(endpoint, command, bucket, prefix=""):
         table = pq.read_table(info.path, filesystem=fs)
         meta = pq.read_metadata(info.path, filesystem=fs)
         columns = {}
-        for name in ("raw_id", "user_index", "kafka_offset", "email"):
+        for name in ("raw_id", "user_index", "user_uuid", "kafka_offset", "email"):
             if name in table.column_names:
                 columns[name] = [None if v is None else str(v) for v in table.column(name).to_pylist()]
         out.append(
