@@ -15,6 +15,8 @@ scripts/dev-services.sh up
 eval "$(scripts/dev-services.sh env)"
 export KAFKA_BROKERS DATABASE_URL
 export DATA_DIR="${DATA_DIR:-data}" LOG_DIR="${LOG_DIR:-logs}"
+# A local run shows its Parquet files within a minute; the product's default is 10 min.
+export PARQUET_ROLL_INTERVAL="${PARQUET_ROLL_INTERVAL:-1m}"
 
 log "building release binaries"
 cargo build --release --locked -p extractor -p loader -p randomuser-stub
@@ -47,7 +49,7 @@ pids+=("$!")
 cat >&2 <<MSG
 [run-local] running. Logs in $LOG_DIR/, Parquet in $DATA_DIR/, status on :2112 (extractor) and :2113 (loader).
 [run-local]   psql "$(printf '%s' "$DATABASE_URL")" -c 'select count(*) from processed_data'
-[run-local]   ls $DATA_DIR/processed/
+[run-local]   ls $DATA_DIR/processed/      (files roll every PARQUET_ROLL_INTERVAL=$PARQUET_ROLL_INTERVAL, and on Ctrl-C)
 [run-local] Ctrl-C stops everything.
 MSG
 wait

@@ -6,6 +6,8 @@
 mod support;
 
 use bytes::Bytes;
+use loader::config::BackfillArgs;
+use loader::replay::Position;
 use loader::sink::store::{Created, Store};
 use randomuser_stub::{FaultPlan, Stub};
 use serde_json::Value;
@@ -238,5 +240,185 @@ async fn a_throttling_store_is_backed_off_and_retried() {
         .collect();
     assert_eq!(users.len(), 131);
     assert_eq!(users.iter().collect::<HashSet<_>>().len(), 131);
+    db.drop_db().await;
+}
+
+fn processed_objects(bucket: &str) -> Vec<Value> {
+    objects(bucket, "lake")
+        .into_iter()
+        .filter(|o| {
+            o["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("lake/processed/date=")
+        })
+        .collect()
+}
+
+/// Rolls by age, at the defaults' proportions with time scaled down: the default 30 s fetches
+/// and 10 min interval make 20 fetches per file; here 100 ms fetches and a 2 s interval. Files
+/// follow the interval, not the fetches (before rolls, every fetch was a file pair of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_roll_by_age_not_per_fetch() {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let topic = unique("s3age");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let bucket = bucket();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
+    config.parquet.store_settings = settings();
+    config.parquet.roll_interval = Duration::from_secs(2);
+    let loader = RunningLoader::start(config).await;
+    let mut extractor =
+        extractor::Config::for_test(&stub.url(), &brokers(), &topic).expect("extractor config");
+    extractor.max_fetches = Some(60);
+    extractor.results = 5;
+    extractor.interval = Duration::from_millis(100);
+    let app = extractor::Application::build(extractor).await.unwrap();
+    let published = app
+        .run(tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap()
+        .published;
+    assert_eq!(published, 60);
+    eventually(
+        Duration::from_secs(60),
+        "everything rolled by age",
+        || async {
+            db.count("SELECT count(*) FROM processed_data").await == 300
+                && db
+                    .count("SELECT count(*) FROM raw_data WHERE parquet_pending")
+                    .await
+                    == 0
+                && db
+                    .count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
+                    .await
+                    == 0
+        },
+    )
+    .await;
+    let before_sigterm = processed_objects(&bucket).len();
+    loader.shutdown().await;
+    let files = processed_objects(&bucket);
+    assert_eq!(
+        files.len(),
+        before_sigterm,
+        "rolled by age, nothing left for SIGTERM"
+    );
+    let users: usize = files
+        .iter()
+        .map(|o| o["rows"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(users, 300);
+    // 60 fetches over ~6 s at a 2 s interval: a handful of files, not 60.
+    assert!(
+        (2..=12).contains(&files.len()),
+        "{} processed files for 60 fetches",
+        files.len()
+    );
+    db.drop_db().await;
+}
+
+/// `loader backfill`, `--reprocess` and a replay work unchanged against a bucket: a backfill's
+/// rolls are closed at its end, a reprocess replaces each file in one PUT under the same key, and
+/// a replay over loaded data writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_reprocess_and_replay_work_against_a_bucket() {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let topic = unique("s3replay");
+    create_topic(&topic, 2).await;
+    run_extractor(&stub.url(), &topic, 3, 10).await;
+    let db = TestDb::new().await;
+    let bucket = bucket();
+    let data = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut c = loader_config(&db, &topic, "ignored", data.path());
+        c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
+        c.parquet.store_settings = settings();
+        // Nothing rolls by age during the test: only the end of the backfill closes the rolls.
+        c.parquet.roll_interval = Duration::from_secs(3600);
+        c
+    };
+    let backfill = |run: loader::RunConfig| async move {
+        let app = loader::commands::backfill_app(BackfillArgs {
+            from: Position::Earliest,
+            to: None,
+            group: None,
+            run,
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            app.run(tokio_util::sync::CancellationToken::new()),
+        )
+        .await
+        .expect("the backfill exits by itself")
+        .unwrap()
+    };
+    let summary = backfill(run()).await;
+    assert_eq!(summary.loaded, 3);
+    let first = processed_objects(&bucket);
+    let keys: Vec<String> = first
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    let users: Vec<String> = first.iter().flat_map(|o| strings(o, "user_uuid")).collect();
+    assert_eq!(users.len(), 30, "the backfill's rolls closed at its end");
+    let served: HashSet<String> = stub.served_uuids().into_iter().collect();
+    assert_eq!(users.iter().cloned().collect::<HashSet<_>>(), served);
+
+    // A transform change: stale rows, then --reprocess over the same range.
+    sqlx::query("UPDATE processed_data SET email = 'stale@example.com'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut again = run();
+    again.reprocess = true;
+    let summary = backfill(again).await;
+    assert_eq!((summary.loaded, summary.reprocessed), (0, 3));
+    let rewritten = processed_objects(&bucket);
+    let new_keys: Vec<String> = rewritten
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new_keys, keys, "the same objects, replaced");
+    let emails: Vec<String> = rewritten.iter().flat_map(|o| strings(o, "email")).collect();
+    assert_eq!(emails.len(), 30);
+    assert!(emails.iter().all(|e| e != "stale@example.com"));
+    let in_db: HashSet<String> = sqlx::query_scalar("SELECT email FROM processed_data")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(emails.into_iter().collect::<HashSet<_>>(), in_db);
+
+    // A replay of everything with a running group: all duplicates, no object written.
+    let mut group = run();
+    group.group_id = unique("g");
+    let loader = RunningLoader::start(group).await;
+    eventually(
+        Duration::from_secs(60),
+        "the replay consumed everything",
+        || async { loader.metric("etl_loader_records_duplicate_total").await == 3.0 },
+    )
+    .await;
+    loader.shutdown().await;
+    let all: Vec<String> = objects(&bucket, "lake")
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        all.len(),
+        keys.len() * 2,
+        "raw and processed, nothing new: {all:?}"
+    );
     db.drop_db().await;
 }
