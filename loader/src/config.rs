@@ -242,8 +242,8 @@ pub struct RunConfig {
     /// Longest retry delay.
     #[arg(long = "loader-backoff-max", env = "LOADER_BACKOFF_MAX", value_name = "LOADER_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
-    /// How often to sweep the Parquet staging area for files a crashed replica committed but
-    /// never moved into place (recovery also runs at start and after any failed write).
+    /// How often to write the Parquet files a crashed or failed roll claimed but never wrote, on
+    /// any partition (also done at start and on SIGTERM).
     #[arg(long = "loader-recovery-interval", env = "LOADER_RECOVERY_INTERVAL", value_name = "LOADER_RECOVERY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub recovery_interval: Duration,
     /// On SIGTERM, how long the open batch may take to be written and committed. Past it (a
@@ -386,7 +386,7 @@ pub struct ParquetArgs {
     /// Store settings that override the environment, as (variable, value): for a program that
     /// embeds the loader (and the tests) rather than setting process variables.
     #[arg(skip)]
-    pub store_settings: Vec<(String, String)>,
+    pub store_settings: Vec<(String, Secret)>,
 }
 
 impl ParquetArgs {
@@ -445,7 +445,11 @@ impl ParquetArgs {
                 settings.push((var.to_string(), secret.expose().to_string()));
             }
         }
-        settings.extend(self.store_settings.iter().cloned());
+        settings.extend(
+            self.store_settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
         crate::sink::store::Store::from_url(&url, &settings)
             .map_err(|e| anyhow::anyhow!("PARQUET_URL={url}: {e:#}"))
     }

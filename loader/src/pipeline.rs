@@ -156,7 +156,6 @@ impl Pipeline {
             if self.range_done() && batch.is_empty() {
                 progress.finish();
                 tracing::info!(records = self.summary.consumed, "backfill range complete");
-                stop_roller.cancel();
                 rolling.finish().await;
                 // The backfill is done when its files are: wait the store out.
                 let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
@@ -174,7 +173,6 @@ impl Pipeline {
                 }
             }
         }
-        stop_roller.cancel();
         rolling.finish().await;
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
         self.apply_rebalances(&mut batch);
@@ -501,8 +499,11 @@ fn original_source(record: &LoadRecord) -> batch::SourceRecord {
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl AbortOnDrop {
-    /// Waits for the task to end (after its stop token is cancelled).
+    /// Stops the task where it stands and waits for it to be gone. For the roller that is a
+    /// crash mid-roll, which the ledger is built for; waiting out a slow PUT instead would eat
+    /// the shutdown grace the final batch needs (the closing roll redoes the work anyway).
     async fn finish(&mut self) {
+        self.0.abort();
         if let Err(e) = (&mut self.0).await
             && e.is_panic()
         {

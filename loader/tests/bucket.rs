@@ -80,7 +80,7 @@ async fn a_load_through_s3_is_exactly_once_in_the_bucket() {
 
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
-    config.parquet.store_settings = settings();
+    config.parquet.store_settings = store_settings();
     // Files roll on SIGTERM, not per batch: the load below is one roll per partition.
     config.parquet.roll_interval = Duration::from_secs(3600);
     config.batch_max_records = 2;
@@ -184,11 +184,13 @@ async fn a_throttling_store_is_backed_off_and_retried() {
     let throttle = Throttle::start().await;
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.parquet.parquet_url = Some(format!("s3://{bucket}"));
-    config.parquet.store_settings = settings()
-        .into_iter()
-        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
-        .chain([("AWS_ENDPOINT_URL".to_string(), throttle.endpoint.clone())])
-        .collect();
+    config.parquet.store_settings = secrets(
+        settings()
+            .into_iter()
+            .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+            .chain([("AWS_ENDPOINT_URL".to_string(), throttle.endpoint.clone())])
+            .collect(),
+    );
     let loader = RunningLoader::start(config).await;
     let big = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
     let small = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
@@ -270,7 +272,7 @@ async fn files_roll_by_age_not_per_fetch() {
     let data = tempfile::tempdir().unwrap();
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
-    config.parquet.store_settings = settings();
+    config.parquet.store_settings = store_settings();
     config.parquet.roll_interval = Duration::from_secs(2);
     let loader = RunningLoader::start(config).await;
     let mut extractor =
@@ -340,7 +342,7 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
     let run = || {
         let mut c = loader_config(&db, &topic, "ignored", data.path());
         c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
-        c.parquet.store_settings = settings();
+        c.parquet.store_settings = store_settings();
         // Nothing rolls by age during the test: only the end of the backfill closes the rolls.
         c.parquet.roll_interval = Duration::from_secs(3600);
         c

@@ -24,12 +24,12 @@ async fn a_store_that_stops_answering_is_waited_out() {
     produce_as(&topic, &[(Some("f0".into()), &big[..])]).await;
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
     config.parquet.parquet_url = Some(format!("s3://{bucket}"));
-    config.parquet.store_settings = settings();
+    config.parquet.store_settings = store_settings();
     // A frozen store is noticed in seconds, not the default 30.
     config
         .parquet
         .store_settings
-        .push(("AWS_TIMEOUT".into(), "2s".into()));
+        .push(("AWS_TIMEOUT".into(), etl_common::config::Secret::new("2s")));
     let loader = RunningLoader::start(config).await;
     eventually(Duration::from_secs(60), "the first roll", || async {
         db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")

@@ -1454,7 +1454,7 @@ async fn bucket_frozen_for_30_seconds_mid_load() {
     let env = bucket_env(&bucket, &support::bucket::endpoint());
     let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
         c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
-        c.parquet.store_settings = env.clone();
+        c.parquet.store_settings = support::bucket::secrets(env.clone());
     })
     .await;
     let frozen = support::bucket::Frozen::store();
@@ -1509,7 +1509,7 @@ async fn bucket_throttling_for_20_seconds() {
     let env = bucket_env(&bucket, &throttle.endpoint);
     let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
         c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
-        c.parquet.store_settings = env.clone();
+        c.parquet.store_settings = support::bucket::secrets(env.clone());
     })
     .await;
     tokio::time::sleep(Duration::from_secs(20)).await;

@@ -375,3 +375,88 @@ async fn the_kafka_password_appears_nowhere() {
     );
     db.drop_db().await;
 }
+
+/// The bucket's secret key: from `AWS_SECRET_ACCESS_KEY_FILE` against the test S3 server (files
+/// written), and from `AWS_SECRET_ACCESS_KEY` against an endpoint that refuses connections (the
+/// roll fails and says so), at debug level; the key is in neither run's output, log files,
+/// `/metrics` or `/ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_secret_key_appears_nowhere() {
+    let db = TestDb::new().await;
+    let bucket = support::bucket::bucket();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let key_file = logs.path().join("aws-secret");
+    std::fs::write(&key_file, format!("{CANARY}\n")).unwrap();
+    let base = |endpoint: String| -> Vec<(&'static str, String)> {
+        vec![
+            ("PARQUET_URL", format!("s3://{bucket}/lake")),
+            ("PARQUET_ROLL_INTERVAL", "0s".to_string()),
+            ("AWS_ACCESS_KEY_ID", "etl".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_CONNECT_TIMEOUT", "1s".to_string()),
+            ("LOG_LEVEL", "debug".to_string()),
+        ]
+    };
+    let status_seen = std::sync::Mutex::new(String::new());
+    let mut seen = String::new();
+
+    let mut from_file = base(support::bucket::endpoint());
+    from_file.push(("AWS_SECRET_ACCESS_KEY_FILE", key_file.display().to_string()));
+    let topic = topic_with_20_users("s3secret").await;
+    seen += &run_loader_for(
+        &db.url,
+        &topic,
+        data.path(),
+        logs.path(),
+        &from_file,
+        async |port| {
+            eventually(Duration::from_secs(60), "the file pair written", || async {
+                db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")
+                    .await
+                    == 2
+            })
+            .await;
+            let seen_here = get(port, "/ready").await + &get(port, "/metrics").await;
+            *status_seen.lock().unwrap() += &seen_here;
+        },
+    )
+    .await;
+    assert_eq!(support::bucket::objects(&bucket, "lake").len(), 2);
+
+    let mut unreachable = base("http://127.0.0.1:9".to_string());
+    unreachable.push(("AWS_SECRET_ACCESS_KEY", CANARY.to_string()));
+    let topic = topic_with_20_users("s3secret").await;
+    seen += &run_loader_for(
+        &db.url,
+        &topic,
+        data.path(),
+        logs.path(),
+        &unreachable,
+        async |port| {
+            eventually(
+                Duration::from_secs(60),
+                "the failed roll reported",
+                || async {
+                    get(port, "/ready").await.contains("parquet\":\"")
+                        && !get(port, "/ready").await.contains("\"parquet\":\"ok\"")
+                },
+            )
+            .await;
+            let seen_here = get(port, "/ready").await + &get(port, "/metrics").await;
+            *status_seen.lock().unwrap() += &seen_here;
+        },
+    )
+    .await;
+    seen += &status_seen.lock().unwrap();
+    for entry in std::fs::read_dir(logs.path()).unwrap().flatten() {
+        if entry.path() != key_file {
+            seen += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+        }
+    }
+    assert!(seen.contains("s3://"), "the store is named in the logs");
+    assert_nowhere(&seen, &[("bucket secret key", CANARY)]);
+    db.drop_db().await;
+}

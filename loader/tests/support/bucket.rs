@@ -47,6 +47,19 @@ pub fn settings() -> Vec<(String, String)> {
     .collect()
 }
 
+/// `settings` as the loader's `store_settings` (values are secrets there).
+pub fn secrets(settings: Vec<(String, String)>) -> Vec<(String, etl_common::config::Secret)> {
+    settings
+        .into_iter()
+        .map(|(k, v)| (k, etl_common::config::Secret::new(v)))
+        .collect()
+}
+
+/// [`settings`], ready for `config.parquet.store_settings`.
+pub fn store_settings() -> Vec<(String, etl_common::config::Secret)> {
+    secrets(settings())
+}
+
 /// Every object under `prefix`, as pyarrow reads it.
 pub fn objects(bucket: &str, prefix: &str) -> Vec<Value> {
     let text = s3py(&["read", bucket, prefix]);
