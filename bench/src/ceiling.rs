@@ -1,5 +1,6 @@
 //! The ceiling: PostgreSQL's own `COPY` of exactly the rows the loader writes for the topic
-//! (`raw_data` with its stripped JSONB payload and file links, `processed_data`), into a fresh
+//! (`raw_data` with its stripped JSONB payload and, waiting for its Parquet roll, the same payload
+//! as text; `processed_data`), into a fresh
 //! database with the loader's schema and indexes, in one transaction. Building the rows is not
 //! timed; sending them and committing is.
 
@@ -48,13 +49,6 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
         let text = std::str::from_utf8(body).context("a preloaded record is not UTF-8")?;
         let stored =
             loader::transform::strip_login_secrets(text).unwrap_or_else(|| text.to_string());
-        let date = r.fetched_at.format("%Y-%m-%d");
-        let file = |dataset: &str| {
-            format!(
-                "{dataset}/date={date}/{topic_name}-{}-{:020}-{:020}.parquet",
-                r.partition, r.offset, r.offset
-            )
-        };
         let _ = write!(raw, "{raw_id},");
         field(&mut raw, Some(topic_name));
         let _ = write!(raw, ",{},{},", r.partition, r.offset);
@@ -62,12 +56,14 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
         raw.push(',');
         field(&mut raw, Some(&stored));
         let _ = write!(raw, ",{},{},{},", rows.len(), ts(r.fetched_at), ts(now));
-        field(&mut raw, Some(&file("raw")));
-        raw.push(',');
-        field(&mut raw, Some(&file("processed")));
-        raw.push(',');
         field(&mut raw, Some(&identity.key));
-        let _ = write!(raw, ",\\x{}", hex::encode(identity.digest));
+        let _ = write!(
+            raw,
+            ",\\x{},{},true,",
+            hex::encode(identity.digest),
+            stored.len()
+        );
+        field(&mut raw, Some(&stored));
         raw.push('\n');
         for u in &rows {
             let _ = write!(processed, "{},{},", u.raw_id, u.user_index);
@@ -109,7 +105,7 @@ pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
     })
 }
 
-const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, raw_file, processed_file, record_key, payload_sha256) FROM STDIN (FORMAT csv)";
+const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, record_key, payload_sha256, payload_bytes, parquet_pending, payload_text) FROM STDIN (FORMAT csv)";
 const COPY_PROCESSED: &str = "COPY processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email, gender, nationality, city, state, country, postcode, date_of_birth, registered_date, fetched_at, processed_at, created_at) FROM STDIN (FORMAT csv)";
 
 async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &str) -> anyhow::Result<u64> {

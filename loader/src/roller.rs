@@ -145,7 +145,7 @@ impl Roller {
         let rolls = self.sinks.rolls();
         let now = chrono::Utc::now();
         let mine =
-            |w: &crate::sink::postgres::Waiting| owned.contains(&(w.topic.clone(), w.partition));
+            |w: &crate::sink::ledger::Waiting| owned.contains(&(w.topic.clone(), w.partition));
         let waiting: Vec<_> = rolls.waiting().await?.into_iter().filter(mine).collect();
         let mut report = RollReport::default();
         for w in &waiting {

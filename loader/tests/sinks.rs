@@ -319,7 +319,7 @@ async fn a_sweep_never_waits_behind_a_hung_writer() {
         .unwrap();
     let mut hung = db.pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(loader::sink::postgres::FILE_LOCK)
+        .bind(loader::sink::ledger::FILE_LOCK)
         .bind(&path)
         .execute(&mut *hung)
         .await

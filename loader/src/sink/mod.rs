@@ -5,6 +5,7 @@
 //! size through the ledger and writes each file whole ([`store`]). A re-delivered record finds
 //! its raw row and is written nowhere twice.
 
+pub mod ledger;
 pub mod parquet;
 pub mod postgres;
 pub mod roll;
@@ -272,7 +273,7 @@ impl Sinks {
             count += records.len();
             rewrite.push(path);
         }
-        postgres::mark_rewrite(tx, &rewrite).await?;
+        ledger::mark_rewrite(tx, &rewrite).await?;
         // Records not in a file yet (waiting for a roll, or loaded before files were linked to
         // records): rows only; a roll builds their files from the recomputed state.
         let rest: Vec<&LoadRecord> = known

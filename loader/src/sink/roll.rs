@@ -18,8 +18,9 @@
 //! nothing from Kafka, and consumer lag never counts an open roll as backlog.
 
 use super::SinkError;
+use super::ledger::{self, Claim, Unpublished};
 use super::parquet::{self, Dataset, FileWriter};
-use super::postgres::{self, Claim, Unpublished};
+use super::postgres;
 use super::store::{Created, Store};
 use crate::batch::LoadRecord;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -53,7 +54,7 @@ pub enum Cut {
 
 impl RollPolicy {
     /// Whether `w` is due, and how much of it.
-    pub fn due(&self, w: &postgres::Waiting, now: DateTime<Utc>) -> Option<Cut> {
+    pub fn due(&self, w: &ledger::Waiting, now: DateTime<Utc>) -> Option<Cut> {
         let waited = (now - w.oldest).to_std().unwrap_or_default();
         if waited >= self.interval {
             Some(Cut::All)
@@ -137,15 +138,15 @@ impl Rolls {
     }
 
     /// What waits for a roll, per partition.
-    pub async fn waiting(&self) -> Result<Vec<postgres::Waiting>, SinkError> {
+    pub async fn waiting(&self) -> Result<Vec<ledger::Waiting>, SinkError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(postgres::waiting(&mut conn).await?)
+        Ok(ledger::waiting(&mut conn).await?)
     }
 
     /// The partitions with claimed files not yet written (a failed or crashed roll's).
     pub async fn unfinished(&self) -> Result<Vec<(String, i32)>, SinkError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(postgres::unpublished_partitions(&mut conn).await?)
+        Ok(ledger::unpublished_partitions(&mut conn).await?)
     }
 
     /// Claims `topic`'s `partition`'s waiting records by `cut`, then writes every file of the
@@ -167,7 +168,7 @@ impl Rolls {
         let mut report = RollReport::default();
         let pending = {
             let mut conn = self.pool.acquire().await?;
-            postgres::unpublished(&mut conn, Some((topic, partition))).await?
+            ledger::unpublished(&mut conn, Some((topic, partition))).await?
         };
         for file in pending {
             report.add(self.write(&file).await?);
@@ -183,7 +184,7 @@ impl Rolls {
         let mine: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))",
         )
-        .bind(postgres::ROLL_LOCK)
+        .bind(ledger::ROLL_LOCK)
         .bind(topic)
         .bind(partition)
         .fetch_one(&mut *tx)
@@ -191,10 +192,10 @@ impl Rolls {
         if !mine {
             return Ok(0);
         }
-        let waiting = postgres::waiting_records(&mut tx, topic, partition).await?;
+        let waiting = ledger::waiting_records(&mut tx, topic, partition).await?;
         let claims = plan(topic, partition, &waiting, self.policy.max_bytes, cut);
         for c in &claims {
-            if !postgres::claim(&mut tx, c).await? {
+            if !ledger::claim(&mut tx, c).await? {
                 tracing::info!(topic, partition, "another roll took these records first");
                 return Ok(0);
             }
@@ -210,7 +211,7 @@ impl Rolls {
     async fn write(&self, file: &Unpublished) -> Result<RollReport, SinkError> {
         let mut tx = self.pool.begin().await?;
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
-            .bind(postgres::FILE_LOCK)
+            .bind(ledger::FILE_LOCK)
             .bind(&file.path)
             .fetch_one(&mut *tx)
             .await?;
@@ -253,7 +254,7 @@ impl Rolls {
         file: &Unpublished,
     ) -> Result<Outcome, SinkError> {
         // Look again under the lock: another writer may have finished it meanwhile.
-        let Some(now) = postgres::file_state(conn, &file.path).await? else {
+        let Some(now) = ledger::file_state(conn, &file.path).await? else {
             return Ok(Outcome::Missing);
         };
         if now.state == "published" {
@@ -292,7 +293,7 @@ impl Rolls {
                 }
             }
         }
-        if !postgres::mark_published(conn, &file.path, now.generation, rows as i64).await? {
+        if !ledger::mark_published(conn, &file.path, now.generation, rows as i64).await? {
             // A newer rewrite was asked for while this one ran: the next write does it.
             return Ok(Outcome::Busy);
         }
@@ -360,7 +361,7 @@ impl Rolls {
     pub async fn recover(&self) -> Result<RollReport, SinkError> {
         let files = {
             let mut conn = self.pool.acquire().await?;
-            postgres::unpublished(&mut conn, None).await?
+            ledger::unpublished(&mut conn, None).await?
         };
         let mut report = RollReport::default();
         for file in &files {
@@ -379,7 +380,7 @@ impl Rolls {
         for path in paths {
             let file = {
                 let mut conn = self.pool.acquire().await?;
-                postgres::file_state(&mut conn, path).await?
+                ledger::file_state(&mut conn, path).await?
             };
             if let Some(file) = file.filter(|f| f.state != "published") {
                 report.add(self.write(&file).await?);
@@ -394,11 +395,11 @@ impl Rolls {
 pub fn plan(
     topic: &str,
     partition: i32,
-    waiting: &[postgres::WaitingRecord],
+    waiting: &[ledger::WaitingRecord],
     max_bytes: u64,
     cut: Cut,
 ) -> Vec<Claim> {
-    let mut rolls: Vec<&[postgres::WaitingRecord]> = Vec::new();
+    let mut rolls: Vec<&[ledger::WaitingRecord]> = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
     for (i, r) in waiting.iter().enumerate() {
@@ -414,7 +415,7 @@ pub fn plan(
     }
     let mut claims = Vec::new();
     for roll in rolls {
-        let mut by_date: BTreeMap<NaiveDate, Vec<&postgres::WaitingRecord>> = BTreeMap::new();
+        let mut by_date: BTreeMap<NaiveDate, Vec<&ledger::WaitingRecord>> = BTreeMap::new();
         for r in roll {
             by_date
                 .entry(r.fetched_at.date_naive())
@@ -445,11 +446,11 @@ pub fn plan(
 mod tests {
     use super::*;
 
-    fn waiting(sizes: &[i64], day_of: impl Fn(usize) -> u32) -> Vec<postgres::WaitingRecord> {
+    fn waiting(sizes: &[i64], day_of: impl Fn(usize) -> u32) -> Vec<ledger::WaitingRecord> {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &bytes)| postgres::WaitingRecord {
+            .map(|(i, &bytes)| ledger::WaitingRecord {
                 raw_id: uuid::Uuid::from_u128(i as u128 + 1),
                 offset: 100 + i as i64,
                 fetched_at: chrono::NaiveDate::from_ymd_opt(2026, 12, day_of(i))
@@ -504,7 +505,7 @@ mod tests {
             interval: Duration::from_secs(600),
         };
         let now = Utc::now();
-        let w = |bytes, age: i64| postgres::Waiting {
+        let w = |bytes, age: i64| ledger::Waiting {
             topic: "t".into(),
             partition: 0,
             records: 1,

@@ -1,0 +1,246 @@
+//! The Parquet ledger in PostgreSQL: which records wait for a roll (`raw_data.parquet_pending`),
+//! which files are claimed, written or to be rewritten (`parquet_files`), and the advisory locks
+//! that keep two writers off one partition's claim and one file's write.
+
+use super::parquet::Dataset;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+/// Advisory-lock class of a partition's roll (the object id is a hash of topic and partition):
+/// one claim at a time per partition, so files never interleave offsets.
+pub const ROLL_LOCK: i32 = 0x726f_6c6c; // "roll"
+/// Advisory-lock class of one file's write (the object id is a hash of its path): a roll and a
+/// sweep do not build the same file twice at once.
+pub const FILE_LOCK: i32 = 0x6669_6c65; // "file"
+
+/// Asks for the published files `paths` to be written again from their rows (`--reprocess`).
+pub async fn mark_rewrite(tx: &mut PgConnection, paths: &[String]) -> sqlx::Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE parquet_files SET state = 'rewrite', generation = generation + 1, published_at = NULL WHERE path = ANY($1)")
+        .bind(paths.to_vec())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// A partition's records waiting for a roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Records waiting.
+    pub records: i64,
+    /// Their payload bytes.
+    pub bytes: i64,
+    /// When the oldest was loaded.
+    pub oldest: DateTime<Utc>,
+}
+
+/// What waits for a roll, per partition.
+pub async fn waiting(conn: &mut PgConnection) -> sqlx::Result<Vec<Waiting>> {
+    let rows = sqlx::query(
+        "SELECT topic, kafka_partition, count(*), coalesce(sum(payload_bytes), 0)::int8, min(created_at)
+         FROM raw_data WHERE parquet_pending GROUP BY topic, kafka_partition ORDER BY topic, kafka_partition",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Waiting {
+                topic: r.try_get(0)?,
+                partition: r.try_get(1)?,
+                records: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+                oldest: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// A record waiting for a roll, as the claim needs it.
+#[derive(Debug, Clone)]
+pub struct WaitingRecord {
+    /// Its raw id.
+    pub raw_id: Uuid,
+    /// Its offset.
+    pub offset: i64,
+    /// When it was fetched (its date partition).
+    pub fetched_at: DateTime<Utc>,
+    /// Payload bytes.
+    pub bytes: i64,
+    /// Users in it.
+    pub users: i64,
+}
+
+/// The records of `topic`'s `partition` waiting for a roll, in offset order.
+pub async fn waiting_records(
+    tx: &mut PgConnection,
+    topic: &str,
+    partition: i32,
+) -> sqlx::Result<Vec<WaitingRecord>> {
+    let rows = sqlx::query(
+        "SELECT raw_id, kafka_offset, fetched_at, coalesce(payload_bytes, 0)::int8, user_count::int8
+         FROM raw_data WHERE parquet_pending AND topic = $1 AND kafka_partition = $2 ORDER BY kafka_offset",
+    )
+    .bind(topic)
+    .bind(partition)
+    .fetch_all(tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WaitingRecord {
+                raw_id: r.try_get(0)?,
+                offset: r.try_get(1)?,
+                fetched_at: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+                users: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// A file a roll claims: its two paths and what they will hold.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// `raw/date=…/name`.
+    pub raw_path: String,
+    /// `processed/date=…/name`.
+    pub processed_path: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Lowest offset.
+    pub first_offset: i64,
+    /// Highest offset.
+    pub last_offset: i64,
+    /// Records (raw rows).
+    pub records: Vec<Uuid>,
+    /// Users (processed rows).
+    pub users: i64,
+}
+
+/// Registers `claim`'s two files as pending and takes its records off the waiting list; false
+/// (nothing changed) if another roll took any of them first.
+pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
+    let taken = sqlx::query(
+        "UPDATE raw_data SET parquet_pending = false, raw_file = $2, processed_file = $3
+         WHERE raw_id = ANY($1) AND parquet_pending",
+    )
+    .bind(&claim.records)
+    .bind(&claim.raw_path)
+    .bind(&claim.processed_path)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if taken != claim.records.len() as u64 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO parquet_files (path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state)
+         VALUES ($1, 'raw', $3, $4, $5, $6, $7, 'pending'), ($2, 'processed', $3, $4, $5, $6, $8, 'pending')",
+    )
+    .bind(&claim.raw_path)
+    .bind(&claim.processed_path)
+    .bind(&claim.topic)
+    .bind(claim.partition)
+    .bind(claim.first_offset)
+    .bind(claim.last_offset)
+    .bind(claim.records.len() as i64)
+    .bind(claim.users)
+    .execute(tx)
+    .await?;
+    Ok(true)
+}
+
+/// A file the ledger has not marked published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpublished {
+    /// Its path.
+    pub path: String,
+    /// `pending`, `rewrite` or `staged`.
+    pub state: String,
+    /// Its rewrite generation.
+    pub generation: i64,
+}
+
+/// Files not yet published, oldest first; only `topic`'s `partition` when given.
+pub async fn unpublished(
+    conn: &mut PgConnection,
+    only: Option<(&str, i32)>,
+) -> sqlx::Result<Vec<Unpublished>> {
+    let rows = sqlx::query(
+        "SELECT path, state, generation FROM parquet_files
+         WHERE state <> 'published' AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
+         ORDER BY created_at, path",
+    )
+    .bind(only.map(|(t, _)| t))
+    .bind(only.map_or(0, |(_, p)| p))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Unpublished {
+                path: r.try_get(0)?,
+                state: r.try_get(1)?,
+                generation: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The partitions with files not yet published.
+pub async fn unpublished_partitions(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i32)>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state <> 'published' ORDER BY 1, 2",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The file's state and generation, if the ledger knows it.
+pub async fn file_state(conn: &mut PgConnection, path: &str) -> sqlx::Result<Option<Unpublished>> {
+    let row = sqlx::query("SELECT path, state, generation FROM parquet_files WHERE path = $1")
+        .bind(path)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(Unpublished {
+            path: r.try_get(0)?,
+            state: r.try_get(1)?,
+            generation: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Marks the file written, unless a newer rewrite was asked for meanwhile. A published raw
+/// file holds its records' exact payloads, so their copies in `payload_text` go.
+pub async fn mark_published(
+    conn: &mut PgConnection,
+    path: &str,
+    generation: i64,
+    rows: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now(), row_count = $3 WHERE path = $1 AND generation = $2 AND state <> 'published'")
+        .bind(path)
+        .bind(generation)
+        .bind(rows)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 && Dataset::of_path(path) == Dataset::Raw {
+        sqlx::query("UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL")
+            .bind(path)
+            .execute(conn)
+            .await?;
+    }
+    Ok(done.rows_affected() == 1)
+}
