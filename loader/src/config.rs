@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod parquet;
+pub use parquet::ParquetArgs;
+
 /// Loads raw randomuser responses from Kafka into PostgreSQL and Parquet.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loader", version, about)]
@@ -343,122 +346,6 @@ impl RunConfig {
         match cli.command {
             Command::Run(c) => Ok(*c),
             _ => anyhow::bail!("unreachable: parsed `run`"),
-        }
-    }
-}
-
-/// Where Parquet goes and how files roll.
-#[derive(Debug, Clone, Args)]
-pub struct ParquetArgs {
-    /// Where Parquet goes: `file:///path`, `s3://bucket/prefix` (AWS and S3-compatible stores),
-    /// `gs://bucket/prefix` or `az://container/prefix`. Default: `DATA_DIR`. Bucket clients read
-    /// the standard `AWS_*`, `GOOGLE_*` and `AZURE_*` variables.
-    #[arg(long = "parquet-url", env = "PARQUET_URL", value_name = "PARQUET_URL")]
-    pub parquet_url: Option<String>,
-    /// A Parquet file closes at this many bytes of input (payload JSON; the Snappy file is a
-    /// few times smaller). It is built in memory and sent in one PUT, hence the 1 GiB cap.
-    #[arg(long = "parquet-roll-max-bytes", env = "PARQUET_ROLL_MAX_BYTES", value_name = "PARQUET_ROLL_MAX_BYTES", default_value_t = 128 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
-    pub roll_max_bytes: u64,
-    /// ...or once its oldest record has waited this long (0s: after every batch).
-    #[arg(long = "parquet-roll-interval", env = "PARQUET_ROLL_INTERVAL", value_name = "PARQUET_ROLL_INTERVAL", default_value = "10m", value_parser = parse_duration)]
-    pub roll_interval: Duration,
-    /// A file holding `AWS_SECRET_ACCESS_KEY` (a mounted secret).
-    #[arg(
-        long = "aws-secret-access-key-file",
-        env = "AWS_SECRET_ACCESS_KEY_FILE",
-        value_name = "AWS_SECRET_ACCESS_KEY_FILE"
-    )]
-    pub aws_secret_access_key_file: Option<PathBuf>,
-    /// A file holding `AWS_SESSION_TOKEN`.
-    #[arg(
-        long = "aws-session-token-file",
-        env = "AWS_SESSION_TOKEN_FILE",
-        value_name = "AWS_SESSION_TOKEN_FILE"
-    )]
-    pub aws_session_token_file: Option<PathBuf>,
-    /// A file holding `AZURE_STORAGE_ACCOUNT_KEY`.
-    #[arg(
-        long = "azure-storage-account-key-file",
-        env = "AZURE_STORAGE_ACCOUNT_KEY_FILE",
-        value_name = "AZURE_STORAGE_ACCOUNT_KEY_FILE"
-    )]
-    pub azure_storage_account_key_file: Option<PathBuf>,
-    /// Store settings that override the environment, as (variable, value): for a program that
-    /// embeds the loader (and the tests) rather than setting process variables.
-    #[arg(skip)]
-    pub store_settings: Vec<(String, Secret)>,
-}
-
-impl ParquetArgs {
-    /// `PARQUET_URL`, or `DATA_DIR` as a `file://` URL.
-    pub fn url(&self, data_dir: &std::path::Path) -> anyhow::Result<url::Url> {
-        match &self.parquet_url {
-            Some(raw) => {
-                let url = url::Url::parse(raw).map_err(|e| {
-                    anyhow::anyhow!(
-                        "PARQUET_URL={}: not a URL ({e})",
-                        etl_common::config::redact_url(raw)
-                    )
-                })?;
-                if url.password().is_some() || url.query().is_some() {
-                    anyhow::bail!(
-                        "PARQUET_URL must not carry credentials or options; use the store's variables (AWS_*, GOOGLE_*, AZURE_*)"
-                    );
-                }
-                match url.scheme() {
-                    "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" => {}
-                    other => anyhow::bail!(
-                        "PARQUET_URL: unsupported scheme {other}:// (file, s3, gs or az)"
-                    ),
-                }
-                if url.scheme() != "file" && url.host_str().unwrap_or_default().is_empty() {
-                    anyhow::bail!("PARQUET_URL={url}: no bucket");
-                }
-                Ok(url)
-            }
-            None => {
-                let dir = std::path::absolute(data_dir)
-                    .map_err(|e| anyhow::anyhow!("DATA_DIR={}: {e}", data_dir.display()))?;
-                url::Url::from_directory_path(&dir).map_err(|()| {
-                    anyhow::anyhow!("DATA_DIR={}: not a usable path", data_dir.display())
-                })
-            }
-        }
-    }
-
-    /// The store, with `_FILE` secrets read.
-    pub fn store(&self, data_dir: &std::path::Path) -> anyhow::Result<crate::sink::store::Store> {
-        let url = self.url(data_dir)?;
-        let mut settings = Vec::new();
-        for (var, file) in [
-            ("AWS_SECRET_ACCESS_KEY", &self.aws_secret_access_key_file),
-            ("AWS_SESSION_TOKEN", &self.aws_session_token_file),
-            (
-                "AZURE_STORAGE_ACCOUNT_KEY",
-                &self.azure_storage_account_key_file,
-            ),
-        ] {
-            let plain = std::env::var(var).ok().map(Secret::new);
-            if plain.is_none()
-                && let Some(secret) = secret_from(None, file.as_ref(), var)?
-            {
-                settings.push((var.to_string(), secret.expose().to_string()));
-            }
-        }
-        settings.extend(
-            self.store_settings
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_string())),
-        );
-        crate::sink::store::Store::from_url(&url, &settings)
-            .map_err(|e| anyhow::anyhow!("PARQUET_URL={url}: {e:#}"))
-    }
-
-    /// The roll policy.
-    pub fn policy(&self) -> crate::sink::RollPolicy {
-        crate::sink::RollPolicy {
-            max_bytes: self.roll_max_bytes,
-            interval: self.roll_interval,
         }
     }
 }

@@ -82,8 +82,7 @@ impl Pipeline {
         if !self.prepare_database(&roller).await {
             return Ok(());
         }
-        let stop_roller = self.shutdown.child_token();
-        let mut rolling = AbortOnDrop(tokio::spawn(roller.clone().run(stop_roller.clone())));
+        let mut rolling = roller.spawn(self.shutdown.child_token());
         let mut batch = Batch::default();
         let max_records = self.config.batch_max_records as usize;
         let max_bytes = usize::try_from(self.config.batch_max_bytes).unwrap_or(usize::MAX);
@@ -156,24 +155,13 @@ impl Pipeline {
             if self.range_done() && batch.is_empty() {
                 progress.finish();
                 tracing::info!(records = self.summary.consumed, "backfill range complete");
-                rolling.finish().await;
+                rolling.stop().await;
                 // The backfill is done when its files are: wait the store out.
-                let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-                loop {
-                    match roller.close().await {
-                        Ok(_) => return Ok(()),
-                        Err(e) => {
-                            let delay = backoff.next_delay();
-                            tracing::warn!(error = %e, retry_in = ?delay, "cannot write the backfill's Parquet files yet; retrying");
-                            if !self.sleep(delay).await {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
+                roller.roll_until_done(&self.shutdown, true).await;
+                return Ok(());
             }
         }
-        rolling.finish().await;
+        rolling.stop().await;
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
         self.apply_rebalances(&mut batch);
         if !batch.is_empty() {
@@ -493,29 +481,6 @@ fn original_source(record: &LoadRecord) -> batch::SourceRecord {
     let mut source = record.source.clone();
     source.payload = Some(record.original().to_vec());
     source
-}
-
-/// A task that is aborted if its owner is dropped (the shutdown grace ran out mid-run).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    /// Stops the task where it stands and waits for it to be gone. For the roller that is a
-    /// crash mid-roll, which the ledger is built for; waiting out a slow PUT instead would eat
-    /// the shutdown grace the final batch needs (the closing roll redoes the work anyway).
-    async fn finish(&mut self) {
-        self.0.abort();
-        if let Err(e) = (&mut self.0).await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

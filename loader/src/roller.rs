@@ -49,6 +49,11 @@ impl Roller {
         }
     }
 
+    /// Runs [`Roller::run`] as a task until `stop`, or until the handle is stopped or dropped.
+    pub fn spawn(&self, stop: CancellationToken) -> RollerTask {
+        RollerTask(tokio::spawn(self.clone().run(stop)))
+    }
+
     /// Asks for a look at what is due (after a batch is in PostgreSQL).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -76,14 +81,18 @@ impl Roller {
                         tracing::warn!(error = %e, "Parquet sweep failed; will retry");
                     }
                 },
-                _ = self.wake.notified() => self.roll_until_done(&stop, false).await,
-                _ = check.tick() => self.roll_until_done(&stop, false).await,
+                _ = self.wake.notified() => {
+                    self.roll_until_done(&stop, false).await;
+                }
+                _ = check.tick() => {
+                    self.roll_until_done(&stop, false).await;
+                }
             }
         }
     }
 
     /// Writes every file that waits on this replica's partitions, whatever its size (SIGTERM,
-    /// the end of a backfill): one attempt, plus what any crash left unpublished. Errors leave
+    /// the end of a backfill), plus what any crash left unpublished: one attempt. Errors leave
     /// the records waiting in PostgreSQL for the partitions' next owner.
     pub async fn close(&self) -> Result<RollReport, SinkError> {
         let mut report = self.sinks.recover().await?;
@@ -93,22 +102,30 @@ impl Roller {
         Ok(report)
     }
 
-    /// Rolls what is due, retrying failures with backoff until it succeeds or `stop`.
-    async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) {
+    /// Rolls what is due — everything, as [`Roller::close`] does, when `closing` — retrying
+    /// failures with backoff until it succeeds or `stop`; false if `stop` came first.
+    pub async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) -> bool {
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         loop {
-            match self.roll_once(closing).await {
+            let attempt = if closing {
+                self.close().await
+            } else {
+                self.roll_once(false).await
+            };
+            match attempt {
                 Ok(report) => {
-                    self.readiness.set_ok("parquet");
-                    self.count(&report, "Parquet files rolled");
-                    return;
+                    if !closing {
+                        self.readiness.set_ok("parquet");
+                        self.count(&report, "Parquet files rolled");
+                    }
+                    return true;
                 }
                 Err(e) => {
                     self.failed(&e);
                     let delay = backoff.next_delay();
                     tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -209,5 +226,28 @@ impl Roller {
                 "{what}"
             );
         }
+    }
+}
+
+/// The running roller; aborted if dropped (the shutdown grace ran out mid-run).
+pub struct RollerTask(tokio::task::JoinHandle<()>);
+
+impl RollerTask {
+    /// Stops the roller where it stands and waits for it to be gone. That is a crash mid-roll,
+    /// which the ledger is built for; waiting out a slow PUT instead would eat the shutdown grace
+    /// the final batch needs (the closing roll redoes the work anyway).
+    pub async fn stop(&mut self) {
+        self.0.abort();
+        if let Err(e) = (&mut self.0).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+impl Drop for RollerTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -347,24 +347,15 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
         c.parquet.roll_interval = Duration::from_secs(3600);
         c
     };
-    let backfill = |run: loader::RunConfig| async move {
-        let app = loader::commands::backfill_app(BackfillArgs {
+    let backfill_all = |run| {
+        backfill(BackfillArgs {
             from: Position::Earliest,
             to: None,
             group: None,
             run,
         })
-        .await
-        .unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            app.run(tokio_util::sync::CancellationToken::new()),
-        )
-        .await
-        .expect("the backfill exits by itself")
-        .unwrap()
     };
-    let summary = backfill(run()).await;
+    let summary = backfill_all(run()).await;
     assert_eq!(summary.loaded, 3);
     let first = processed_objects(&bucket);
     let keys: Vec<String> = first
@@ -383,7 +374,7 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
         .unwrap();
     let mut again = run();
     again.reprocess = true;
-    let summary = backfill(again).await;
+    let summary = backfill_all(again).await;
     assert_eq!((summary.loaded, summary.reprocessed), (0, 3));
     let rewritten = processed_objects(&bucket);
     let new_keys: Vec<String> = rewritten

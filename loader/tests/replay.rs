@@ -24,18 +24,6 @@ fn loader_cli(args: &[&str]) -> std::process::Output {
         .expect("run the loader binary")
 }
 
-/// Runs a backfill in-process; it must exit by itself.
-async fn backfill(args: BackfillArgs) -> loader::RunSummary {
-    let app = loader::commands::backfill_app(args).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        app.run(tokio_util::sync::CancellationToken::new()),
-    )
-    .await
-    .expect("the backfill exits by itself")
-    .unwrap()
-}
-
 /// Loads everything on `topic` with `group` and stops.
 async fn load_all(db: &TestDb, topic: &str, group: &str, data: &std::path::Path, users: i64) {
     let loader = RunningLoader::start(loader_config(db, topic, group, data)).await;

@@ -191,6 +191,15 @@ pub fn loader_config(db: &TestDb, topic: &str, group: &str, data_dir: &Path) -> 
     RunConfig::for_test(&db.url, &brokers(), topic, group, data_dir).expect("loader test config")
 }
 
+/// Runs a backfill in-process; it must exit by itself.
+pub async fn backfill(args: loader::config::BackfillArgs) -> RunSummary {
+    let app = loader::commands::backfill_app(args).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), app.run(CancellationToken::new()))
+        .await
+        .expect("the backfill exits by itself")
+        .unwrap()
+}
+
 /// Runs the real extractor against `url` until it has made `fetches` accepted fetches.
 pub async fn run_extractor(
     url: &str,
