@@ -46,10 +46,10 @@ RUN apt-get update \
  && ln -s /data /app/data \
  && ln -s /logs /app/logs
 COPY --from=build /out/extractor /out/loader /usr/local/bin/
-# The binaries' defaults DATA_DIR=data and LOG_DIR=logs resolve to the /data and /logs volumes
-# through the symlinks above, so no setting has to be overridden in the image.
+# The binaries' defaults DATA_DIR=data and LOG_DIR=logs resolve to /data and /logs through the
+# symlinks above, so no setting has to be overridden in the image. No VOLUME: it would leave an
+# anonymous volume behind every container; mount what should outlive one (compose, the chart).
 WORKDIR /app
-VOLUME ["/data", "/logs"]
 USER 10001:10001
 # 2112 extractor, 2113 loader: /metrics, /health, /ready.
 EXPOSE 2112 2113

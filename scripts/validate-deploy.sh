@@ -95,7 +95,9 @@ have=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
 for p in target .git .env .tools; do
   grep -qx "$p" .dockerignore || fail ".dockerignore must exclude $p"
 done
-ok "Dockerfile: hadolint clean (--failure-threshold warning), Rust $have = rust-toolchain.toml, .dockerignore"
+# A VOLUME leaves an anonymous volume behind every container run without a mount for it.
+! grep -qiE '^\s*VOLUME\b' Dockerfile || fail "Dockerfile: no VOLUME (it leaves anonymous volumes behind)"
+ok "Dockerfile: hadolint clean (--failure-threshold warning), Rust $have = rust-toolchain.toml, .dockerignore, no VOLUME"
 
 # --- docker-compose.yml -------------------------------------------------------------------------
 docker-compose --env-file .env.example config -q || fail "docker compose config"
@@ -158,6 +160,22 @@ for svc_name, var, default in (("loader", "LOADER_SHUTDOWN_GRACE", "30s"), ("ext
     kill = seconds(raw["services"][svc_name].get("stop_grace_period", "10s"))
     if drain is None or kill is None or kill <= drain:
         errors.append(f"service {svc_name}: stop_grace_period must exceed {var}")
+# The pipeline's image is built once, by one service; the others run it.
+etl = {n: s for n, s in cfg["services"].items() if str(s.get("image", "")).startswith(str(loader.get("image")))}
+builders = [n for n, s in cfg["services"].items() if s.get("build")]
+if len(builders) != 1 or builders[0] not in etl:
+    errors.append(f"exactly one service builds the pipeline image; these do: {builders}")
+# Replicas log to stdout (told apart by `docker compose logs`), never into one shared file.
+for svc_name in ("extractor", "loader"):
+    if (cfg["services"][svc_name].get("environment") or {}).get("LOG_DIR", "logs") != "":
+        errors.append(f"service {svc_name}: LOG_DIR must be empty (stdout only; replicas would share one log file)")
+    for v in cfg["services"][svc_name].get("volumes") or []:
+        if v.get("target") in ("/logs", "/app/logs"):
+            errors.append(f"service {svc_name}: no shared logs mount")
+# The ownership fix reaches what an earlier run left inside ./data, not just the directory.
+dd = " ".join(cfg["services"]["data-dirs"].get("command") or [])
+if not re.search(r"chown -R|find /data .*-exec chown", dd):
+    errors.append("data-dirs: the ownership fix must be recursive (chown -R or find -exec chown)")
 if loader["environment"].get("LOADER_SKIP_MIGRATIONS") != "true":
     errors.append("loader: LOADER_SKIP_MIGRATIONS must be true (the migrate service owns the schema)")
 for line in open(".env.example"):
@@ -350,6 +368,11 @@ for sm in by_kind.get("ServiceMonitor", []):
     if {s["metadata"]["name"] for s in chosen} != {"extractor", "loader"}:
         errors.append(f"{p}: should select the extractor and loader Services, selects {[s['metadata']['name'] for s in chosen]}")
     for i, ep in enumerate(spec["endpoints"]):
+        # The alerts and the dashboard select job=etl-extractor|etl-loader.
+        if not any(r.get("targetLabel") == "job" and r.get("replacement") == "etl-$1"
+                   and r.get("sourceLabels") == ["__meta_kubernetes_service_label_app_kubernetes_io_name"]
+                   for r in ep.get("relabelings", [])):
+            errors.append(f"{p}.endpoints[{i}]: must relabel job to etl-<app.kubernetes.io/name>")
         check_keys(ep, {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
                         "relabelings", "metricRelabelings", "tlsConfig", "bearerTokenSecret", "params"}, f"{p}.endpoints[{i}]")
         for s in chosen:
@@ -386,15 +409,48 @@ missing = sorted(alerts - fired)
 if missing or not quiet:
     print("  - alerts never tested firing:", missing, "| quiet cases:", sorted(quiet), file=sys.stderr)
     sys.exit(1)
+# Scoped and documented: `up` only for the pipeline's jobs, every aggregation keeps `namespace`
+# (two installations in one Prometheus alert apart), every runbook_url is a README section.
+import re
+readme = open("README.md").read()
+def anchor(heading):
+    return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+anchors = {anchor(h) for h in re.findall(r"^#+ (.*)$", readme, re.M)}
+errors = []
+for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"]:
+    for r in g["rules"]:
+        name, expr = r.get("alert", r.get("record")), r["expr"]
+        for sel in re.findall(r"\bup\s*(\{[^}]*\})?", expr):
+            if not re.search(r'job=~?"etl-', sel):
+                errors.append(f"{name}: `up` must be scoped to the etl- jobs")
+        for op, by in re.findall(r"\b(sum|max|min|count|avg)\s*(by\s*\([^)]*\))?\s*\(", expr):
+            if "namespace" not in by:
+                errors.append(f"{name}: `{op}` must aggregate by (namespace, ...)")
+        url = r.get("annotations", {}).get("runbook_url", "")
+        if not url.startswith("README.md#") or url.split("#", 1)[1] not in anchors:
+            errors.append(f"{name}: runbook_url {url!r} is not a README.md section")
+for e in errors:
+    print("  -", e, file=sys.stderr)
+sys.exit(1 if errors else 0)
 PY
-ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' deploy/prometheus/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too)"
+ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' deploy/prometheus/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
 
 # --- Grafana dashboard and metric names ---------------------------------------------------------
 "$PY" - "$WORK/dashboard-rules.yml" <<'PY' || fail "dashboard"
 import glob, json, re, sys, yaml
 dash = json.load(open("deploy/grafana/dashboards/etl.json"))
-ds_uids = {d["uid"] for f in glob.glob("deploy/grafana/provisioning/datasources/*.yml") for d in yaml.safe_load(open(f))["datasources"]}
 exprs, errors = [], []
+# Imported into any Grafana: the datasource is a variable, never a uid of ours; every query is
+# scoped to the pipeline's jobs and to the chosen namespaces (two installations, one Grafana).
+variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+if variables.get("datasource", {}).get("type") != "datasource" or variables["datasource"].get("query") != "prometheus":
+    errors.append("the dashboard needs a `datasource` variable of type datasource (prometheus)")
+if "namespace" not in variables:
+    errors.append("the dashboard needs a `namespace` variable")
+for v in ("extractor_job", "loader_job"):
+    if not str(variables.get(v, {}).get("query", "")).startswith("etl-"):
+        errors.append(f"variable {v} must name the pipeline's job (etl-...)")
+ds_uids = {"${datasource}"}
 def walk(panels):
     for p in panels:
         yield p
@@ -402,9 +458,12 @@ def walk(panels):
 for p in walk(dash["panels"]):
     for t in p.get("targets", []):
         uid = (t.get("datasource") or p.get("datasource") or {}).get("uid")
-        if uid not in ds_uids:
+        if uid not in ds_uids:  # checked again below for the variables' own datasource
             errors.append(f"panel {p['title']!r}: datasource uid {uid!r} is not provisioned")
         exprs.append((p["title"], t["expr"]))
+        for sel in re.findall(r"etl_[a-z0-9_]+\{([^}]*)\}", t["expr"]):
+            if "$namespace" not in sel or "_job" not in sel:
+                errors.append(f"panel {p['title']!r}: selector {{{sel}}} must match job and namespace")
 for v in dash.get("templating", {}).get("list", []):
     q = v.get("query")
     if isinstance(q, dict) and "label_values(" in q.get("query", ""):
@@ -413,7 +472,7 @@ for v in dash.get("templating", {}).get("list", []):
             exprs.append((f"variable {v['name']}", m.group(1)))
 # Grafana's variables, replaced by values PromQL accepts, so promtool can parse each query.
 subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "${__rate_interval}": "5m",
-         "$extractor_job": "extractor", "$loader_job": "loader", "$partition": ".*"}
+         "$extractor_job": "etl-extractor", "$loader_job": "etl-loader", "$partition": ".*", "$namespace": ".*"}
 rules = []
 for i, (title, e) in enumerate(exprs):
     for k, v in subst.items():

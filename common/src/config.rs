@@ -137,6 +137,26 @@ pub struct LogArgs {
     pub level: String,
 }
 
+/// Liveness flags, the same for both services.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// `/health` answers 503 once the service's main loop has not turned for this long (a
+    /// deadlock, a blocked thread), so the orchestrator restarts it. Waiting out an outage keeps
+    /// the loop turning: that shows on `/ready` only.
+    #[arg(long = "health-stall-timeout", env = "HEALTH_STALL_TIMEOUT", value_name = "HEALTH_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+}
+
+impl HealthArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.stall_timeout < Duration::from_secs(1) {
+            anyhow::bail!("HEALTH_STALL_TIMEOUT must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

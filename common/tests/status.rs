@@ -1,7 +1,7 @@
 //! The status endpoint faces whatever can reach its port: it answers GET on its three paths only
 //! and keeps answering through junk (bad methods, huge paths, garbage, clients that never finish).
 
-use etl_common::status::{self, Readiness};
+use etl_common::status::{self, Liveness, Readiness};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -21,11 +21,13 @@ async fn only_get_on_three_paths_and_it_survives_junk() {
     let readiness = Readiness::default();
     readiness.register("kafka");
     readiness.set_failed("kafka", "broker unreachable");
+    let liveness = Liveness::new(Duration::from_secs(3600));
     let stop = CancellationToken::new();
     let (addr, server) = status::serve(
         "127.0.0.1:0".parse().unwrap(),
         registry,
         readiness.clone(),
+        liveness.clone(),
         stop.clone(),
     )
     .await
@@ -153,6 +155,78 @@ async fn only_get_on_three_paths_and_it_survives_junk() {
         200
     );
     drop(slow);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// `/health` follows the heartbeat alone: a loop that stopped turning is 503 even while every
+/// readiness check passes, and an outage (a failing check) never makes it 503.
+#[tokio::test]
+async fn health_fails_when_the_heartbeat_stops_and_only_then() {
+    let readiness = Readiness::default();
+    readiness.register("postgres");
+    readiness.set_failed("postgres", "connection refused");
+    let liveness = Liveness::new(Duration::from_millis(300));
+    let stop = CancellationToken::new();
+    let (addr, server) = status::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        prometheus::Registry::new(),
+        readiness.clone(),
+        liveness.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(server);
+    let health = || async {
+        let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+        let code = r.status().as_u16();
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        (code, body)
+    };
+
+    // Beating through an outage: alive, though not ready.
+    let beating = {
+        let liveness = liveness.clone();
+        tokio::spawn(async move {
+            loop {
+                liveness.beat();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(health().await.0, 200);
+    }
+    assert_eq!(
+        reqwest::get(format!("http://{addr}/ready"))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    // The loop stops turning: 503 once the stall timeout has passed, saying so.
+    beating.abort();
+    let mut seen = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (code, body) = health().await;
+        if code == 503 {
+            seen = Some(body);
+            break;
+        }
+    }
+    let body = seen.expect("/health never answered 503 after the heartbeat stopped");
+    assert_eq!(body["status"], "stalled");
+    assert!(body["last_beat_seconds_ago"].as_f64().unwrap() > 0.3);
+
+    liveness.beat();
+    assert_eq!(health().await.0, 200, "a loop that turns again is alive");
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

@@ -12,7 +12,7 @@ use crate::publish::{Publisher, RawMessage};
 use crate::source::{Fetched, Source};
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
-use etl_common::status::{self, Readiness};
+use etl_common::status::{self, Liveness, Readiness};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -46,6 +46,7 @@ pub struct Application {
     publisher: Publisher,
     metrics: Metrics,
     readiness: Readiness,
+    liveness: Liveness,
     status_addr: SocketAddr,
     status_server: StatusFuture,
     status_stop: CancellationToken,
@@ -59,6 +60,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new()?;
+        metrics.backlog_capacity.set(i64::from(config.max_in_flight));
         let readiness = Readiness::default();
         readiness.register("kafka");
         let source = Source::new(
@@ -68,11 +70,13 @@ impl Application {
             config.request_timeout,
         )?;
         let publisher = Publisher::new(&config.kafka, &config.topic)?;
+        let liveness = Liveness::new(config.health.stall_timeout);
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
             config.metrics_addr,
             metrics.registry.clone(),
             readiness.clone(),
+            liveness.clone(),
             status_stop.clone(),
         )
         .await?;
@@ -91,6 +95,7 @@ impl Application {
             publisher,
             metrics,
             readiness,
+            liveness,
             status_addr,
             status_server: Box::pin(server),
             status_stop,
@@ -115,6 +120,7 @@ impl Application {
             publisher,
             metrics,
             readiness,
+            liveness,
             status_server,
             status_stop,
             ..
@@ -158,7 +164,10 @@ impl Application {
             })
         };
 
+        // The loop beats while it waits (for its schedule, for room in the backlog during a broker
+        // outage, for the API); `/health` fails only if it stops turning altogether.
         loop {
+            liveness.beat();
             if config.max_fetches.is_some_and(|max| summary.fetched >= max) {
                 tracing::info!(fetches = summary.fetched, "EXTRACT_MAX_FETCHES reached");
                 break;
@@ -167,25 +176,24 @@ impl Application {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
-                _ = ticker.tick() => {}
+                _ = liveness.waiting(ticker.tick()) => {}
             }
             // Room in the backlog first: never fetch what we could not hold.
             let permit = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
-                p = backlog.clone().acquire_owned() => p?,
+                p = liveness.waiting(backlog.clone().acquire_owned()) => p?,
             };
-            let Some(fetched) = fetch_until_accepted(
+            let fetched = liveness.waiting(fetch_until_accepted(
                 &source,
                 &metrics,
                 &mut pacing,
                 &mut summary,
                 &shutdown,
                 &grace_over,
-            )
-            .await
-            else {
+            ));
+            let Some(fetched) = fetched.await else {
                 break;
             };
             summary.fetched += 1;

@@ -1,7 +1,7 @@
 //! The extractor's config: one struct, every field a flag with its environment variable.
 
 use clap::Parser;
-use etl_common::config::{LogArgs, parse_duration};
+use etl_common::config::{HealthArgs, LogArgs, parse_duration};
 use etl_common::kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -77,6 +77,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
@@ -95,7 +98,7 @@ impl Config {
         if self.topic.trim().is_empty() {
             anyhow::bail!("KAFKA_TOPIC must not be empty");
         }
-        Ok(())
+        self.health.validate()
     }
 
     /// A config for tests: defaults, pointed at `url` and `brokers`, status on an ephemeral port.

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     /// Fetched payloads not yet acknowledged (the backlog).
     pub in_flight: IntGauge,
+    /// `EXTRACT_MAX_IN_FLIGHT`: `in_flight` at this value means fetching has paused (an alert).
+    pub backlog_capacity: IntGauge,
     /// Unix time of the last acknowledged publish.
     pub last_publish: IntGauge,
     /// Circuit breaker: 0 closed, 1 open, 2 half-open.
@@ -70,6 +72,10 @@ impl Metrics {
             "etl_extractor_in_flight",
             "Fetched payloads awaiting broker acknowledgement",
         )?;
+        let backlog_capacity = IntGauge::new(
+            "etl_extractor_backlog_capacity",
+            "Payloads the backlog holds before fetching pauses (EXTRACT_MAX_IN_FLIGHT)",
+        )?;
         let last_publish = IntGauge::new(
             "etl_extractor_last_publish_timestamp_seconds",
             "Unix time of the last acknowledged publish",
@@ -91,6 +97,7 @@ impl Metrics {
         registry.register(Box::new(records_produced.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(backlog_capacity.clone()))?;
         registry.register(Box::new(last_publish.clone()))?;
         Ok(Self {
             registry,
@@ -101,6 +108,7 @@ impl Metrics {
             records_produced,
             produce_errors,
             in_flight,
+            backlog_capacity,
             last_publish,
             circuit_state,
             circuit_opened,

@@ -234,3 +234,51 @@ async fn shutdown_grace_bounds_an_in_flight_fetch() {
     assert_eq!((summary.fetched, summary.published), (0, 0));
     held.abort();
 }
+
+/// A broker outage fills the backlog and stops the fetching: that is an outage (`/ready` 503),
+/// not a dead loop — `/health` stays 200 for many stall timeouts while the loop waits for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_is_not_ready_but_alive() {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let dead_broker = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let mut config = Config::for_test(&stub.url(), &dead_broker, "extract-outage").unwrap();
+    config.max_in_flight = 1;
+    config.health.stall_timeout = Duration::from_secs(1);
+    config.shutdown_grace = Duration::from_millis(500);
+    let app = Application::build(config).await.unwrap();
+    let status = app.status_addr();
+    let metrics = app.metrics();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(app.run(shutdown.clone()));
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://{status}{path}"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_eq!(get("/health").await, 200, "waiting for room is not a stall");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get("/ready").await, 503, "the broker is unreachable");
+    assert_eq!(
+        metrics.fetches.with_label_values(&["ok"]).get(),
+        1,
+        "one payload in the backlog, no more fetched"
+    );
+    // What the "backlog full" alert compares.
+    assert_eq!(metrics.in_flight.get(), metrics.backlog_capacity.get());
+    shutdown.cancel();
+    let result = run.await.unwrap();
+    assert!(
+        result.is_err(),
+        "the unacknowledged payload is reported at exit"
+    );
+}

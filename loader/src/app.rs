@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Rolls, Sinks};
 use etl_common::config::redact_url;
-use etl_common::status::{self, Readiness};
+use etl_common::status::{self, Liveness, Readiness};
 use rdkafka::consumer::Consumer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ pub struct Application {
     consumer: Arc<LoaderConsumer>,
     metrics: Metrics,
     readiness: Readiness,
+    liveness: Liveness,
     status_addr: SocketAddr,
     status_server: StatusFuture,
     status_stop: CancellationToken,
@@ -85,11 +86,13 @@ impl Application {
             Some((starts, ends)) => Some(Range::assign(&consumer, &config.topic, &starts, &ends)?),
         };
 
+        let liveness = Liveness::new(config.health.stall_timeout);
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
             config.metrics_addr,
             metrics.registry.clone(),
             readiness.clone(),
+            liveness.clone(),
             status_stop.clone(),
         )
         .await?;
@@ -110,6 +113,7 @@ impl Application {
             consumer: Arc::new(consumer),
             metrics,
             readiness,
+            liveness,
             status_addr,
             status_server: Box::pin(server),
             status_stop,
@@ -142,6 +146,7 @@ impl Application {
             consumer: self.consumer,
             metrics: self.metrics,
             readiness: self.readiness,
+            liveness: self.liveness,
             shutdown,
             summary: RunSummary::default(),
             range: self.range,

@@ -1,7 +1,7 @@
 //! The loader's config: `loader run` and `loader migrate`, every field a flag with its env var.
 
 use clap::{Args, Parser, Subcommand};
-use etl_common::config::{LogArgs, Secret, parse_duration, secret_from};
+use etl_common::config::{HealthArgs, LogArgs, Secret, parse_duration, secret_from};
 use etl_common::kafka::KafkaArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -264,6 +264,9 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
@@ -300,7 +303,7 @@ impl RunConfig {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
         }
         self.parquet.url(&self.data_dir)?;
-        Ok(())
+        self.health.validate()
     }
 
     /// A config for tests: defaults, the given endpoints, status on an ephemeral port, no log files.
@@ -359,6 +362,10 @@ pub struct MigrateConfig {
     /// Only verify that every migration is applied, unchanged; exit 1 if not.
     #[arg(long = "check")]
     pub check: bool,
+    /// Wait this long for the database to answer and, with `--check`, for the schema to be
+    /// brought up to date (by the migrate Job), looking again every 2 s; `0s` tries once.
+    #[arg(long = "wait", env = "MIGRATE_WAIT", value_name = "MIGRATE_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub wait: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,

@@ -118,6 +118,11 @@ impl ClientContext for LoaderContext {
             self.readiness.set_ok("kafka");
         }
         for (topic, t) in &stats.topics {
+            let known = t.partitions.keys().filter(|p| **p >= 0).count();
+            self.metrics
+                .topic_partitions
+                .with_label_values(&[topic.as_str()])
+                .set(i64::try_from(known).unwrap_or(i64::MAX));
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
                     self.metrics

@@ -1,7 +1,9 @@
 //! Crash injection for the fault suite: `ETL_FAILPOINTS=after-db-commit=0.3,after-sinks=0.2`
 //! makes the process abort (as abruptly as `kill -9`) at the named point with that probability;
 //! `mid-batch=stop` makes it stop itself (`SIGSTOP`, as a paused container or a stalled VM would)
-//! the first time it gets there, holding whatever it holds, until someone sends `SIGCONT`.
+//! the first time it gets there, holding whatever it holds, until someone sends `SIGCONT`;
+//! `after-sinks=hang` blocks the thread that gets there for good (a deadlock in our own code),
+//! while the rest of the process — its status endpoint — goes on.
 //! Unset in production, where each check is one relaxed load of an already-parsed empty list.
 //!
 //! Points: `mid-batch` (rows inserted, transaction open), `after-db-commit` (rows and ledger
@@ -19,6 +21,8 @@ enum Action {
     Abort(f64),
     /// Stop the process, once.
     Stop,
+    /// Block the calling thread forever.
+    Hang,
 }
 
 static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
@@ -33,6 +37,7 @@ fn points() -> &'static [(String, Action)] {
                 let (k, v) = kv.split_once('=')?;
                 let action = match v.trim() {
                     "stop" => Action::Stop,
+                    "hang" => Action::Hang,
                     p => Action::Abort(p.parse().ok()?),
                 };
                 Some((k.trim().to_string(), action))
@@ -41,7 +46,7 @@ fn points() -> &'static [(String, Action)] {
     })
 }
 
-/// Aborts or stops the process here if `name` is armed (and, to abort, the dice say so).
+/// Aborts, stops or hangs the process here if `name` is armed (and, to abort, the dice say so).
 pub fn hit(name: &str) {
     match points().iter().find(|(k, _)| k == name).map(|(_, a)| *a) {
         Some(Action::Abort(p)) if rand::rng().random_bool(p.clamp(0.0, 1.0)) => {
@@ -56,6 +61,12 @@ pub fn hit(name: &str) {
                 .args(["-STOP", &pid])
                 .status();
             eprintln!("failpoint {name}: continued");
+        }
+        Some(Action::Hang) => {
+            eprintln!("failpoint {name}: blocking this thread for good");
+            loop {
+                std::thread::park();
+            }
         }
         _ => {}
     }

@@ -64,25 +64,5 @@ async fn backfill(args: loader::config::BackfillArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: loader::MigrateConfig) -> anyhow::Result<()> {
-    let url = config.db.url()?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url.expose())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "connecting to {}: {e}",
-                etl_common::config::redact_url(url.expose())
-            )
-        })?;
-    if !config.check {
-        loader::migrate::apply(&pool).await?;
-    }
-    let problems = loader::migrate::problems(&pool).await?;
-    if problems.is_empty() {
-        tracing::info!("database schema is up to date");
-        Ok(())
-    } else {
-        anyhow::bail!("database schema is not up to date: {}", problems.join("; "))
-    }
+    loader::migrate::run(&config).await
 }

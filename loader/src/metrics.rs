@@ -33,6 +33,9 @@ pub struct Metrics {
     pub last_commit: IntGauge,
     /// Partitions this replica owns now.
     pub assigned_partitions: IntGauge,
+    /// Partitions the subscribed topic has, from the broker's metadata: the group's assigned
+    /// partitions summed over replicas should equal it (an alert when they do not).
+    pub topic_partitions: IntGaugeVec,
     /// Bytes free to this process on the `DATA_DIR` filesystem (alert before Parquet writes fail).
     pub data_dir_available: IntGauge,
     /// Size of the `DATA_DIR` filesystem.
@@ -124,6 +127,13 @@ impl Metrics {
             "etl_loader_assigned_partitions",
             "Partitions this replica owns",
         )?;
+        let topic_partitions = IntGaugeVec::new(
+            Opts::new(
+                "etl_loader_topic_partitions",
+                "Partitions of the topic, from the broker's metadata",
+            ),
+            &["topic"],
+        )?;
         let data_dir_available = IntGauge::new(
             "etl_loader_data_dir_available_bytes",
             "Bytes available to the loader on the DATA_DIR filesystem",
@@ -150,6 +160,7 @@ impl Metrics {
         )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(topic_partitions.clone()),
             Box::new(sink_bytes.clone()),
             Box::new(parquet_files.clone()),
             Box::new(parquet_waiting_bytes.clone()),
@@ -184,6 +195,7 @@ impl Metrics {
             consumer_lag,
             last_commit,
             assigned_partitions,
+            topic_partitions,
             data_dir_available,
             data_dir_capacity,
             sink_bytes,

@@ -1,8 +1,59 @@
 //! `loader migrate`: apply the embedded migrations, or with `--check` only verify them — the
 //! form a Kubernetes init step or a deploy gate wants.
 
+use crate::config::MigrateConfig;
 use crate::sink::postgres::MIGRATOR;
+use anyhow::Context;
+use etl_common::config::redact_url;
 use sqlx::{PgPool, Row};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often `--wait` looks again.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+
+/// `loader migrate [--check] [--wait D]`: applies (or only verifies) the migrations. With a
+/// wait, an unreachable database or — for `--check` — a schema not yet migrated is looked at
+/// again every two seconds until the wait runs out, so an init container waits in one process
+/// instead of crash-looping into Kubernetes' growing restart back-off.
+pub async fn run(config: &MigrateConfig) -> anyhow::Result<()> {
+    let url = config.db.url()?;
+    let deadline = Instant::now() + config.wait;
+    loop {
+        let outcome = once(url.expose(), config.check).await;
+        let problems = match outcome {
+            Ok(problems) if problems.is_empty() => {
+                tracing::info!("database schema is up to date");
+                return Ok(());
+            }
+            Ok(problems) => {
+                anyhow::anyhow!("database schema is not up to date: {}", problems.join("; "))
+            }
+            Err(e) => e,
+        };
+        if Instant::now() + WAIT_POLL > deadline {
+            return Err(problems);
+        }
+        tracing::info!(reason = format!("{problems:#}"), retry_in = ?WAIT_POLL, "waiting (MIGRATE_WAIT)");
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// One attempt: connect, apply unless `check`, and list what is not up to date.
+async fn once(url: &str, check: bool) -> anyhow::Result<Vec<String>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    if !check {
+        apply(&pool).await?;
+    }
+    let problems = problems(&pool).await;
+    pool.close().await;
+    problems
+}
 
 /// Applies every pending migration (sqlx serialises concurrent runners with an advisory lock).
 /// A migration may rewrite a large table, so the loader's `statement_timeout` is lifted for it;

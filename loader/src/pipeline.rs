@@ -20,7 +20,7 @@ use crate::migrate;
 use crate::roller::Roller;
 use crate::sink::{self, SinkError, Sinks};
 use etl_common::backoff::Backoff;
-use etl_common::status::Readiness;
+use etl_common::status::{Liveness, Readiness};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use std::collections::BTreeMap;
@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the `DATA_DIR` free-space gauges are refreshed.
 const DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often an idle loop turns, to give its heartbeat.
+const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub struct Pipeline {
     pub(crate) consumer: Arc<LoaderConsumer>,
     pub(crate) metrics: Metrics,
     pub(crate) readiness: Readiness,
+    /// Beaten on every turn of the loop and while it waits out an outage (`/health`).
+    pub(crate) liveness: Liveness,
     pub(crate) shutdown: CancellationToken,
     pub(crate) summary: RunSummary,
     pub(crate) range: Option<Range>,
@@ -91,16 +95,20 @@ impl Pipeline {
         let consumer = self.consumer.clone();
         let mut disk = tokio::time::interval(DISK_INTERVAL);
         disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = tokio::time::interval(BEAT_INTERVAL);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = Progress::new(self.range.as_ref().map_or(0, Range::total));
         if self.range_done() {
             tracing::info!("backfill range is empty: nothing to load");
             return Ok(());
         }
         loop {
+            self.liveness.beat();
             let deadline = batch.deadline(max_age, linger);
             let flush_now = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
+                _ = beat.tick() => false,
                 _ = progress.tick(), if self.range.is_some() => {
                     progress.log(self.summary.consumed);
                     false
@@ -210,7 +218,7 @@ impl Pipeline {
                 roller.count(&report, "Parquet files recovered");
                 anyhow::Ok(())
             };
-            match attempt.await {
+            match self.liveness.waiting(attempt).await {
                 Ok(()) => {
                     self.readiness.set_ok("postgres");
                     self.readiness.set_ok("parquet");
@@ -244,12 +252,16 @@ impl Pipeline {
         }
     }
 
-    /// Sleeps unless shutdown comes first; false if it did.
+    /// Sleeps (a backoff: waiting out an outage) unless shutdown comes first; false if it did.
     async fn sleep(&self, d: std::time::Duration) -> bool {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
+        self.liveness
+            .waiting(async {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => false,
+                    _ = tokio::time::sleep(d) => true,
+                }
+            })
+            .await
     }
 
     /// Decode, dead-letter, write, commit: offsets last.
@@ -334,7 +346,8 @@ impl Pipeline {
         loop {
             let sent = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Abandoned::Shutdown),
-                r = self.dlq.send(p) => r,
+                // The producer waits out a broker outage (no delivery timeout).
+                r = self.liveness.waiting(self.dlq.send(p)) => r,
             };
             match sent {
                 Ok(()) => {
@@ -410,7 +423,11 @@ impl Pipeline {
         let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
         loop {
-            match self.sinks.write_with(records, self.config.reprocess).await {
+            let written = self
+                .liveness
+                .waiting(self.sinks.write_with(records, self.config.reprocess))
+                .await;
+            match written {
                 Ok(outcome) => {
                     if failed_before {
                         tracing::info!("sinks are back; batch written");
@@ -451,14 +468,16 @@ impl Pipeline {
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
         let by = format!("loader {}", std::process::id());
-        let result = tokio::task::spawn_blocking(move || {
-            consumer::commit(
-                consumer.as_ref(),
-                list.iter().map(|(t, p, o)| (t.as_str(), *p, *o)),
-                &by,
-            )
-        })
-        .await;
+        let result = self
+            .liveness
+            .waiting(tokio::task::spawn_blocking(move || {
+                consumer::commit(
+                    consumer.as_ref(),
+                    list.iter().map(|(t, p, o)| (t.as_str(), *p, *o)),
+                    &by,
+                )
+            }))
+            .await;
         match result {
             Ok(Ok(())) => {
                 self.metrics.last_commit.set(chrono::Utc::now().timestamp());

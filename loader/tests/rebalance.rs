@@ -65,6 +65,13 @@ async fn a_partition_taken_and_given_back_loses_no_record() {
         || async { assigned(a.status).await == 2 },
     )
     .await;
+    // What the "fewer partitions assigned than the topic has" alert compares with.
+    eventually(
+        Duration::from_secs(60),
+        "the topic's partition count exported",
+        || async { metric(a.status, "etl_loader_topic_partitions").await == 2.0 },
+    )
+    .await;
 
     let rounds = 6;
     let mut records = 0;

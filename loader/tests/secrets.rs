@@ -12,14 +12,6 @@ use support::*;
 
 const CANARY: &str = "Leak-Canary-7f3a9c";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn url_with(db: &TestDb, user: &str, password: &str) -> String {
     let mut u = url::Url::parse(&db.url).unwrap();
     u.set_username(user).unwrap();

@@ -179,6 +179,30 @@ async fn the_binary_migrates_loads_and_exits_zero_on_sigterm() {
         !check.status.success(),
         "--check fails on an empty database"
     );
+    // With a wait, --check waits in one process for the schema (as an init container does while
+    // the migrate Job runs) instead of failing into a restart loop.
+    let mut waiting = tokio::process::Command::new(bin)
+        .args(["migrate", "--check", "--wait", "60s", "--log-dir", ""])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(waiting.stdout.take().unwrap()).lines();
+        let saw_wait = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("MIGRATE_WAIT") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(saw_wait, Ok(true), "--check --wait logs that it waits");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
     let migrate = std::process::Command::new(bin)
         .args(["migrate", "--log-dir", ""])
         .env("DATABASE_URL", &db.url)
@@ -193,6 +217,14 @@ async fn the_binary_migrates_loads_and_exits_zero_on_sigterm() {
     assert!(
         !out.contains(&db.url),
         "the database URL (with its password) is never logged"
+    );
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiting.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        waited.success(),
+        "--check --wait passes once migrated: {waited:?}"
     );
 
     let mut child = tokio::process::Command::new(bin)
@@ -481,5 +513,109 @@ async fn hostile_strings_are_stored_verbatim_and_never_executed() {
     assert!(
         !std::path::Path::new("/etc/passwd.parquet").exists() && !data.path().join("etc").exists()
     );
+    db.drop_db().await;
+}
+
+/// `GET path` on a local status server: the status code and the JSON body.
+async fn status_of(port: u16, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (code, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// Liveness is the loop turning, nothing else: a database outage longer than the stall timeout
+/// keeps `/health` at 200 (only `/ready` fails: a restart would not help), an idle loader stays
+/// alive, and a loop wedged in its own code (a thread blocked for good after a write) answers 503
+/// so the orchestrator restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_when_the_loop_is_wedged_not_when_a_dependency_is_down() {
+    let bin = env!("CARGO_BIN_EXE_loader");
+    let topic = unique("live");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let spawn = |database_url: String, port: u16, failpoints: &str| {
+        tokio::process::Command::new(bin)
+            .arg("run")
+            .env("DATABASE_URL", database_url)
+            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_TOPIC", &topic)
+            .env("KAFKA_GROUP_ID", unique("g"))
+            .env("DATA_DIR", data.path())
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("BATCH_MAX_AGE", "200ms")
+            .env("LOADER_BACKOFF_MAX", "1s")
+            .env("HEALTH_STALL_TIMEOUT", "2s")
+            .env("LOG_DIR", "")
+            .env("ETL_FAILPOINTS", failpoints)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+
+    // 1. The database is unreachable for three stall timeouts: not ready, alive throughout.
+    let dead_db = format!("postgres://etl:etl@127.0.0.1:{}/etl", free_port());
+    let port = free_port();
+    let mut outage = spawn(dead_db, port, "");
+    eventually(Duration::from_secs(30), "/ready names the database", || async {
+        matches!(reqwest::get(format!("http://127.0.0.1:{port}/ready")).await, Ok(r) if r.status() == 503)
+    })
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let (code, body) = status_of(port, "/health").await;
+        assert_eq!(code, 200, "an outage is not a dead loop: {body}");
+        let (code, body) = status_of(port, "/ready").await;
+        assert_eq!(code, 503);
+        assert_ne!(body["checks"]["postgres"], "ok", "{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    outage.kill().await.unwrap();
+
+    // 2. Idle, then wedged: the thread writing the first batch blocks for good after the write.
+    let port = free_port();
+    let mut wedged = spawn(db.url.clone(), port, "after-sinks=hang");
+    eventually(Duration::from_secs(60), "ready on the empty topic", || async {
+        matches!(reqwest::get(format!("http://127.0.0.1:{port}/ready")).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            status_of(port, "/health").await.0,
+            200,
+            "an idle loop is alive"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    produce(&topic, &[V13]).await;
+    eventually(Duration::from_secs(60), "the batch written", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 20
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "/health 503 once the loop stopped turning",
+        || async { status_of(port, "/health").await.0 == 503 },
+    )
+    .await;
+    let (_, body) = status_of(port, "/health").await;
+    assert_eq!(body["status"], "stalled", "{body}");
+    assert!(
+        body["last_beat_seconds_ago"].as_f64().unwrap() > 2.0,
+        "{body}"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.status(),
+        200,
+        "the status server itself still answers"
+    );
+    wedged.kill().await.unwrap();
     db.drop_db().await;
 }

@@ -37,6 +37,15 @@ pub fn offsets(group: &str, topic: &str) -> loader::replay::GroupOffsets {
     .expect("group offsets")
 }
 
+/// A port nothing listens on right now (for a process that must be told its port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The broker under test.
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "localhost:9092".to_string())
