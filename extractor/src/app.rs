@@ -60,7 +60,9 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Metrics::new()?;
-        metrics.backlog_capacity.set(i64::from(config.max_in_flight));
+        metrics
+            .backlog_capacity
+            .set(i64::from(config.max_in_flight));
         let readiness = Readiness::default();
         readiness.register("kafka");
         let source = Source::new(

@@ -40,7 +40,7 @@ fn compose_passes_every_variable_with_the_binaries_default() {
     const FIXED_IN_COMPOSE: [&str; 9] = [
         "KAFKA_BROKERS",     // ${COMPOSE_KAFKA_BROKERS:-redpanda:9092}: the container network
         "DATA_DIR",          // the ./data bind mount
-        "LOG_DIR",           // the ./logs bind mount
+        "LOG_DIR",           // empty: stdout only, replicas told apart by compose
         "METRICS_ADDR",      // the port Prometheus scrapes
         "DATABASE_URL",      // a secret: DATABASE_URL_FILE only
         "DATABASE_URL_FILE", // the compose secret's path
