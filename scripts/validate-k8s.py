@@ -10,8 +10,27 @@ import sys
 
 import yaml
 
+class StrictLoader(yaml.SafeLoader):
+    """Refuses a mapping with a key twice: the API server's strict field validation (kubectl's
+    default) refuses such an object, where a lenient parser would keep the last value."""
+
+
+def _mapping(loader, node, deep=False):
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dup)}", node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, lambda l, n: _mapping(l, n, True))
+
 rendered, namespace, where = sys.argv[1:4]
-docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+try:
+    docs = [d for d in yaml.load_all(open(rendered), Loader=StrictLoader) if d]
+except yaml.YAMLError as e:
+    print(f"  - {where}: {e}", file=sys.stderr)
+    sys.exit(1)
 errors = []
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageClass"}
 
@@ -234,8 +253,9 @@ for sm in by_kind("ServiceMonitor"):
         err(f"{p}: no namespaceSelector (it scrapes its own namespace)")
     chosen = [s for s in services if matches(spec["selector"], s["metadata"].get("labels", {}))]
     names = sorted(s["metadata"]["labels"].get("app.kubernetes.io/name") for s in chosen)
-    if names != ["extractor", "loader"]:
-        err(f"{p}: should select the extractor and loader Services of this install, selects {names}")
+    want = sorted(s["metadata"]["labels"].get("app.kubernetes.io/name") for s in services)
+    if names != want or not {"extractor", "loader"} <= set(names):
+        err(f"{p}: should select every Service of this install ({want}), selects {names}")
     for i, ep in enumerate(spec["endpoints"]):
         if not any(r.get("targetLabel") == "job" and r.get("replacement") == "etl-$1"
                    and r.get("sourceLabels") == ["__meta_kubernetes_service_label_app_kubernetes_io_name"]

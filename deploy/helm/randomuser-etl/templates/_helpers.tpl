@@ -16,6 +16,11 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
      what the ServiceMonitor turns into the job label (etl-<name>). */}}
 {{- define "etl.selector" -}}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{ include "etl.component" . }}
+{{- end -}}
+
+{{/* The same without the instance, beside "etl.labels" (which has it) in metadata. */}}
+{{- define "etl.component" -}}
 app.kubernetes.io/name: {{ .name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
