@@ -5,7 +5,7 @@
 //! committed dead-letters it again on re-delivery. Each dead letter carries a stable id
 //! (`etl-dlq-id`) so readers can dedupe.
 
-use crate::batch::Poison;
+use crate::poison::Poison;
 use etl_common::contract::{self, dlq_header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;

@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: `loader run` / `loader migrate`, typed and validated.
 //! - [`batch`]: gathering records by count and age; decoding into loadable vs poison.
-//! - [`transform`]: the pure 1.4-response → user-rows function.
+//! - [`poison`]: a record that will not load, and why (for the dead-letter topic).
+//! - [`transform`]: the pure 1.4-response → user-rows function, and a record's identity.
 //! - [`sink`]: the PostgreSQL write, the Parquet rolls and ledger, the stores (local or bucket).
 //! - [`roller`]: the task that rolls due Parquet files and sweeps unpublished ones.
 //! - [`consumer`]: client settings, rebalance callbacks as ordered events, the offset commit.
@@ -29,6 +30,7 @@ pub mod failpoint;
 pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
+pub mod poison;
 pub mod replay;
 pub mod roller;
 pub mod sink;
