@@ -10,4 +10,5 @@ pub mod contract;
 pub mod kafka;
 pub mod shutdown;
 pub mod status;
+pub mod table;
 pub mod telemetry;

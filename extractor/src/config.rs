@@ -58,7 +58,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Topic the raw responses go to.
     #[arg(
-        long = "kafka-topic",
+        long = "topic",
+        visible_alias = "kafka-topic",
         env = "KAFKA_TOPIC",
         value_name = "KAFKA_TOPIC",
         default_value = "randomuser.raw"
@@ -109,7 +110,7 @@ impl Config {
             url,
             "--kafka-brokers",
             brokers,
-            "--kafka-topic",
+            "--topic",
             topic,
             "--metrics-addr",
             "127.0.0.1:0",

@@ -8,21 +8,19 @@ use std::collections::BTreeMap;
 /// Prints the plan; with `--execute`, moves the group (refused while it has members).
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let offsets = GroupOffsets::new(&t.kafka, &t.group, &t.topic)?;
+    let (group, topic) = (&t.group.group, &t.topic.topic);
+    let offsets = GroupOffsets::new(&t.kafka, &t.group.group, &t.topic.topic)?;
     let partitions = offsets.partitions(args.partitions.as_deref())?;
     let (members, known) = offsets.members()?;
     let plan = offsets.plan(&args.to, &partitions)?;
     if !known && plan.iter().all(|p| p.current.is_none()) {
         anyhow::bail!(
             "group {} is unknown: it has no committed offsets on topic {} (check --group / KAFKA_GROUP_ID)",
-            t.group,
-            t.topic
+            group,
+            topic
         );
     }
-    print!(
-        "{}",
-        render_plan(&t.topic, &t.group, &format!("{:?}", args.to), &plan)
-    );
+    print!("{}", render_plan(topic, group, &args.to.to_string(), &plan));
     if !args.execute {
         println!("dry run: nothing changed; add --execute to move the offsets");
         return Ok(());
@@ -30,12 +28,12 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     if members > 0 {
         anyhow::bail!(
             "group {} has {members} active member(s): stop its loaders first; offsets cannot be moved under a running group",
-            t.group
+            group
         );
     }
     let targets: BTreeMap<i32, i64> = plan.iter().map(|p| (p.partition, p.target)).collect();
     offsets.commit(&targets)?;
-    tracing::info!(group = %t.group, topic = %t.topic, to = ?args.to, "offsets moved");
+    tracing::info!(%group, %topic, to = %args.to, "offsets moved");
     println!("offsets moved: the group resumes from the new offsets when its loaders start");
     Ok(())
 }
@@ -43,15 +41,16 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
 /// Prints per partition the committed offset, end offset, lag and last commit time.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let offsets = GroupOffsets::new(&t.kafka, &t.group, &t.topic)?;
+    let (group, topic) = (&t.group.group, &t.topic.topic);
+    let offsets = GroupOffsets::new(&t.kafka, &t.group.group, &t.topic.topic)?;
     let partitions = offsets.partitions(None)?;
     let committed = offsets.committed(&partitions)?;
     let (members, known) = offsets.members()?;
     if !known && committed.values().all(|c| c.offset.is_none()) {
         anyhow::bail!(
             "group {} is unknown: it has no committed offsets on topic {}",
-            t.group,
-            t.topic
+            group,
+            topic
         );
     }
     let mut rows = Vec::new();
@@ -76,27 +75,32 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let total: i64 = rows.iter().filter_map(|r| r["lag"].as_i64()).sum();
     if args.json {
         let doc = serde_json::json!({
-            "group": t.group, "topic": t.topic, "members": members, "total_lag": total, "partitions": rows,
+            "group": group, "topic": topic, "members": members, "total_lag": total, "partitions": rows,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!(
-            "group {}, topic {}, {members} active member(s)",
-            t.group, t.topic
+        println!("group {group}, topic {topic}, {members} active member(s)");
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r["partition"].to_string(),
+                    r["committed"]
+                        .as_i64()
+                        .map_or("none".to_string(), |v| v.to_string()),
+                    r["end"].to_string(),
+                    r["lag"].to_string(),
+                    r["last_commit"].as_str().unwrap_or("-").to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            etl_common::table::render(
+                &["partition", "committed", "end", "lag", "last commit"],
+                &table
+            )
         );
-        println!("partition  committed  end        lag        last commit");
-        for r in &rows {
-            println!(
-                "{:<10} {:<10} {:<10} {:<10} {}",
-                r["partition"],
-                r["committed"]
-                    .as_i64()
-                    .map_or("none".to_string(), |v| v.to_string()),
-                r["end"],
-                r["lag"],
-                r["last_commit"].as_str().unwrap_or("-")
-            );
-        }
         println!("total lag: {total}");
     }
     Ok(())

@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Consume the topic and load it (applies migrations first unless told not to).
-    Run(Box<RunConfig>),
+    Run(Box<RunArgs>),
     /// Apply the database migrations (or, with --check, verify them) and exit.
     Migrate(MigrateConfig),
     /// Move a consumer group's offsets (dry run unless --execute) so the loader replays or skips.
@@ -34,28 +34,67 @@ pub enum Command {
     Backfill(Box<BackfillArgs>),
 }
 
+/// The loaders' consumer group: `--group` / `KAFKA_GROUP_ID`, the same flag for `run`, `replay`
+/// and `status` (a backfill has a group of its own, never this one).
+#[derive(Debug, Clone, Args)]
+pub struct GroupArgs {
+    /// Consumer group; its committed offsets are the loaders' position (replay moves them).
+    #[arg(
+        long = "group",
+        visible_alias = "kafka-group-id",
+        env = "KAFKA_GROUP_ID",
+        value_name = "KAFKA_GROUP_ID",
+        default_value = "loader"
+    )]
+    pub group: String,
+}
+
+/// The topic of raw responses: `--topic` / `KAFKA_TOPIC`, the same flag for every command.
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Topic of raw responses.
+    #[arg(
+        long = "topic",
+        visible_alias = "kafka-topic",
+        env = "KAFKA_TOPIC",
+        value_name = "KAFKA_TOPIC",
+        default_value = "randomuser.raw"
+    )]
+    pub topic: String,
+}
+
 /// Which group and topic an offsets command acts on.
 #[derive(Debug, Clone, Args)]
 pub struct GroupTopic {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kafka: KafkaArgs,
-    /// Consumer group.
-    #[arg(
-        long = "group",
-        env = "KAFKA_GROUP_ID",
-        value_name = "KAFKA_GROUP_ID",
-        default_value = "loader"
-    )]
-    pub group: String,
-    /// Topic.
-    #[arg(
-        long = "topic",
-        env = "KAFKA_TOPIC",
-        value_name = "KAFKA_TOPIC",
-        default_value = "randomuser.raw"
-    )]
-    pub topic: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub group: GroupArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topic: TopicArgs,
+}
+
+/// `loader run`: the loader's settings and the group it joins.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub group: GroupArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: RunConfig,
+}
+
+impl RunArgs {
+    /// The config, joined to its group.
+    pub fn into_config(self) -> RunConfig {
+        let mut config = self.config;
+        config.group_id = self.group.group;
+        config
+    }
 }
 
 /// `loader replay`.
@@ -158,19 +197,16 @@ pub struct RunConfig {
     pub kafka: KafkaArgs,
     /// Topic of raw responses.
     #[arg(
-        long = "kafka-topic",
+        long = "topic",
+        visible_alias = "kafka-topic",
         env = "KAFKA_TOPIC",
         value_name = "KAFKA_TOPIC",
         default_value = "randomuser.raw"
     )]
     pub topic: String,
-    /// Consumer group; its committed offsets are the loader's position (replay moves them).
-    #[arg(
-        long = "kafka-group-id",
-        env = "KAFKA_GROUP_ID",
-        value_name = "KAFKA_GROUP_ID",
-        default_value = "loader"
-    )]
+    /// The consumer group: `loader run`'s `--group` / `KAFKA_GROUP_ID` ([`RunArgs`]), or a
+    /// backfill's own group; never read from the environment for a backfill.
+    #[arg(skip = String::from("loader"))]
     pub group_id: String,
     /// How long the group waits for a silent (crashed) replica before giving its partitions to
     /// the others. librdkafka sends heartbeats from its own thread, so a busy loader stays alive.
@@ -178,7 +214,8 @@ pub struct RunConfig {
     pub session_timeout: Duration,
     /// Dead-letter topic for poison records.
     #[arg(
-        long = "kafka-dlq-topic",
+        long = "dlq-topic",
+        visible_alias = "kafka-dlq-topic",
         env = "KAFKA_DLQ_TOPIC",
         value_name = "KAFKA_DLQ_TOPIC",
         default_value = "randomuser.raw.dlq"
@@ -323,11 +360,11 @@ impl RunConfig {
             database_url,
             "--kafka-brokers",
             brokers,
-            "--kafka-topic",
+            "--topic",
             topic,
-            "--kafka-group-id",
+            "--group",
             group,
-            "--kafka-dlq-topic",
+            "--dlq-topic",
             &dlq,
             "--data-dir",
             &data_dir,
@@ -347,7 +384,7 @@ impl RunConfig {
             "0s",
         ])?;
         match cli.command {
-            Command::Run(c) => Ok(*c),
+            Command::Run(c) => Ok(c.into_config()),
             _ => anyhow::bail!("unreachable: parsed `run`"),
         }
     }
@@ -379,9 +416,43 @@ mod tests {
         let mut args = vec!["loader", "run"];
         args.extend_from_slice(extra);
         match Cli::try_parse_from(args)?.command {
-            Command::Run(c) => Ok(*c),
+            Command::Run(c) => Ok(c.into_config()),
             _ => unreachable!(),
         }
+    }
+
+    /// `--topic` and `--group` mean the same in every command (the old `--kafka-*` names still
+    /// parse); a backfill takes `--topic` like the rest, and its `--group` is its own.
+    #[test]
+    fn one_flag_for_topic_and_group_in_every_command() {
+        let c = run(&["--topic", "t1", "--group", "g1"]).unwrap();
+        assert_eq!((c.topic.as_str(), c.group_id.as_str()), ("t1", "g1"));
+        let c = run(&["--kafka-topic", "t1", "--kafka-group-id", "g1"]).unwrap();
+        assert_eq!((c.topic.as_str(), c.group_id.as_str()), ("t1", "g1"));
+        for command in ["replay", "status"] {
+            let mut args = vec!["loader", command, "--topic", "t2", "--group", "g2"];
+            if command == "replay" {
+                args.extend(["--to", "2h"]);
+            }
+            let target = match Cli::try_parse_from(args).unwrap().command {
+                Command::Replay(r) => r.target,
+                Command::Status(s) => s.target,
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                (target.topic.topic.as_str(), target.group.group.as_str()),
+                ("t2", "g2")
+            );
+        }
+        let parsed = Cli::try_parse_from([
+            "loader", "backfill", "--topic", "t3", "--from", "2h", "--group", "mine",
+        ])
+        .unwrap();
+        let Command::Backfill(b) = parsed.command else {
+            unreachable!()
+        };
+        assert_eq!(b.run.topic, "t3");
+        assert_eq!(b.group.as_deref(), Some("mine"));
     }
 
     #[test]
@@ -435,7 +506,7 @@ mod tests {
             assert!(err.contains("PARQUET_URL"), "{url}: {err}");
             assert!(!err.contains("secret=1"), "{url}: {err}");
         }
-        let c = run(&["--kafka-dlq-topic", "randomuser.raw"]).unwrap();
+        let c = run(&["--dlq-topic", "randomuser.raw"]).unwrap();
         assert!(
             c.validate()
                 .unwrap_err()

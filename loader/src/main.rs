@@ -8,7 +8,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = match &cli.command {
-        Command::Run(c) => &c.log,
+        Command::Run(c) => &c.config.log,
         Command::Migrate(c) => &c.log,
         Command::Replay(c) => &c.log,
         Command::Status(c) => &c.log,
@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(config) => run(*config).await,
+        Command::Run(args) => run(args.into_config()).await,
         Command::Migrate(config) => migrate(config).await,
         Command::Replay(args) => blocking(move || loader::commands::replay(&args)).await,
         Command::Status(args) => blocking(move || loader::commands::status(&args)).await,

@@ -31,6 +31,22 @@ pub enum Position {
     Ago(Duration),
 }
 
+/// As an operator writes it, and as it parses back: `earliest`, `latest`, `42`,
+/// `2026-11-24T09:00:00Z`, `2h`.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Earliest => f.write_str("earliest"),
+            Position::Latest => f.write_str("latest"),
+            Position::Offset(n) => write!(f, "{n}"),
+            Position::Time(t) => {
+                f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
+            Position::Ago(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
 impl FromStr for Position {
     type Err = String;
 
@@ -293,19 +309,30 @@ impl GroupOffsets {
 /// Renders a replay plan as the table `loader replay` prints.
 pub fn render_plan(topic: &str, group: &str, to: &str, plan: &[PartitionPlan]) -> String {
     let mut s = format!("replay plan: group {group}, topic {topic}, to {to}\n");
-    s.push_str("partition  current   new       replays   skips     (retained low..end)\n");
-    for p in plan {
-        s.push_str(&format!(
-            "{:<10} {:<9} {:<9} {:<9} {:<9} ({}..{})\n",
-            p.partition,
-            p.current.map_or("none".to_string(), |c| c.to_string()),
-            p.target,
-            p.replays(),
-            p.skips(),
-            p.low,
-            p.high
-        ));
-    }
+    let rows: Vec<Vec<String>> = plan
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.current.map_or("none".to_string(), |c| c.to_string()),
+                p.target.to_string(),
+                p.replays().to_string(),
+                p.skips().to_string(),
+                format!("{}..{}", p.low, p.high),
+            ]
+        })
+        .collect();
+    s += &etl_common::table::render(
+        &[
+            "partition",
+            "current",
+            "new",
+            "replays",
+            "skips",
+            "retained",
+        ],
+        &rows,
+    );
     let replays: i64 = plan.iter().map(PartitionPlan::replays).sum();
     let skips: i64 = plan.iter().map(PartitionPlan::skips).sum();
     s.push_str(&format!(
@@ -317,6 +344,30 @@ pub fn render_plan(topic: &str, group: &str, to: &str, plan: &[PartitionPlan]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_print_as_typed_and_parse_back() {
+        for typed in [
+            "earliest",
+            "latest",
+            "42",
+            "2h",
+            "90m",
+            "2026-11-24T09:00:00Z",
+        ] {
+            let p: Position = typed.parse().unwrap();
+            let shown = p.to_string();
+            assert_eq!(shown.parse(), Ok(p.clone()), "{typed} shown as {shown}");
+        }
+        assert_eq!(Position::Ago(Duration::from_secs(7200)).to_string(), "2h");
+        assert_eq!(
+            "2026-11-24T09:00:00Z"
+                .parse::<Position>()
+                .unwrap()
+                .to_string(),
+            "2026-11-24T09:00:00Z"
+        );
+    }
 
     #[test]
     fn positions_parse_in_every_form() {

@@ -216,7 +216,24 @@ async fn status_reports_lag_and_last_commit_and_times_past_the_end_replay_nothin
         );
     }
     let table = loader_cli(&["status", "--group", &group, "--topic", &topic]);
-    assert!(String::from_utf8_lossy(&table.stdout).contains("total lag: 3"));
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(text.contains("total lag: 3"), "{text}");
+    // The table lines up: every column starts where its header does, on every row.
+    let lines: Vec<&str> = text.lines().skip(1).take(3).collect();
+    assert!(lines[0].starts_with("partition"), "{text}");
+    for column in ["committed", "end", "lag", "last commit"] {
+        let at = lines[0].find(column).unwrap();
+        for row in &lines[1..] {
+            assert!(
+                row.as_bytes()[at - 1] == b' ' && row.as_bytes()[at] != b' ',
+                "{column} at {at}:\n{text}"
+            );
+        }
+    }
+    // The plan names the position as the operator wrote it.
+    let plan = loader_cli(&["replay", "--group", &group, "--topic", &topic, "--to", "2h"]);
+    let text = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(text.contains(", to 2h\n"), "{text}");
 
     let future = Position::Time(chrono::Utc::now() + chrono::Duration::hours(1));
     let plan = offsets(&group, &topic).plan(&future, &[0, 1]).unwrap();
