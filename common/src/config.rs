@@ -3,6 +3,7 @@
 //! Every flag has an environment variable, and its `value_name` is that variable, so clap's
 //! error for a bad value names exactly the variable the operator has to fix.
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,11 +59,8 @@ pub fn secret_from(
     match file {
         None => Ok(None),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "{var}_FILE={}: cannot read the secret file: {e}",
-                    path.display()
-                )
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("{var}_FILE={}: cannot read the secret file", path.display())
             })?;
             Ok(Some(Secret::new(
                 text.trim_end_matches(['\n', '\r']).to_string(),

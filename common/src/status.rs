@@ -7,6 +7,7 @@
 //! `/health` fails only when the loop itself stopped turning (a deadlock, a blocked thread), which
 //! a restart fixes; an outage, which a restart cannot fix, shows on `/ready` alone.
 
+use anyhow::Context;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -163,7 +164,7 @@ pub async fn serve(
 )> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("METRICS_ADDR={addr}: cannot bind the status server: {e}"))?;
+        .with_context(|| format!("METRICS_ADDR={addr}: cannot bind the status server"))?;
     let bound = listener.local_addr()?;
 
     let metrics = warp::path("metrics").and(warp::path::end()).map(move || {

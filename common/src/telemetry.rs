@@ -1,6 +1,7 @@
 //! Logging to stdout and to daily-rolled files in `LOG_DIR`, as text or JSON.
 
 use crate::config::{LogArgs, LogFormat};
+use anyhow::Context;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -8,7 +9,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// the file writer.
 pub fn init(service: &str, args: &LogArgs) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = EnvFilter::try_new(&args.level)
-        .map_err(|e| anyhow::anyhow!("LOG_LEVEL={}: not a valid filter: {e}", args.level))?;
+        .with_context(|| format!("LOG_LEVEL={}: not a valid filter", args.level))?;
     let (file_writer, guard) = if args.dir.is_empty() {
         (None, None)
     } else {
@@ -20,7 +21,7 @@ pub fn init(service: &str, args: &LogArgs) -> anyhow::Result<Option<WorkerGuard>
             .filename_prefix(service)
             .filename_suffix("log")
             .build(&args.dir)
-            .map_err(|e| anyhow::anyhow!("LOG_DIR={}: cannot open a log file: {e}", args.dir))?;
+            .with_context(|| format!("LOG_DIR={}: cannot open a log file", args.dir))?;
         let (writer, guard) = tracing_appender::non_blocking(appender);
         (Some(writer), Some(guard))
     };
@@ -35,6 +36,6 @@ pub fn init(service: &str, args: &LogArgs) -> anyhow::Result<Option<WorkerGuard>
             .with(file_writer.map(|w| fmt::layer().json().with_writer(w)))
             .try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    result.context("cannot install the logger")?;
     Ok(guard)
 }

@@ -232,9 +232,9 @@ impl Application {
                             lock(&fates).insert(msg.fetch_id, fate);
                         } else {
                             metrics.produce_errors.inc();
-                            let _ = fatal_tx.try_send(anyhow::anyhow!(
-                                "Kafka refused fetch {} for good ({} users): {e}", msg.fetch_id, msg.fetched.users
-                            ));
+                            let _ = fatal_tx.try_send(anyhow::Error::new(e).context(format!(
+                                "Kafka refused fetch {} for good ({} users)", msg.fetch_id, msg.fetched.users
+                            )));
                         }
                         None
                     }

@@ -6,6 +6,7 @@
 //! error that still comes back is permanent (too large, not authorised) and stops the service.
 
 use crate::source::Fetched;
+use anyhow::Context;
 use etl_common::contract::{self, header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;
@@ -73,9 +74,7 @@ impl Publisher {
             .set("message.max.bytes", contract::MAX_MESSAGE_BYTES.to_string())
             .set("linger.ms", "5")
             .set("client.id", "randomuser-extractor");
-        let producer: FutureProducer = cfg
-            .create()
-            .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
+        let producer: FutureProducer = cfg.create().context("cannot create the Kafka producer")?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
         Ok(Self {
             producer,

@@ -4,6 +4,7 @@
 //! is then passed on byte for byte. Everything else is a classified [`FetchError`], so each kind
 //! can be counted and retried, and none of them ever reaches the topic.
 
+use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -149,7 +150,7 @@ impl Source {
                 env!("CARGO_PKG_VERSION")
             ))
             .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+            .context("cannot build the HTTP client")?;
         Ok(Self { client, url })
     }
 

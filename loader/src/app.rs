@@ -8,6 +8,7 @@ use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Rolls, Sinks};
+use anyhow::Context;
 use etl_common::config::redact_url;
 use etl_common::status::{self, Liveness, Readiness};
 use rdkafka::consumer::Consumer;
@@ -67,9 +68,7 @@ impl Application {
         let url = config.db.url()?;
         let pool = sink::lazy_pool(url.expose(), config.db.max_connections)?;
         let store = config.parquet.store(&config.data_dir)?;
-        store
-            .prepare()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", store.describe()))?;
+        store.prepare().with_context(|| store.describe())?;
         let parquet_url = store.describe();
         let rolls = Rolls::new(pool.clone(), store, config.parquet.policy());
         let sinks = Sinks::new(pool, rolls);
@@ -78,9 +77,9 @@ impl Application {
         let consumer = consumer::create(&config, range.is_some(), &metrics, &readiness)?;
         let range = match range {
             None => {
-                consumer.subscribe(&[&config.topic]).map_err(|e| {
-                    anyhow::anyhow!("KAFKA_TOPIC={}: cannot subscribe: {e}", config.topic)
-                })?;
+                consumer
+                    .subscribe(&[&config.topic])
+                    .with_context(|| format!("KAFKA_TOPIC={}: cannot subscribe", config.topic))?;
                 None
             }
             Some((starts, ends)) => Some(Range::assign(&consumer, &config.topic, &starts, &ends)?),

@@ -3,6 +3,7 @@
 //! [`Range::admit`] for every record and stops once [`Range::is_done`].
 
 use crate::consumer::LoaderConsumer;
+use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ impl Range {
         }
         consumer
             .assign(&tpl)
-            .map_err(|e| anyhow::anyhow!("KAFKA_TOPIC={topic}: cannot assign the range: {e}"))?;
+            .with_context(|| format!("KAFKA_TOPIC={topic}: cannot assign the range"))?;
         Ok(Self {
             topic: topic.to_string(),
             ends: remaining,

@@ -8,6 +8,7 @@
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
 use crate::metrics::Metrics;
+use anyhow::Context;
 use chrono::Utc;
 use etl_common::status::Readiness;
 use rdkafka::consumer::{
@@ -56,7 +57,7 @@ pub fn create(
         .set("client.id", "randomuser-loader");
     let context = LoaderContext::new(metrics.clone(), readiness.clone());
     cfg.create_with_context(context)
-        .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))
+        .context("cannot create the Kafka consumer")
 }
 
 /// Commits `offsets` (topic, partition, next offset) synchronously, each stamped with

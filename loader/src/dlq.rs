@@ -6,6 +6,7 @@
 //! (`etl-dlq-id`) so readers can dedupe.
 
 use crate::poison::Poison;
+use anyhow::Context;
 use etl_common::contract::{self, dlq_header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;
@@ -31,7 +32,7 @@ impl DeadLetters {
             .set("client.id", "randomuser-loader-dlq");
         let producer: FutureProducer = cfg
             .create()
-            .map_err(|e| anyhow::anyhow!("cannot create the dead-letter producer: {e}"))?;
+            .context("cannot create the dead-letter producer")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -1,5 +1,6 @@
 //! `loader`: thin entry point; everything lives in the library so tests run the real thing.
 
+use anyhow::Context;
 use clap::Parser;
 use loader::{Cli, Command};
 use std::process::ExitCode;
@@ -48,7 +49,7 @@ async fn run(config: loader::RunConfig) -> anyhow::Result<()> {
 async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| anyhow::anyhow!("command task failed: {e}"))?
+        .context("command task failed")?
 }
 
 async fn backfill(args: loader::config::BackfillArgs) -> anyhow::Result<()> {

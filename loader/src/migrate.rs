@@ -68,10 +68,7 @@ pub async fn apply(pool: &PgPool) -> anyhow::Result<()> {
         .max_connections(1)
         .connect_with(options)
         .await?;
-    let applied = MIGRATOR
-        .run(&own)
-        .await
-        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"));
+    let applied = MIGRATOR.run(&own).await.context("applying migrations");
     own.close().await;
     applied
 }

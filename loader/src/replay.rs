@@ -6,6 +6,7 @@
 //! and builds the plan `loader replay` prints. Everything here is blocking librdkafka calls:
 //! callers run it on a blocking thread.
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -126,9 +127,7 @@ impl GroupOffsets {
         cfg.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("client.id", "randomuser-loader-offsets");
-        let consumer: BaseConsumer = cfg
-            .create()
-            .map_err(|e| anyhow::anyhow!("cannot create a Kafka client: {e}"))?;
+        let consumer: BaseConsumer = cfg.create().context("cannot create a Kafka client")?;
         Ok(Self {
             consumer,
             group: group.to_string(),
@@ -141,9 +140,7 @@ impl GroupOffsets {
         let md = self
             .consumer
             .fetch_metadata(Some(&self.topic), TIMEOUT)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot read the metadata of topic {}: {e}", self.topic)
-            })?;
+            .with_context(|| format!("cannot read the metadata of topic {}", self.topic))?;
         let t = md
             .topics()
             .iter()
@@ -175,9 +172,7 @@ impl GroupOffsets {
     pub fn watermarks(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
         self.consumer
             .fetch_watermarks(&self.topic, partition, TIMEOUT)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot read the offsets of {}/{partition}: {e}", self.topic)
-            })
+            .with_context(|| format!("cannot read the offsets of {}/{partition}", self.topic))
     }
 
     /// The group's committed offsets.
@@ -189,7 +184,7 @@ impl GroupOffsets {
         let got = self
             .consumer
             .committed_offsets(tpl, TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("cannot read group {}'s offsets: {e}", self.group))?;
+            .with_context(|| format!("cannot read group {}'s offsets", self.group))?;
         Ok(got
             .elements()
             .iter()
@@ -218,7 +213,7 @@ impl GroupOffsets {
             .consumer
             .client()
             .fetch_group_list(Some(&self.group), TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("cannot describe group {}: {e}", self.group))?;
+            .with_context(|| format!("cannot describe group {}", self.group))?;
         let g = list.groups().iter().find(|g| g.name() == self.group);
         Ok(match g {
             Some(g) => (g.members().len(), g.state() != "Dead"),
@@ -251,7 +246,7 @@ impl GroupOffsets {
                 let r = self
                     .consumer
                     .offsets_for_times(tpl, TIMEOUT)
-                    .map_err(|e| anyhow::anyhow!("cannot look up offsets by time: {e}"))?;
+                    .context("cannot look up offsets by time")?;
                 r.elements()
                     .iter()
                     .map(|e| (e.partition(), e.offset()))
@@ -302,7 +297,7 @@ impl GroupOffsets {
             offsets.iter().map(|(p, o)| (self.topic.as_str(), *p, *o)),
             "loader replay",
         )
-        .map_err(|e| anyhow::anyhow!("cannot commit group {}'s offsets: {e:#}", self.group))
+        .with_context(|| format!("cannot commit group {}'s offsets", self.group))
     }
 }
 

@@ -78,7 +78,7 @@ impl Roller {
                     Ok(r) => self.count(&r, "Parquet sweep wrote unpublished files"),
                     Err(e) => {
                         self.failed(&e);
-                        tracing::warn!(error = %e, "Parquet sweep failed; will retry");
+                        tracing::warn!(error = format!("{e:#}"), "Parquet sweep failed; will retry");
                     }
                 },
                 _ = self.wake.notified() => {

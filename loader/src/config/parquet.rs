@@ -1,6 +1,7 @@
 //! `PARQUET_URL`, the roll policy and the store's `_FILE` secrets: the Parquet side of
 //! `loader run`'s config.
 
+use anyhow::Context;
 use clap::Args;
 use etl_common::config::{Secret, parse_duration, secret_from};
 use std::path::PathBuf;
@@ -77,7 +78,7 @@ impl ParquetArgs {
             }
             None => {
                 let dir = std::path::absolute(data_dir)
-                    .map_err(|e| anyhow::anyhow!("DATA_DIR={}: {e}", data_dir.display()))?;
+                    .with_context(|| format!("DATA_DIR={}", data_dir.display()))?;
                 url::Url::from_directory_path(&dir).map_err(|()| {
                     anyhow::anyhow!("DATA_DIR={}: not a usable path", data_dir.display())
                 })
@@ -110,7 +111,7 @@ impl ParquetArgs {
                 .map(|(k, v)| (k.clone(), v.expose().to_string())),
         );
         crate::sink::store::Store::from_url(&url, &settings)
-            .map_err(|e| anyhow::anyhow!("PARQUET_URL={url}: {e:#}"))
+            .with_context(|| format!("PARQUET_URL={url}"))
     }
 
     /// The roll policy.

@@ -189,7 +189,10 @@ impl Pipeline {
         // Close the open rolls, once: if the store is out they wait in PostgreSQL for the next
         // owner of their partitions.
         if let Err(e) = roller.close().await {
-            tracing::warn!(error = %e, "open Parquet rolls left in PostgreSQL for the partitions' next owner");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "open Parquet rolls left in PostgreSQL for the partitions' next owner"
+            );
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod roll;
 pub mod store;
 
 use crate::batch::LoadRecord;
+use anyhow::Context;
 use chrono::Utc;
 pub use roll::{Cut, RollPolicy, RollReport, Rolls};
 use sqlx::PgPool;
@@ -118,7 +119,7 @@ pub const SESSION_LIMITS: [(&str, &str); 3] = [
 /// A pool that connects lazily, so a database that is down at start is waited for, not fatal.
 pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = sqlx::postgres::PgConnectOptions::from_str(url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
+        .context("DATABASE_URL")?
         .options(SESSION_LIMITS);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
