@@ -65,8 +65,8 @@ pub struct Config {
         default_value = "randomuser.raw"
     )]
     pub topic: String,
+    /// The brokers and how to reach them (TLS, SASL).
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub kafka: KafkaArgs,
     /// Where `/metrics`, `/health` and `/ready` are served.
     #[arg(
@@ -76,11 +76,11 @@ pub struct Config {
         default_value = "0.0.0.0:2112"
     )]
     pub metrics_addr: SocketAddr,
+    /// When `/health` reports the main loop as stalled.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub health: HealthArgs,
+    /// Where and how to log.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 

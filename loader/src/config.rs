@@ -66,25 +66,25 @@ pub struct TopicArgs {
 /// Which group and topic an offsets command acts on.
 #[derive(Debug, Clone, Args)]
 pub struct GroupTopic {
+    /// The brokers and how to reach them (TLS, SASL).
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub kafka: KafkaArgs,
+    /// The loaders' consumer group.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub group: GroupArgs,
+    /// The topic of raw responses.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub topic: TopicArgs,
 }
 
 /// `loader run`: the loader's settings and the group it joins.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// The loaders' consumer group.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub group: GroupArgs,
+    /// Everything else `loader run` takes.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub config: RunConfig,
 }
 
@@ -100,8 +100,8 @@ impl RunArgs {
 /// `loader replay`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
+    /// The group and topic acted on.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub target: GroupTopic,
     /// earliest | latest | an offset | an RFC 3339 time | a duration ago (e.g. 2h).
     #[arg(long = "to", value_name = "POSITION")]
@@ -112,22 +112,22 @@ pub struct ReplayArgs {
     /// Move the offsets. Without it, only the plan is printed.
     #[arg(long = "execute")]
     pub execute: bool,
+    /// Where and how to log.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
 /// `loader status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
+    /// The group and topic acted on.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub target: GroupTopic,
     /// Print JSON instead of a table.
     #[arg(long = "json")]
     pub json: bool,
+    /// Where and how to log.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
@@ -144,8 +144,8 @@ pub struct BackfillArgs {
     /// running loaders' KAFKA_GROUP_ID.
     #[arg(long = "group", value_name = "GROUP")]
     pub group: Option<String>,
+    /// The sinks and batching, as `loader run` takes them.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub run: RunConfig,
 }
 
@@ -189,11 +189,11 @@ impl DbArgs {
 /// `loader run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
+    /// The database.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub db: DbArgs,
+    /// The brokers and how to reach them (TLS, SASL).
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub kafka: KafkaArgs,
     /// Topic of raw responses.
     #[arg(
@@ -244,8 +244,8 @@ pub struct RunConfig {
         default_value = "data"
     )]
     pub data_dir: PathBuf,
+    /// Where and how Parquet files are written.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub parquet: ParquetArgs,
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = etl_common::contract::MAX_PAYLOAD_BYTES)]
@@ -299,11 +299,11 @@ pub struct RunConfig {
         default_value = "0.0.0.0:2113"
     )]
     pub metrics_addr: SocketAddr,
+    /// When `/health` reports the main loop as stalled.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub health: HealthArgs,
+    /// Where and how to log.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
@@ -393,8 +393,8 @@ impl RunConfig {
 /// `loader migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateConfig {
+    /// The database.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub db: DbArgs,
     /// Only verify that every migration is applied, unchanged; exit 1 if not.
     #[arg(long = "check")]
@@ -403,8 +403,8 @@ pub struct MigrateConfig {
     /// brought up to date (by the migrate Job), looking again every 2 s; `0s` tries once.
     #[arg(long = "wait", env = "MIGRATE_WAIT", value_name = "MIGRATE_WAIT", default_value = "0s", value_parser = parse_duration)]
     pub wait: Duration,
+    /// Where and how to log.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
 }
 
