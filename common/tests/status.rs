@@ -15,24 +15,35 @@ async fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test]
-async fn only_get_on_three_paths_and_it_survives_junk() {
-    let registry = prometheus::Registry::new();
-    let readiness = Readiness::default();
-    readiness.register("kafka");
-    readiness.set_failed("kafka", "broker unreachable");
-    let liveness = Liveness::new(Duration::from_secs(3600));
+/// A status server on an ephemeral port over these checks: its address, its stop token and the
+/// task serving it.
+async fn start(
+    readiness: &Readiness,
+    liveness: &Liveness,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let stop = CancellationToken::new();
     let (addr, server) = status::serve(
         "127.0.0.1:0".parse().unwrap(),
-        registry,
+        prometheus::Registry::new(),
         readiness.clone(),
         liveness.clone(),
         stop.clone(),
     )
     .await
     .unwrap();
-    let task = tokio::spawn(server);
+    (addr, stop, tokio::spawn(server))
+}
+
+#[tokio::test]
+async fn only_get_on_three_paths_and_it_survives_junk() {
+    let readiness = Readiness::default();
+    readiness.register("kafka");
+    readiness.set_failed("kafka", "broker unreachable");
+    let (addr, stop, task) = start(&readiness, &Liveness::new(Duration::from_secs(3600))).await;
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
 
@@ -170,17 +181,7 @@ async fn health_fails_when_the_heartbeat_stops_and_only_then() {
     readiness.register("postgres");
     readiness.set_failed("postgres", "connection refused");
     let liveness = Liveness::new(Duration::from_millis(300));
-    let stop = CancellationToken::new();
-    let (addr, server) = status::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        prometheus::Registry::new(),
-        readiness.clone(),
-        liveness.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let task = tokio::spawn(server);
+    let (addr, stop, task) = start(&readiness, &liveness).await;
     let health = || async {
         let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
         let code = r.status().as_u16();
