@@ -12,6 +12,7 @@ use crate::publish::{Publisher, RawMessage};
 use crate::source::{Fetched, Source};
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
+use etl_common::retry::until_cancelled;
 use etl_common::status::{self, Liveness, Readiness};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -317,7 +318,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Fetches until an answer is accepted, backing off (and honouring Retry-After) between
-/// refusals. `None` when shutdown came first.
+/// refusals. `None` when shutdown came first. Not [`etl_common::retry::retry`]: the circuit
+/// breaker and the server's Retry-After pace these retries, not the backoff alone.
 async fn fetch_until_accepted(
     source: &Source,
     metrics: &Metrics,
@@ -330,10 +332,9 @@ async fn fetch_until_accepted(
         let wait = pacing.breaker.wait_before_request(Instant::now());
         metrics.circuit_state.set(pacing.breaker.state().code());
         if !wait.is_zero() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(wait) => {}
-            }
+            until_cancelled(shutdown, tokio::time::sleep(wait))
+                .await
+                .ok()?;
             continue;
         }
         if pacing.breaker.state() == breaker::State::HalfOpen {
@@ -383,10 +384,9 @@ async fn fetch_until_accepted(
                 } else {
                     tracing::warn!(kind = e.kind(), error = %e, retry_in = ?delay, attempt = pacing.backoff.attempts(), "API answer refused; retrying");
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                until_cancelled(shutdown, tokio::time::sleep(delay))
+                    .await
+                    .ok()?;
             }
         }
     }

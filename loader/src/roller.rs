@@ -8,6 +8,7 @@ use crate::consumer::LoaderConsumer;
 use crate::metrics::Metrics;
 use crate::sink::{Cut, RollReport, SinkError, Sinks};
 use etl_common::backoff::Backoff;
+use etl_common::retry::{Outage, retry};
 use etl_common::status::Readiness;
 use rdkafka::consumer::Consumer;
 use std::collections::HashSet;
@@ -105,31 +106,30 @@ impl Roller {
     /// Rolls what is due — everything, as [`Roller::close`] does, when `closing` — retrying
     /// failures with backoff until it succeeds or `stop`; false if `stop` came first.
     pub async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) -> bool {
-        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
-        loop {
-            let attempt = if closing {
+        let backoff = Backoff::new(self.backoff.0, self.backoff.1);
+        // Every failure of a roll is waited out: the records wait in PostgreSQL meanwhile.
+        let attempt = || async {
+            let rolled = if closing {
                 self.close().await
             } else {
                 self.roll_once(false).await
             };
-            match attempt {
-                Ok(report) => {
-                    if !closing {
-                        self.readiness.set_ok("parquet");
-                        self.count(&report, "Parquet files rolled");
-                    }
-                    return true;
+            rolled.map_err(Outage)
+        };
+        let rolled = retry(stop, backoff, attempt, |Outage(e), delay| {
+            self.failed(e);
+            tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
+        })
+        .await;
+        match rolled {
+            Ok(report) => {
+                if !closing {
+                    self.readiness.set_ok("parquet");
+                    self.count(&report, "Parquet files rolled");
                 }
-                Err(e) => {
-                    self.failed(&e);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+                true
             }
+            Err(_) => false,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::roller::Roller;
 mod write;
 use crate::sink::Sinks;
 use etl_common::backoff::Backoff;
+use etl_common::retry::{Cancelled, retry};
 use etl_common::status::{Liveness, Readiness};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -50,13 +51,6 @@ pub struct RunSummary {
     pub batches: u64,
     /// Records recomputed by `--reprocess`.
     pub reprocessed: u64,
-}
-
-/// Why a batch was not committed.
-#[derive(Debug)]
-enum Abandoned {
-    /// Shutdown came while a sink or the broker was out.
-    Shutdown,
 }
 
 /// The consume → batch → decode → dead-letter → write → commit loop of one loader.
@@ -157,7 +151,7 @@ impl Pipeline {
             };
             self.apply_rebalances(&mut batch);
             if flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes {
-                if let Err(Abandoned::Shutdown) = self.flush(batch.take()).await {
+                if let Err(Cancelled) = self.flush(batch.take()).await {
                     break;
                 }
                 roller.wake();
@@ -178,7 +172,7 @@ impl Pipeline {
             let n = batch.len();
             match self.flush(batch.take()).await {
                 Ok(()) => tracing::info!(records = n, "final batch committed"),
-                Err(Abandoned::Shutdown) => {
+                Err(Cancelled) => {
                     tracing::warn!(
                         records = n,
                         "final batch left uncommitted; it will be re-delivered"
@@ -205,40 +199,35 @@ impl Pipeline {
     /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
     /// False when shutdown came first.
     async fn prepare_database(&mut self, roller: &Roller) -> bool {
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        loop {
-            let attempt = async {
-                if self.config.skip_migrations {
-                    let problems = migrate::problems(self.sinks.pool()).await?;
-                    if !problems.is_empty() {
-                        anyhow::bail!(
-                            "schema not up to date and LOADER_SKIP_MIGRATIONS is set: {}",
-                            problems.join("; ")
-                        );
-                    }
-                } else {
-                    migrate::apply(self.sinks.pool()).await?;
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        let (sinks, skip_migrations, readiness) =
+            (&self.sinks, self.config.skip_migrations, &self.readiness);
+        let attempt = || async move {
+            if skip_migrations {
+                let problems = migrate::problems(sinks.pool()).await?;
+                if !problems.is_empty() {
+                    anyhow::bail!(
+                        "schema not up to date and LOADER_SKIP_MIGRATIONS is set: {}",
+                        problems.join("; ")
+                    );
                 }
-                let report = self.sinks.recover().await?;
-                roller.count(&report, "Parquet files recovered");
-                anyhow::Ok(())
-            };
-            match self.liveness.waiting(attempt).await {
-                Ok(()) => {
-                    self.readiness.set_ok("postgres");
-                    self.readiness.set_ok("parquet");
-                    return true;
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready; waiting");
-                    self.readiness.set_failed("postgres", format!("{e:#}"));
-                    if !self.sleep(delay).await {
-                        return false;
-                    }
-                }
+            } else {
+                migrate::apply(sinks.pool()).await?;
             }
+            let report = sinks.recover().await?;
+            roller.count(&report, "Parquet files recovered");
+            anyhow::Ok(())
+        };
+        let prepared = retry(&self.shutdown, backoff, attempt, |e, delay| {
+            tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready; waiting");
+            readiness.set_failed("postgres", format!("{e:#}"));
+        });
+        if self.liveness.waiting(prepared).await.is_err() {
+            return false;
         }
+        self.readiness.set_ok("postgres");
+        self.readiness.set_ok("parquet");
+        true
     }
 
     /// Applies the rebalances librdkafka reported since the last call, in the order they
@@ -257,20 +246,8 @@ impl Pipeline {
         }
     }
 
-    /// Sleeps (a backoff: waiting out an outage) unless shutdown comes first; false if it did.
-    async fn sleep(&self, d: std::time::Duration) -> bool {
-        self.liveness
-            .waiting(async {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => false,
-                    _ = tokio::time::sleep(d) => true,
-                }
-            })
-            .await
-    }
-
     /// Decode, dead-letter, write, commit: offsets last.
-    async fn flush(&mut self, records: Vec<batch::SourceRecord>) -> Result<(), Abandoned> {
+    async fn flush(&mut self, records: Vec<batch::SourceRecord>) -> Result<(), Cancelled> {
         if records.is_empty() {
             return Ok(());
         }
@@ -289,7 +266,7 @@ impl Pipeline {
         let (good, poison) = match decoded {
             Ok(v) => v,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(Abandoned::Shutdown),
+            Err(_) => return Err(Cancelled),
         };
         for p in &poison {
             self.dead_letter(p).await?;
@@ -340,7 +317,7 @@ impl Pipeline {
     /// Commits the batch's offsets. A refused commit (we lost the partition in a rebalance) is
     /// logged and counted, not retried: the new owner re-reads from the last commit and the
     /// sinks absorb what we already wrote.
-    async fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), Abandoned> {
+    async fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), Cancelled> {
         let consumer = self.consumer.clone();
         let list: Vec<(String, i32, i64)> = offsets
             .iter()

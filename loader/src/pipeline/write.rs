@@ -2,14 +2,15 @@
 //! backoff (an outage is never poison), and the record-by-record fallback that isolates a
 //! record PostgreSQL refuses.
 
-use super::{Abandoned, Pipeline};
+use super::Pipeline;
 use crate::batch::{self, LoadRecord};
 use crate::poison::{Poison, PoisonReason};
 use crate::sink::{self, SinkError};
 use etl_common::backoff::Backoff;
+use etl_common::retry::{Cancelled, GaveUp, Outage, retry, until_cancelled};
 
 impl Pipeline {
-    pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Abandoned> {
+    pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Cancelled> {
         tracing::warn!(
             topic = %p.source.topic,
             partition = p.source.partition,
@@ -19,31 +20,22 @@ impl Pipeline {
             dlq = %self.dlq.topic(),
             "poison record; dead-lettering"
         );
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        loop {
-            let sent = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned::Shutdown),
-                // The producer waits out a broker outage (no delivery timeout).
-                r = self.liveness.waiting(self.dlq.send(p)) => r,
-            };
-            match sent {
-                Ok(()) => {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[p.error.kind()])
-                        .inc();
-                    return Ok(());
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot dead-letter; retrying");
-                    self.readiness.set_failed("kafka", e.to_string());
-                    if !self.sleep(delay).await {
-                        return Err(Abandoned::Shutdown);
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        // The producer waits out a broker outage itself (no delivery timeout), so a send may
+        // wait for good: shutdown ends it anywhere. What the producer does report is retried.
+        let send = || async { self.dlq.send(p).await.map_err(Outage) };
+        let sent = retry(&self.shutdown, backoff, send, |Outage(e), delay| {
+            tracing::warn!(error = %e, retry_in = ?delay, "cannot dead-letter; retrying");
+            self.readiness.set_failed("kafka", e.to_string());
+        });
+        until_cancelled(&self.shutdown, self.liveness.waiting(sent))
+            .await?
+            .map_err(|_| Cancelled)?;
+        self.metrics
+            .dead_lettered
+            .with_label_values(&[p.error.kind()])
+            .inc();
+        Ok(())
     }
 
     /// Writes to both sinks, waiting out outages with backoff; an outage is never poison. If
@@ -52,21 +44,23 @@ impl Pipeline {
     pub(super) async fn write(
         &mut self,
         good: &[LoadRecord],
-    ) -> Result<sink::WriteOutcome, Abandoned> {
-        let outcome = match self.write_with_retry(good).await? {
+    ) -> Result<sink::WriteOutcome, Cancelled> {
+        let outcome = match self.write_with_retry(good).await {
             Ok(outcome) => outcome,
-            Err(e) => {
+            Err(GaveUp::Cancelled) => return Err(Cancelled),
+            Err(GaveUp::Permanent(e)) => {
                 tracing::warn!(error = %e, records = good.len(), "PostgreSQL refused the batch's data; writing it record by record");
                 let mut total = sink::WriteOutcome::default();
                 for (i, record) in good.iter().enumerate() {
-                    match self.write_with_retry(std::slice::from_ref(record)).await? {
+                    match self.write_with_retry(std::slice::from_ref(record)).await {
                         Ok(mut outcome) => {
                             for c in &mut outcome.conflicts {
                                 c.index = i;
                             }
                             total.add(outcome)
                         }
-                        Err(e) => {
+                        Err(GaveUp::Cancelled) => return Err(Cancelled),
+                        Err(GaveUp::Permanent(e)) => {
                             let poison = Poison {
                                 source: original_source(record),
                                 error: PoisonReason::RejectedBySink(e.to_string()),
@@ -95,47 +89,35 @@ impl Pipeline {
         Ok(outcome)
     }
 
-    /// Writes `records`, retrying outages; returns the data error if PostgreSQL refused the data.
+    /// Writes `records`, waiting out outages; hands back the error if PostgreSQL refused the
+    /// data (permanent), or `Cancelled` if shutdown came first.
     async fn write_with_retry(
         &self,
         records: &[LoadRecord],
-    ) -> Result<Result<sink::WriteOutcome, SinkError>, Abandoned> {
-        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+    ) -> Result<sink::WriteOutcome, GaveUp<SinkError>> {
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
-        loop {
-            let written = self
-                .liveness
-                .waiting(self.sinks.write_with(records, self.config.reprocess))
-                .await;
-            match written {
-                Ok(outcome) => {
-                    if failed_before {
-                        tracing::info!("sinks are back; batch written");
-                    }
-                    // The batch is PostgreSQL's; the Parquet check is the roller's to clear.
-                    self.readiness.set_ok("postgres");
-                    return Ok(Ok(outcome));
-                }
-                Err(e) if e.is_data_error() => return Ok(Err(e)),
-                Err(e) => {
-                    failed_before = true;
-                    self.metrics
-                        .sink_errors
-                        .with_label_values(&[e.sink()])
-                        .inc();
-                    let check = match &e {
-                        SinkError::Postgres(_) => "postgres",
-                        SinkError::Parquet(_) => "parquet",
-                    };
-                    self.readiness.set_failed(check, e.to_string());
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
-                    if !self.sleep(delay).await {
-                        return Err(Abandoned::Shutdown);
-                    }
-                }
-            }
+        let write = || self.sinks.write_with(records, self.config.reprocess);
+        let written = retry(&self.shutdown, backoff, write, |e: &SinkError, delay| {
+            failed_before = true;
+            self.metrics
+                .sink_errors
+                .with_label_values(&[e.sink()])
+                .inc();
+            let check = match e {
+                SinkError::Postgres(_) => "postgres",
+                SinkError::Parquet(_) => "parquet",
+            };
+            self.readiness.set_failed(check, e.to_string());
+            tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
+        });
+        let outcome = self.liveness.waiting(written).await?;
+        if failed_before {
+            tracing::info!("sinks are back; batch written");
         }
+        // The batch is PostgreSQL's; the Parquet check is the roller's to clear.
+        self.readiness.set_ok("postgres");
+        Ok(outcome)
     }
 }
 

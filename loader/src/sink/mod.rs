@@ -77,6 +77,13 @@ pub enum SinkError {
     Parquet(anyhow::Error),
 }
 
+/// An outage is waited out; PostgreSQL refusing the data is not ([`SinkError::is_data_error`]).
+impl etl_common::retry::Transient for SinkError {
+    fn is_transient(&self) -> bool {
+        !self.is_data_error()
+    }
+}
+
 impl SinkError {
     /// True when PostgreSQL refused the *data* (SQLSTATE class 22 data exception, 23 integrity
     /// violation, 54 program limit such as an index row too large): retrying cannot help, and the
