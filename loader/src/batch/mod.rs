@@ -212,95 +212,92 @@ pub fn decode(
     now: DateTime<Utc>,
     strip_login_secrets: bool,
 ) -> (Vec<LoadRecord>, Vec<Poison>) {
-    let mut good = Vec::with_capacity(records.len());
-    let mut bad = Vec::new();
-    for mut source in records {
-        let identity = transform::Identity::of(
-            source.fetch_id.as_deref(),
-            source.payload.as_deref().unwrap_or_default(),
-        );
-        let raw_id = identity.raw_id;
-        let payload = match source.payload.take() {
-            None => Err(TransformError::NoPayload),
-            Some(p) => match transform::check_size(&p, max_bytes) {
-                Ok(()) => Ok(p),
-                Err(e) => {
-                    source.payload = Some(p);
-                    Err(e)
-                }
-            },
-        };
-        let result = payload.and_then(|p| {
-            transform::transform_owned(p, raw_id, now, strip_login_secrets).map_err(
-                |(error, bytes)| {
-                    source.payload = Some(bytes);
-                    error
-                },
-            )
-        });
-        match result {
-            Ok(t) => {
-                source.payload = t.original;
-                good.push(LoadRecord {
-                    raw_id,
-                    record_key: identity.key,
-                    digest: identity.digest,
-                    source,
-                    payload_text: t.stored,
-                    users: t.users,
-                })
-            }
-            Err(error) => bad.push(Poison {
-                source,
-                error: error.into(),
-            }),
-        }
-    }
-    (good, bad)
+    split(
+        records
+            .into_iter()
+            .map(|r| decode_one(r, max_bytes, now, strip_login_secrets)),
+    )
 }
 
-/// [`decode`] split over `threads` threads (order kept): parsing is most of the loader's own
-/// CPU, and PostgreSQL sits idle while a batch is decoded. Call it off the async runtime.
+/// [`decode`] over rayon's pool (order kept): parsing is most of the loader's own CPU, and
+/// PostgreSQL sits idle while a batch is decoded. Call it off the async runtime.
 pub fn decode_parallel(
     records: Vec<SourceRecord>,
     max_bytes: usize,
     now: DateTime<Utc>,
     strip_login_secrets: bool,
-    threads: usize,
 ) -> (Vec<LoadRecord>, Vec<Poison>) {
-    let threads = threads.clamp(1, records.len().max(1));
-    if threads == 1 {
-        return decode(records, max_bytes, now, strip_login_secrets);
-    }
-    let per = records.len().div_ceil(threads);
-    let mut chunks = Vec::with_capacity(threads);
-    let mut rest = records;
-    while rest.len() > per {
-        let tail = rest.split_off(per);
-        chunks.push(rest);
-        rest = tail;
-    }
-    chunks.push(rest);
-    let parts: Vec<(Vec<LoadRecord>, Vec<Poison>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| scope.spawn(move || decode(chunk, max_bytes, now, strip_login_secrets)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
+    use rayon::prelude::*;
+    let decoded: Vec<Decoded> = records
+        .into_par_iter()
+        .map(|r| decode_one(r, max_bytes, now, strip_login_secrets))
+        .collect();
+    split(decoded)
+}
+
+/// What one record decodes to.
+enum Decoded {
+    Load(LoadRecord),
+    Poison(Poison),
+}
+
+fn split(decoded: impl IntoIterator<Item = Decoded>) -> (Vec<LoadRecord>, Vec<Poison>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (g, b) in parts {
-        good.extend(g);
-        bad.extend(b);
+    for d in decoded {
+        match d {
+            Decoded::Load(record) => good.push(record),
+            Decoded::Poison(poison) => bad.push(poison),
+        }
     }
     (good, bad)
+}
+
+/// One record: loadable, or poison with its payload byte for byte.
+fn decode_one(
+    mut source: SourceRecord,
+    max_bytes: usize,
+    now: DateTime<Utc>,
+    strip_login_secrets: bool,
+) -> Decoded {
+    let identity = transform::Identity::of(
+        source.fetch_id.as_deref(),
+        source.payload.as_deref().unwrap_or_default(),
+    );
+    let raw_id = identity.raw_id;
+    let payload = match source.payload.take() {
+        None => Err(TransformError::NoPayload),
+        Some(p) => match transform::check_size(&p, max_bytes) {
+            Ok(()) => Ok(p),
+            Err(e) => {
+                source.payload = Some(p);
+                Err(e)
+            }
+        },
+    };
+    let result = payload.and_then(|p| {
+        transform::transform_owned(p, raw_id, now, strip_login_secrets).map_err(|(error, bytes)| {
+            source.payload = Some(bytes);
+            error
+        })
+    });
+    match result {
+        Ok(t) => {
+            source.payload = t.original;
+            Decoded::Load(LoadRecord {
+                raw_id,
+                record_key: identity.key,
+                digest: identity.digest,
+                source,
+                payload_text: t.stored,
+                users: t.users,
+            })
+        }
+        Err(error) => Decoded::Poison(Poison {
+            source,
+            error: error.into(),
+        }),
+    }
 }
 
 /// The offsets to commit for `records`: per topic-partition, one past the highest offset.

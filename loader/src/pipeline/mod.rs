@@ -258,9 +258,8 @@ impl Pipeline {
             self.config.max_record_bytes,
             !self.config.raw_keep_login_secrets,
         );
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let decoded = tokio::task::spawn_blocking(move || {
-            batch::decode_parallel(records, max_bytes, chrono::Utc::now(), strip, threads)
+            batch::decode_parallel(records, max_bytes, chrono::Utc::now(), strip)
         })
         .await;
         let (good, poison) = match decoded {
