@@ -14,37 +14,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (expected a duration such as 100ms, 2s, 1m)"))
 }
 
-/// A secret value: never printed by `Debug`, so a config dump or a panic cannot leak it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must hand it to a client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    /// Lets clap parse a flag or variable straight into a `Secret`, so the config struct's own
-    /// `Debug` can never print it.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret::new(s))
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// A secret value (`secrecy`): `Debug` prints `[REDACTED]`, so a config dump or a panic cannot
+/// leak it, and the memory is zeroed on drop. Read it with [`secrecy::ExposeSecret`]. clap
+/// parses a flag or variable straight into it (`From<&str>`), so a config struct's own `Debug`
+/// can never print it.
+pub type Secret = secrecy::SecretString;
 
 /// Takes a secret from its variable or, as Kubernetes and Docker secrets are mounted, from the
 /// file named by `<VAR>_FILE`. The file wins only when the plain value is absent.
@@ -62,9 +36,7 @@ pub fn secret_from(
             let text = std::fs::read_to_string(path).with_context(|| {
                 format!("{var}_FILE={}: cannot read the secret file", path.display())
             })?;
-            Ok(Some(Secret::new(
-                text.trim_end_matches(['\n', '\r']).to_string(),
-            )))
+            Ok(Some(Secret::from(text.trim_end_matches(['\n', '\r']))))
         }
     }
 }
@@ -158,6 +130,7 @@ impl HealthArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn durations_in_operator_forms() {
@@ -198,9 +171,9 @@ mod tests {
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let s = Secret::new("hunter2");
+        let s = Secret::from("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(s.expose_secret(), "hunter2");
     }
 
     #[test]
@@ -210,7 +183,7 @@ mod tests {
         let path = dir.join("pw");
         std::fs::write(&path, "s3cret\n").unwrap();
         let got = secret_from(None, Some(&path), "X").unwrap().unwrap();
-        assert_eq!(got.expose(), "s3cret");
+        assert_eq!(got.expose_secret(), "s3cret");
         let err = secret_from(None, Some(&dir.join("missing")), "KAFKA_SASL_PASSWORD").unwrap_err();
         assert!(err.to_string().contains("KAFKA_SASL_PASSWORD_FILE"));
     }

@@ -4,6 +4,7 @@
 use crate::config::{Secret, secret_from};
 use clap::Args;
 use rdkafka::ClientConfig;
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 
 /// Connection flags for every Kafka client the services create.
@@ -111,7 +112,7 @@ impl KafkaArgs {
             "KAFKA_SASL_PASSWORD",
         )?;
         if let Some(p) = password {
-            cfg.set("sasl.password", p.expose());
+            cfg.set("sasl.password", p.expose_secret());
         }
         if let Some(ca) = &self.ssl_ca_location {
             cfg.set("ssl.ca.location", ca.to_string_lossy());
@@ -128,7 +129,7 @@ impl KafkaArgs {
             "KAFKA_SSL_KEY_PASSWORD",
         )?;
         if let Some(p) = key_password {
-            cfg.set("ssl.key.password", p.expose());
+            cfg.set("ssl.key.password", p.expose_secret());
         }
         // librdkafka logs through `log`; route its level from ours.
         cfg.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
@@ -172,7 +173,7 @@ mod tests {
             args.security_protocol = Some(protocol.to_string());
             args.sasl_mechanism = mechanism.map(str::to_string);
             args.sasl_username = mechanism.map(|_| "etl".to_string());
-            args.sasl_password = mechanism.map(|_| Secret::new("not-printed"));
+            args.sasl_password = mechanism.map(|_| Secret::from("not-printed"));
             let created: Result<BaseProducer, _> = args.client_config().unwrap().create();
             assert!(
                 created.is_ok(),
@@ -206,7 +207,7 @@ mod tests {
             Some(dir.join("client.key").to_string_lossy().as_ref())
         );
         // The plain variable wins over the file.
-        args.ssl_key_password = Some(Secret::new("from-env"));
+        args.ssl_key_password = Some(Secret::from("from-env"));
         let cfg = args.client_config().unwrap();
         assert_eq!(cfg.get("ssl.key.password"), Some("from-env"));
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use etl_common::config::redact_url;
 use etl_common::status::{self, Liveness, Readiness};
 use rdkafka::consumer::Consumer;
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,7 +67,7 @@ impl Application {
             readiness.register(check);
         }
         let url = config.db.url()?;
-        let pool = sink::lazy_pool(url.expose(), config.db.max_connections)?;
+        let pool = sink::lazy_pool(url.expose_secret(), config.db.max_connections)?;
         let store = config.parquet.store(&config.data_dir)?;
         store.prepare().with_context(|| store.describe())?;
         let parquet_url = store.describe();
@@ -100,7 +101,7 @@ impl Application {
             group = %config.group_id,
             dlq = %config.dlq_topic,
             brokers = %config.kafka.brokers,
-            database = %redact_url(url.expose()),
+            database = %redact_url(url.expose_secret()),
             parquet = %parquet_url,
             status = %status_addr,
             "loader starting"

@@ -181,7 +181,7 @@ impl DbArgs {
     pub fn url(&self) -> anyhow::Result<Secret> {
         Ok(
             secret_from(self.url.clone(), self.url_file.as_ref(), "DATABASE_URL")?
-                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
+                .unwrap_or_else(|| Secret::from(DEFAULT_DATABASE_URL)),
         )
     }
 }

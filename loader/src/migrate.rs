@@ -5,6 +5,7 @@ use crate::config::MigrateConfig;
 use crate::sink::postgres::MIGRATOR;
 use anyhow::Context;
 use etl_common::config::redact_url;
+use secrecy::ExposeSecret;
 use sqlx::{PgPool, Row};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ pub async fn run(config: &MigrateConfig) -> anyhow::Result<()> {
     let url = config.db.url()?;
     let deadline = Instant::now() + config.wait;
     loop {
-        let outcome = once(url.expose(), config.check).await;
+        let outcome = once(url.expose_secret(), config.check).await;
         let problems = match outcome {
             Ok(problems) if problems.is_empty() => {
                 tracing::info!("database schema is up to date");

@@ -29,7 +29,7 @@ async fn a_store_that_stops_answering_is_waited_out() {
     config
         .parquet
         .store_settings
-        .push(("AWS_TIMEOUT".into(), etl_common::config::Secret::new("2s")));
+        .push(("AWS_TIMEOUT".into(), etl_common::config::Secret::from("2s")));
     let loader = RunningLoader::start(config).await;
     eventually(Duration::from_secs(60), "the first roll", || async {
         db.count("SELECT count(*) FROM parquet_files WHERE state = 'published'")

@@ -215,7 +215,7 @@ async fn loader_run_needs_only_select_insert_update() {
     let topic = topic_with_20_users("leastpriv").await;
     let data = tempfile::tempdir().unwrap();
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
-    config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());
+    config.db.url = Some(url_with(&db, &role, &password).into());
     config.skip_migrations = true;
     let loader = RunningLoader::start(config).await;
     eventually(
@@ -232,7 +232,7 @@ async fn loader_run_needs_only_select_insert_update() {
     );
     // --reprocess (rows updated in place, Parquet files rewritten) needs nothing more.
     let mut config = loader_config(&db, &topic, &unique("g"), data.path());
-    config.db.url = Some(url_with(&db, &role, &password).parse().unwrap());
+    config.db.url = Some(url_with(&db, &role, &password).into());
     config.skip_migrations = true;
     config.reprocess = true;
     let loader = RunningLoader::start(config).await;

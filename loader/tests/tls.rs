@@ -125,7 +125,7 @@ async fn the_pipeline_runs_over_sasl_ssl_and_verified_postgres_tls() {
     let mut url = url::Url::parse(&verify_full(&db.url, &ca)).unwrap();
     url.query_pairs_mut()
         .append_pair("application_name", "etl-tls-loader");
-    config.db.url = Some(etl_common::config::Secret::new(url.to_string()));
+    config.db.url = Some(etl_common::config::Secret::from(url.to_string()));
     let loader = RunningLoader::start(config).await;
     eventually(Duration::from_secs(60), "120 users over TLS", || async {
         db.count("SELECT count(*) FROM processed_data").await == 120

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Args;
 use etl_common::config::{Secret, parse_duration, secret_from};
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -98,17 +99,17 @@ impl ParquetArgs {
                 &self.azure_storage_account_key_file,
             ),
         ] {
-            let plain = std::env::var(var).ok().map(Secret::new);
+            let plain = std::env::var(var).ok().map(Secret::from);
             if plain.is_none()
                 && let Some(secret) = secret_from(None, file.as_ref(), var)?
             {
-                settings.push((var.to_string(), secret.expose().to_string()));
+                settings.push((var.to_string(), secret.expose_secret().to_string()));
             }
         }
         settings.extend(
             self.store_settings
                 .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_string())),
         );
         crate::sink::store::Store::from_url(&url, &settings)
             .with_context(|| format!("PARQUET_URL={url}"))

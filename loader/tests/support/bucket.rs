@@ -51,7 +51,7 @@ pub fn settings() -> Vec<(String, String)> {
 pub fn secrets(settings: Vec<(String, String)>) -> Vec<(String, etl_common::config::Secret)> {
     settings
         .into_iter()
-        .map(|(k, v)| (k, etl_common::config::Secret::new(v)))
+        .map(|(k, v)| (k, etl_common::config::Secret::from(v)))
         .collect()
 }
 
