@@ -188,15 +188,17 @@ impl Application {
                 Some(e) = fatal_rx.recv() => { fatal = Some(e); break; }
                 p = liveness.waiting(backlog.clone().acquire_owned()) => p?,
             };
-            let fetched = liveness.waiting(fetch_until_accepted(
-                &source,
-                &metrics,
-                &mut pacing,
-                &mut summary,
-                &shutdown,
-                &grace_over,
-            ));
-            let Some(fetched) = fetched.await else {
+            let Some(fetched) = liveness
+                .waiting(fetch_until_accepted(
+                    &source,
+                    &metrics,
+                    &mut pacing,
+                    &mut summary,
+                    &shutdown,
+                    &grace_over,
+                ))
+                .await
+            else {
                 break;
             };
             summary.fetched += 1;

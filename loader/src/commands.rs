@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let (group, topic) = (&t.group.group, &t.topic.topic);
-    let offsets = GroupOffsets::new(&t.kafka, &t.group.group, &t.topic.topic)?;
+    let offsets = GroupOffsets::new(&t.kafka, group, topic)?;
     let partitions = offsets.partitions(args.partitions.as_deref())?;
     let (members, known) = offsets.members()?;
     let plan = offsets.plan(&args.to, &partitions)?;
@@ -42,7 +42,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let (group, topic) = (&t.group.group, &t.topic.topic);
-    let offsets = GroupOffsets::new(&t.kafka, &t.group.group, &t.topic.topic)?;
+    let offsets = GroupOffsets::new(&t.kafka, group, topic)?;
     let partitions = offsets.partitions(None)?;
     let committed = offsets.committed(&partitions)?;
     let (members, known) = offsets.members()?;

@@ -104,8 +104,8 @@ impl Roller {
     }
 
     /// Rolls what is due — everything, as [`Roller::close`] does, when `closing` — retrying
-    /// failures with backoff until it succeeds or `stop`; false if `stop` came first.
-    pub async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) -> bool {
+    /// failures with backoff until it succeeds or `stop` comes.
+    pub async fn roll_until_done(&self, stop: &CancellationToken, closing: bool) {
         let backoff = Backoff::new(self.backoff.0, self.backoff.1);
         // Every failure of a roll is waited out: the records wait in PostgreSQL meanwhile.
         let attempt = || async {
@@ -121,15 +121,11 @@ impl Roller {
             tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
         })
         .await;
-        match rolled {
-            Ok(report) => {
-                if !closing {
-                    self.readiness.set_ok("parquet");
-                    self.count(&report, "Parquet files rolled");
-                }
-                true
-            }
-            Err(_) => false,
+        if let Ok(report) = rolled
+            && !closing
+        {
+            self.readiness.set_ok("parquet");
+            self.count(&report, "Parquet files rolled");
         }
     }
 

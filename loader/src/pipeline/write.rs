@@ -104,11 +104,7 @@ impl Pipeline {
                 .sink_errors
                 .with_label_values(&[e.sink()])
                 .inc();
-            let check = match e {
-                SinkError::Postgres(_) => "postgres",
-                SinkError::Parquet(_) => "parquet",
-            };
-            self.readiness.set_failed(check, e.to_string());
+            self.readiness.set_failed(e.sink(), e.to_string());
             tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
         });
         let outcome = self.liveness.waiting(written).await?;
