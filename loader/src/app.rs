@@ -5,12 +5,12 @@ use crate::backfill::Range;
 use crate::config::RunConfig;
 use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
-use crate::metrics::Metrics;
+use crate::events::{RunSummary, Telemetry};
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Rolls, Sinks};
 use anyhow::Context;
 use etl_common::config::redact_url;
-use etl_common::status::{self, Liveness, Readiness};
+use etl_common::status::{self, Liveness};
 use rdkafka::consumer::Consumer;
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
@@ -18,8 +18,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-pub use crate::pipeline::RunSummary;
 
 type StatusFuture = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -29,8 +27,7 @@ pub struct Application {
     sinks: Sinks,
     dlq: DeadLetters,
     consumer: Arc<LoaderConsumer>,
-    metrics: Metrics,
-    readiness: Readiness,
+    telemetry: Telemetry,
     liveness: Liveness,
     status_addr: SocketAddr,
     status_server: StatusFuture,
@@ -61,11 +58,7 @@ impl Application {
         range: Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        let metrics = Metrics::new()?;
-        let readiness = Readiness::default();
-        for check in ["kafka", "postgres", "parquet"] {
-            readiness.register(check);
-        }
+        let telemetry = Telemetry::new()?;
         let url = config.db.url()?;
         let pool = sink::lazy_pool(url.expose_secret(), config.db.max_connections)?;
         let store = config.parquet.store(&config.data_dir)?;
@@ -75,7 +68,7 @@ impl Application {
         let sinks = Sinks::new(pool, rolls);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
 
-        let consumer = consumer::create(&config, range.is_some(), &metrics, &readiness)?;
+        let consumer = consumer::create(&config, range.is_some(), &telemetry)?;
         let range = match range {
             None => {
                 consumer
@@ -90,8 +83,8 @@ impl Application {
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
             config.metrics_addr,
-            metrics.registry.clone(),
-            readiness.clone(),
+            telemetry.metrics().registry.clone(),
+            telemetry.readiness().clone(),
             liveness.clone(),
             status_stop.clone(),
         )
@@ -111,8 +104,7 @@ impl Application {
             sinks,
             dlq,
             consumer: Arc::new(consumer),
-            metrics,
-            readiness,
+            telemetry,
             liveness,
             status_addr,
             status_server: Box::pin(server),
@@ -124,6 +116,12 @@ impl Application {
     /// Where `/metrics`, `/health` and `/ready` are served.
     pub fn status_addr(&self) -> SocketAddr {
         self.status_addr
+    }
+
+    /// The run summary as it changes: wait for a state (`wait_for(|s| s.loaded >= n)`) instead
+    /// of polling. Take it before [`Application::run`], which consumes the application.
+    pub fn summary(&self) -> tokio::sync::watch::Receiver<RunSummary> {
+        self.telemetry.summary()
     }
 
     /// Runs until `shutdown` is cancelled: finishes the open batch if the sinks allow, commits,
@@ -144,11 +142,9 @@ impl Application {
             sinks: self.sinks,
             dlq: self.dlq,
             consumer: self.consumer,
-            metrics: self.metrics,
-            readiness: self.readiness,
+            telemetry: self.telemetry,
             liveness: self.liveness,
             shutdown,
-            summary: RunSummary::default(),
             range: self.range,
         };
         // Dropping the pipeline mid-write is what a crash does, and the sinks are built to survive
@@ -165,6 +161,6 @@ impl Application {
         };
         self.status_stop.cancel();
         let _ = status_task.await;
-        result.map(|()| pipeline.summary)
+        result.map(|()| pipeline.telemetry.snapshot())
     }
 }

@@ -7,10 +7,9 @@
 
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
-use crate::metrics::Metrics;
+use crate::events::{BrokerStatistics, PartitionsAssigned, PartitionsRevoked, Telemetry};
 use anyhow::Context;
 use chrono::Utc;
-use etl_common::status::Readiness;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -27,8 +26,7 @@ pub type LoaderConsumer = StreamConsumer<LoaderContext>;
 pub fn create(
     config: &RunConfig,
     bounded: bool,
-    metrics: &Metrics,
-    readiness: &Readiness,
+    telemetry: &Telemetry,
 ) -> anyhow::Result<LoaderConsumer> {
     let mut cfg = config.kafka.client_config()?;
     cfg.set("group.id", &config.group_id)
@@ -55,7 +53,7 @@ pub fn create(
         // of full-size responses ready while holding peak memory down (BENCHMARKS.md).
         .set("queued.max.messages.kbytes", "16384")
         .set("client.id", "randomuser-loader");
-    let context = LoaderContext::new(metrics.clone(), readiness.clone());
+    let context = LoaderContext::new(telemetry.clone());
     cfg.create_with_context(context)
         .context("cannot create the Kafka consumer")
 }
@@ -88,17 +86,15 @@ pub fn commit<'a, C: ConsumerContext + 'static>(
 /// waiting for a record).
 pub struct LoaderContext {
     events: Mutex<VecDeque<Rebalanced>>,
-    metrics: Metrics,
-    readiness: Readiness,
+    telemetry: Telemetry,
 }
 
 impl LoaderContext {
-    /// A context reporting to `metrics` and `readiness`.
-    pub fn new(metrics: Metrics, readiness: Readiness) -> Self {
+    /// A context reporting to `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
         Self {
             events: Mutex::new(VecDeque::new()),
-            metrics,
-            readiness,
+            telemetry,
         }
     }
 
@@ -110,60 +106,27 @@ impl LoaderContext {
 
 impl ClientContext for LoaderContext {
     fn stats(&self, stats: Statistics) {
-        // Only ever clears a failure: errors seen by the run loop set it.
-        if stats
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP")
-        {
-            self.readiness.set_ok("kafka");
-        }
-        for (topic, t) in &stats.topics {
-            let known = t.partitions.keys().filter(|p| **p >= 0).count();
-            self.metrics
-                .topic_partitions
-                .with_label_values(&[topic.as_str()])
-                .set(i64::try_from(known).unwrap_or(i64::MAX));
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
+        self.telemetry.emit(BrokerStatistics(&stats));
     }
 }
 
 impl ConsumerContext for LoaderContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions revoked");
-                for (t, p) in &parts {
-                    let _ = self
-                        .metrics
-                        .consumer_lag
-                        .remove_label_values(&[t.as_str(), &p.to_string()]);
-                }
-                self.metrics.assigned_partitions.sub(parts.len() as i64);
+                let parts = parts(tpl);
+                self.telemetry.emit(PartitionsRevoked(&parts));
                 lock(&self.events).push_back(Rebalanced::Revoked(parts));
             }
             Rebalance::Assign(tpl) => {
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                tracing::info!(partitions = ?parts, "partitions assigned");
-                self.metrics.assigned_partitions.add(parts.len() as i64);
-                self.readiness.set_ok("kafka");
+                let parts = parts(tpl);
+                self.telemetry.emit(PartitionsAssigned(&parts));
                 lock(&self.events).push_back(Rebalanced::Assigned(parts));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

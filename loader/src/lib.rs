@@ -17,6 +17,7 @@
 //! - [`replay`]: positions, group offsets and replay plans (`loader replay|status|backfill`).
 //! - [`commands`]: `loader replay`, `status` and `backfill`.
 //! - [`migrate`]: applying and verifying migrations.
+//! - [`events`]: telemetry as typed events (log line, metrics, readiness, run summary at once).
 //! - [`metrics`]: the `etl_loader_*` series.
 
 pub mod app;
@@ -26,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod events;
 pub mod failpoint;
 pub mod metrics;
 pub mod migrate;
@@ -36,5 +38,6 @@ pub mod roller;
 pub mod sink;
 pub mod transform;
 
-pub use app::{Application, RunSummary};
+pub use app::Application;
 pub use config::{Cli, Command, MigrateConfig, RunConfig};
+pub use events::RunSummary;

@@ -5,11 +5,10 @@
 //! roller waits the store out with backoff, naming the `parquet` check on `/ready` meanwhile.
 
 use crate::consumer::LoaderConsumer;
-use crate::metrics::Metrics;
+use crate::events::{ParquetCaughtUp, ParquetRollFailed, ParquetWritten, Telemetry};
 use crate::sink::{Cut, RollReport, SinkError, Sinks};
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Outage, retry};
-use etl_common::status::Readiness;
 use rdkafka::consumer::Consumer;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Roller {
     sinks: Sinks,
     consumer: Arc<LoaderConsumer>,
-    metrics: Metrics,
-    readiness: Readiness,
+    telemetry: Telemetry,
     backoff: (Duration, Duration),
     sweep_every: Duration,
     wake: Arc<Notify>,
@@ -34,16 +32,14 @@ impl Roller {
     pub fn new(
         sinks: Sinks,
         consumer: Arc<LoaderConsumer>,
-        metrics: Metrics,
-        readiness: Readiness,
+        telemetry: Telemetry,
         backoff: (Duration, Duration),
         sweep_every: Duration,
     ) -> Self {
         Self {
             sinks,
             consumer,
-            metrics,
-            readiness,
+            telemetry,
             backoff,
             sweep_every,
             wake: Arc::new(Notify::new()),
@@ -77,10 +73,7 @@ impl Roller {
                 _ = stop.cancelled() => return,
                 _ = sweep.tick() => match self.sinks.recover().await {
                     Ok(r) => self.count(&r, "Parquet sweep wrote unpublished files"),
-                    Err(e) => {
-                        self.failed(&e);
-                        tracing::warn!(error = format!("{e:#}"), "Parquet sweep failed; will retry");
-                    }
+                    Err(error) => self.telemetry.emit(ParquetRollFailed { error: &error, retry_in: None }),
                 },
                 _ = self.wake.notified() => {
                     self.roll_until_done(&stop, false).await;
@@ -98,7 +91,7 @@ impl Roller {
     pub async fn close(&self) -> Result<RollReport, SinkError> {
         let mut report = self.sinks.recover().await?;
         report.add(self.roll_once(true).await?);
-        self.readiness.set_ok("parquet");
+        self.telemetry.emit(ParquetCaughtUp);
         self.count(&report, "open Parquet rolls closed");
         Ok(report)
     }
@@ -116,26 +109,19 @@ impl Roller {
             };
             rolled.map_err(Outage)
         };
-        let rolled = retry(stop, backoff, attempt, |Outage(e), delay| {
-            self.failed(e);
-            tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "Parquet roll failed; its records wait in PostgreSQL, retrying");
+        let rolled = retry(stop, backoff, attempt, |Outage(error), delay| {
+            self.telemetry.emit(ParquetRollFailed {
+                error,
+                retry_in: Some(delay),
+            });
         })
         .await;
         if let Ok(report) = rolled
             && !closing
         {
-            self.readiness.set_ok("parquet");
+            self.telemetry.emit(ParquetCaughtUp);
             self.count(&report, "Parquet files rolled");
         }
-    }
-
-    fn failed(&self, e: &SinkError) {
-        self.metrics
-            .sink_errors
-            .with_label_values(&[e.sink()])
-            .inc();
-        // Whichever side failed, it is the Parquet output that is late.
-        self.readiness.set_failed("parquet", e.to_string());
     }
 
     /// The partitions this replica owns now.
@@ -183,10 +169,11 @@ impl Roller {
         } else {
             waiting
         };
-        self.metrics
+        let metrics = self.telemetry.metrics();
+        metrics
             .parquet_waiting_bytes
             .set(left.iter().map(|w| w.bytes).sum());
-        self.metrics.parquet_waiting_age.set(
+        metrics.parquet_waiting_age.set(
             left.iter()
                 .map(|w| (now - w.oldest).num_seconds().max(0))
                 .max()
@@ -196,32 +183,8 @@ impl Roller {
     }
 
     /// Counts and logs what a roll or a sweep wrote.
-    pub fn count(&self, r: &RollReport, what: &str) {
-        self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "raw"])
-            .inc_by(r.raw_rows);
-        self.metrics
-            .rows_written
-            .with_label_values(&["parquet", "processed"])
-            .inc_by(r.processed_rows);
-        self.metrics
-            .sink_bytes
-            .with_label_values(&["parquet"])
-            .inc_by(r.bytes);
-        self.metrics.parquet_files.inc_by(r.written as u64);
-        if r.written + r.missing + r.removed > 0 {
-            tracing::info!(
-                files = r.written,
-                bytes = r.bytes,
-                raw_rows = r.raw_rows,
-                processed_rows = r.processed_rows,
-                busy = r.busy,
-                missing = r.missing,
-                removed = r.removed,
-                "{what}"
-            );
-        }
+    pub fn count(&self, report: &RollReport, what: &'static str) {
+        self.telemetry.emit(ParquetWritten { report, what });
     }
 }
 

@@ -397,12 +397,9 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
     let mut group = run();
     group.group_id = unique("g");
     let loader = RunningLoader::start(group).await;
-    eventually(
-        Duration::from_secs(60),
-        "the replay consumed everything",
-        || async { loader.metric("etl_loader_records_duplicate_total").await == 3.0 },
-    )
-    .await;
+    loader
+        .until("the replay consumed everything", |s| s.duplicates == 3)
+        .await;
     loader.shutdown().await;
     let all: Vec<String> = objects(&bucket, "lake")
         .iter()

@@ -135,10 +135,9 @@ async fn a_republished_record_is_written_once() {
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    eventually(Duration::from_secs(60), "3 duplicates seen", || async {
-        loader.metric("etl_loader_records_duplicate_total").await == 3.0
-    })
-    .await;
+    loader
+        .until("3 duplicates seen", |s| s.duplicates == 3)
+        .await;
     let summary = loader.shutdown().await;
     assert_eq!((summary.loaded, summary.duplicates), (3, 3));
     assert_eq!(counts(&db, data.path()).await, (3, 60, 3, 60));
@@ -173,17 +172,9 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
     })
     .await;
     produce_as(&topic, &[(x.clone(), V14)]).await; // 5: conflict, in a later batch
-    eventually(
-        Duration::from_secs(60),
-        "2 conflicts dead-lettered",
-        || async {
-            loader
-                .metric("etl_loader_records_dead_lettered_total")
-                .await
-                == 2.0
-        },
-    )
-    .await;
+    loader
+        .until("2 conflicts dead-lettered", |s| s.dead_lettered == 2)
+        .await;
     let summary = loader.shutdown().await;
     assert_eq!(
         (summary.loaded, summary.duplicates, summary.dead_lettered),
@@ -261,10 +252,9 @@ async fn existing_rows_are_migrated_to_their_identity() {
     produce_as(&topic, &[(Some("F1".to_string()), V13)]).await;
     let data = tempfile::tempdir().unwrap();
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
-    eventually(Duration::from_secs(60), "the re-delivery seen", || async {
-        loader.metric("etl_loader_records_duplicate_total").await == 1.0
-    })
-    .await;
+    loader
+        .until("the re-delivery seen", |s| s.duplicates == 1)
+        .await;
     let summary = loader.shutdown().await;
     assert_eq!(
         (summary.loaded, summary.duplicates, summary.dead_lettered),

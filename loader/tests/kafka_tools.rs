@@ -67,12 +67,9 @@ async fn offsets_reset_with_kafka_consumer_groups_are_honoured() {
     );
 
     let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
-    eventually(
-        Duration::from_secs(60),
-        "all 5 records re-delivered",
-        || async { loader.metric("etl_loader_records_duplicate_total").await == 5.0 },
-    )
-    .await;
+    loader
+        .until("all 5 records re-delivered", |s| s.duplicates == 5)
+        .await;
     loader.shutdown().await;
     assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 50);
     assert_eq!(

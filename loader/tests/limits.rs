@@ -62,18 +62,12 @@ async fn big_poison_is_dead_lettered_whole() {
     let (small, large) = (junk(990 * 1000), junk(15 * 1000 * 1000));
     produce(&topic, &[&small, V13, &large, V13]).await;
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
-    eventually(
-        Duration::from_secs(90),
-        "40 users and 2 dead letters",
-        || async {
-            db.count("SELECT count(*) FROM processed_data").await == 40
-                && loader
-                    .metric("etl_loader_records_dead_lettered_total")
-                    .await
-                    == 2.0
-        },
-    )
-    .await;
+    loader
+        .until("2 records loaded and 2 dead letters", |s| {
+            s.loaded == 2 && s.dead_lettered == 2
+        })
+        .await;
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 40);
     loader.shutdown().await;
     let dead = read_all(&format!("{topic}.dlq"), 2).await;
     for (m, want) in dead.iter().zip([&small, &large]) {

@@ -139,12 +139,11 @@ async fn loading_the_same_records_twice_writes_nothing_new() {
     let files_before = parquet_files(data.path());
 
     let second = RunningLoader::start(loader_config(&db, &topic, &unique("g2"), data.path())).await;
-    eventually(
-        Duration::from_secs(60),
-        "the second group to see all 4 records as duplicates",
-        || async { second.metric("etl_loader_records_duplicate_total").await == 4.0 },
-    )
-    .await;
+    second
+        .until("the second group to see all 4 records as duplicates", |s| {
+            s.duplicates == 4
+        })
+        .await;
     let summary = second.shutdown().await;
     assert_eq!((summary.loaded, summary.duplicates), (0, 4));
     assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 100);

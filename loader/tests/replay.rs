@@ -102,12 +102,11 @@ async fn replay_to_earliest_over_a_loaded_database_changes_nothing() {
 
     // The loader resumes from the moved offsets: everything re-delivered, nothing written.
     let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
-    eventually(
-        Duration::from_secs(60),
-        "4 records re-delivered as duplicates",
-        || async { loader.metric("etl_loader_records_duplicate_total").await == 4.0 },
-    )
-    .await;
+    loader
+        .until("4 records re-delivered as duplicates", |s| {
+            s.duplicates == 4
+        })
+        .await;
     loader.shutdown().await;
     assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 100);
     assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 4);
@@ -259,9 +258,12 @@ async fn backfill_from_a_time_loads_exactly_what_was_fetched_after_it() {
     create_topic(&topic, 2).await;
     run_extractor(&stub.url(), &topic, 3, 10).await;
     let first: HashSet<String> = stub.served_uuids().into_iter().collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let between = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Record timestamps are the producer's clock in milliseconds: `between` is a millisecond
+    // after every record fetched so far and before every record fetched from here on.
+    let between = chrono::Utc::now() + chrono::Duration::milliseconds(1);
+    while chrono::Utc::now() <= between + chrono::Duration::milliseconds(1) {
+        tokio::task::yield_now().await;
+    }
     run_extractor(&stub.url(), &topic, 2, 10).await;
     let second: HashSet<String> = stub
         .served_uuids()

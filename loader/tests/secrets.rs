@@ -113,9 +113,17 @@ async fn the_database_password_appears_nowhere() {
         logs.path(),
         &[],
         async |port| {
-            let ready = get(port, "/ready").await;
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let ready = ready + &get(port, "/ready").await + &get(port, "/metrics").await;
+            eventually(
+                Duration::from_secs(30),
+                "/ready names the failed login",
+                || async {
+                    get(port, "/ready")
+                        .await
+                        .contains("password authentication failed")
+                },
+            )
+            .await;
+            let ready = get(port, "/ready").await + &get(port, "/metrics").await;
             assert!(
                 ready.contains("password authentication failed"),
                 "the failed login is reported: {ready}"
@@ -307,7 +315,18 @@ async fn the_kafka_password_appears_nowhere() {
         logs.path(),
         &kafka(WRONG),
         async |port| {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // The broker refused the login: /ready's kafka check says why.
+            eventually(
+                Duration::from_secs(30),
+                "/ready names the Kafka failure",
+                || async {
+                    let ready: serde_json::Value =
+                        serde_json::from_str(&get(port, "/ready").await).unwrap_or_default();
+                    let kafka = ready["checks"]["kafka"].as_str().unwrap_or("ok");
+                    kafka != "ok" && kafka != "not checked yet"
+                },
+            )
+            .await;
             let ready = get(port, "/ready").await;
             assert!(ready.contains("\"ready\":false"), "{ready}");
             let text = ready + &get(port, "/metrics").await;

@@ -36,17 +36,12 @@ async fn poison_goes_to_the_dlq_with_its_reason_and_the_partition_moves_on() {
     .await;
 
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
-    eventually(Duration::from_secs(60), "131 users loaded", || async {
-        db.count("SELECT count(*) FROM processed_data").await == 131
-    })
-    .await;
-    eventually(Duration::from_secs(30), "4 dead-lettered", || async {
-        loader
-            .metric("etl_loader_records_dead_lettered_total")
-            .await
-            == 4.0
-    })
-    .await;
+    loader
+        .until("2 loaded, 4 dead-lettered", |s| {
+            s.loaded == 2 && s.dead_lettered == 4
+        })
+        .await;
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 131);
     let summary = loader.shutdown().await;
     assert_eq!((summary.loaded, summary.dead_lettered), (2, 4));
 
@@ -280,19 +275,12 @@ async fn a_record_postgres_refuses_is_dead_lettered_not_retried_forever() {
     produce(&topic, &[V14, &hostile, V13]).await;
 
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
-    eventually(
-        Duration::from_secs(60),
-        "the two good records loaded",
-        || async { db.count("SELECT count(*) FROM processed_data").await == 131 },
-    )
-    .await;
-    eventually(Duration::from_secs(30), "1 dead-lettered", || async {
-        loader
-            .metric("etl_loader_records_dead_lettered_total")
-            .await
-            == 1.0
-    })
-    .await;
+    loader
+        .until("the two good records loaded, 1 dead-lettered", |s| {
+            s.loaded == 2 && s.dead_lettered == 1
+        })
+        .await;
+    assert_eq!(db.count("SELECT count(*) FROM processed_data").await, 131);
     let summary = loader.shutdown().await;
     assert_eq!((summary.loaded, summary.dead_lettered), (2, 1));
     assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 2);
@@ -368,16 +356,9 @@ async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
     config.recovery_interval = Duration::from_secs(3600);
     config.parquet.roll_interval = Duration::from_secs(3600);
     let loader = RunningLoader::start(config).await;
-    eventually(
-        Duration::from_secs(60),
-        "the first record committed",
-        || async {
-            offsets(&group, &topic)
-                .committed(&[0])
-                .is_ok_and(|c| c.get(&0).and_then(|c| c.offset) == Some(1))
-        },
-    )
-    .await;
+    loader
+        .until("the first batch committed", |s| s.batches == 1)
+        .await;
 
     // The database hangs: another session holds raw_data locked, so the next batch's INSERT
     // waits for ever (no error, no answer — lock_timeout is 0 by default).
@@ -386,18 +367,10 @@ async fn a_hung_database_cannot_hold_shutdown_past_the_grace() {
         .execute(&mut *locker)
         .await
         .unwrap();
-    let consumed = loader.metric("etl_loader_records_consumed_total").await;
     produce(&topic, &[V14]).await;
-    eventually(
-        Duration::from_secs(30),
-        "the second record consumed",
-        || {
-            let status = loader.status;
-            async move { metric(status, "etl_loader_records_consumed_total").await > consumed }
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // past BATCH_MAX_AGE: the write is on
+    loader
+        .until("the second batch's write is on", |s| s.in_flight == 1)
+        .await;
 
     // Without the grace this never returns: the write waits on the lock for ever.
     loader.stop.cancel();

@@ -201,7 +201,7 @@ async fn a_claimed_roll_that_died_is_written_by_recovery() {
     let s = Sinks::new(db.pool.clone(), broken);
     s.write(&records("t", 0..2)).await.unwrap();
     let err = s.rolls().roll("t", 0, Cut::All).await.unwrap_err();
-    assert_eq!(err.sink(), "parquet", "{err}");
+    assert_eq!(err.sink(), loader::events::Sink::Parquet, "{err}");
     let pending: Vec<String> =
         sqlx::query_scalar("SELECT path FROM parquet_files WHERE state = 'pending' ORDER BY 1")
             .fetch_all(&db.pool)

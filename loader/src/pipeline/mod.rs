@@ -15,13 +15,16 @@ use crate::batch::{self, Batch};
 use crate::config::RunConfig;
 use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
-use crate::metrics::Metrics;
+use crate::events::{
+    BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
+    OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
+};
 use crate::migrate;
 use crate::roller::Roller;
 use crate::sink::Sinks;
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, retry};
-use etl_common::status::{Liveness, Readiness};
+use etl_common::status::Liveness;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use std::collections::BTreeMap;
@@ -36,35 +39,16 @@ const DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 /// How often an idle loop turns, to give its heartbeat.
 const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Records received.
-    pub consumed: u64,
-    /// Records loaded for the first time.
-    pub loaded: u64,
-    /// Records already loaded.
-    pub duplicates: u64,
-    /// Records dead-lettered.
-    pub dead_lettered: u64,
-    /// Batches committed.
-    pub batches: u64,
-    /// Records recomputed by `--reprocess`.
-    pub reprocessed: u64,
-}
-
 /// The consume → batch → decode → dead-letter → write → commit loop of one loader.
 pub struct Pipeline {
     pub(crate) config: RunConfig,
     pub(crate) sinks: Sinks,
     pub(crate) dlq: DeadLetters,
     pub(crate) consumer: Arc<LoaderConsumer>,
-    pub(crate) metrics: Metrics,
-    pub(crate) readiness: Readiness,
+    pub(crate) telemetry: Telemetry,
     /// Beaten on every turn of the loop and while it waits out an outage (`/health`).
     pub(crate) liveness: Liveness,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) summary: RunSummary,
     pub(crate) range: Option<Range>,
 }
 
@@ -74,8 +58,7 @@ impl Pipeline {
         let roller = Roller::new(
             self.sinks.clone(),
             self.consumer.clone(),
-            self.metrics.clone(),
-            self.readiness.clone(),
+            self.telemetry.clone(),
             (self.config.backoff_base, self.config.backoff_max),
             self.config.recovery_interval,
         );
@@ -106,12 +89,12 @@ impl Pipeline {
                 _ = self.shutdown.cancelled() => break,
                 _ = beat.tick() => false,
                 _ = progress.tick(), if self.range.is_some() => {
-                    progress.log(self.summary.consumed);
+                    progress.log(self.telemetry.snapshot().consumed);
                     false
                 }
                 _ = disk.tick() => {
                     if let Some(root) = self.sinks.rolls().store().local_root()
-                        && let Err(e) = self.metrics.observe_data_dir(root)
+                        && let Err(e) = self.telemetry.metrics().observe_data_dir(root)
                     {
                         tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
                     }
@@ -123,15 +106,15 @@ impl Pipeline {
                         let record = batch::SourceRecord::from_message(&m.detach());
                         // Whatever librdkafka did while fetching it happened before it.
                         self.apply_rebalances(&mut batch);
-                        self.readiness.set_ok("kafka");
                         let admitted = match &mut self.range {
                             Some(range) => range.admit(&consumer, record.partition, record.offset),
                             None => true,
                         };
                         if admitted {
-                            self.metrics.consumed.inc();
-                            self.summary.consumed += 1;
-                            progress.record(self.summary.consumed);
+                            self.telemetry.emit(RecordConsumed);
+                            if self.range.is_some() {
+                                progress.record(self.telemetry.snapshot().consumed);
+                            }
                             batch.push(record);
                         }
                         self.range_done()
@@ -143,8 +126,7 @@ impl Pipeline {
                         self.range_done()
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        self.readiness.set_failed("kafka", e.to_string());
+                        self.telemetry.emit(ConsumerFailed(&e));
                         false
                     }
                 },
@@ -158,7 +140,8 @@ impl Pipeline {
             }
             if self.range_done() && batch.is_empty() {
                 progress.finish();
-                tracing::info!(records = self.summary.consumed, "backfill range complete");
+                let records = self.telemetry.snapshot().consumed;
+                tracing::info!(records, "backfill range complete");
                 rolling.stop().await;
                 // The backfill is done when its files are: wait the store out.
                 roller.roll_until_done(&self.shutdown, true).await;
@@ -183,10 +166,7 @@ impl Pipeline {
         // Close the open rolls, once: if the store is out they wait in PostgreSQL for the next
         // owner of their partitions.
         if let Err(e) = roller.close().await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "open Parquet rolls left in PostgreSQL for the partitions' next owner"
-            );
+            self.telemetry.emit(ParquetLeftOpen(&e));
         }
         Ok(())
     }
@@ -200,8 +180,8 @@ impl Pipeline {
     /// False when shutdown came first.
     async fn prepare_database(&mut self, roller: &Roller) -> bool {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
-        let (sinks, skip_migrations, readiness) =
-            (&self.sinks, self.config.skip_migrations, &self.readiness);
+        let (sinks, skip_migrations, telemetry) =
+            (&self.sinks, self.config.skip_migrations, &self.telemetry);
         let attempt = || async move {
             if skip_migrations {
                 let problems = migrate::problems(sinks.pool()).await?;
@@ -218,15 +198,13 @@ impl Pipeline {
             roller.count(&report, "Parquet files recovered");
             anyhow::Ok(())
         };
-        let prepared = retry(&self.shutdown, backoff, attempt, |e, delay| {
-            tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready; waiting");
-            readiness.set_failed("postgres", format!("{e:#}"));
+        let prepared = retry(&self.shutdown, backoff, attempt, |error, retry_in| {
+            telemetry.emit(DatabaseNotReady { error, retry_in });
         });
         if self.liveness.waiting(prepared).await.is_err() {
             return false;
         }
-        self.readiness.set_ok("postgres");
-        self.readiness.set_ok("parquet");
+        self.telemetry.emit(DatabaseReady);
         true
     }
 
@@ -236,13 +214,8 @@ impl Pipeline {
     /// record of its new assignment.
     fn apply_rebalances(&mut self, batch: &mut Batch) {
         for event in self.consumer.context().take_events() {
-            let dropped = batch.apply(&event);
-            if dropped > 0 {
-                tracing::info!(
-                    records = dropped,
-                    "dropped uncommitted records of revoked partitions; their owner re-reads them"
-                );
-            }
+            let records = batch.apply(&event);
+            self.telemetry.emit(RevokedRecordsDropped { records });
         }
     }
 
@@ -267,49 +240,20 @@ impl Pipeline {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return Err(Cancelled),
         };
+        self.telemetry.emit(BatchWriting { records: n });
+        let dead_before = self.telemetry.snapshot().dead_lettered;
         for p in &poison {
             self.dead_letter(p).await?;
         }
         let outcome = self.write(&good).await?;
         crate::failpoint::hit("after-sinks");
         self.commit(&offsets).await;
-
-        self.metrics.loaded.inc_by(outcome.new_records as u64);
-        self.metrics
-            .duplicates
-            .inc_by(outcome.duplicate_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["postgres", "raw_data"])
-            .inc_by(outcome.new_records as u64);
-        self.metrics
-            .rows_written
-            .with_label_values(&["postgres", "processed_data"])
-            .inc_by(outcome.users_written);
-        self.metrics
-            .sink_bytes
-            .with_label_values(&["postgres"])
-            .inc_by(outcome.bytes_written);
-        self.metrics.batch_records.observe(n as f64);
-        self.metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.summary.loaded += outcome.new_records as u64;
-        self.summary.duplicates += outcome.duplicate_records as u64;
-        self.summary.dead_lettered += poison.len() as u64;
-        self.summary.batches += 1;
-        self.summary.reprocessed += outcome.reprocessed_records as u64;
-        tracing::info!(
-            records = n,
-            new = outcome.new_records,
-            duplicates = outcome.duplicate_records,
-            dead_lettered = poison.len(),
-            users = outcome.users_written,
-            reprocessed = outcome.reprocessed_records,
-            files_rewritten = outcome.files_rewritten,
-            ms = started.elapsed().as_millis() as u64,
-            "batch committed"
-        );
+        self.telemetry.emit(BatchCommitted {
+            records: n,
+            outcome: &outcome,
+            dead_lettered: self.telemetry.snapshot().dead_lettered - dead_before,
+            elapsed: started.elapsed(),
+        });
         Ok(())
     }
 
@@ -333,18 +277,15 @@ impl Pipeline {
                 )
             }))
             .await;
-        match result {
-            Ok(Ok(())) => {
-                self.metrics.last_commit.set(chrono::Utc::now().timestamp());
-            }
-            Ok(Err(e)) => {
-                self.metrics.commit_errors.inc();
-                tracing::warn!(error = format!("{e:#}"), offsets = ?offsets, "offset commit refused; records will be re-delivered and absorbed");
-            }
-            Err(e) => {
-                self.metrics.commit_errors.inc();
-                tracing::error!(error = %e, "offset commit task failed");
-            }
+        let committed = result
+            .map_err(|e| anyhow::Error::new(e).context("the offset commit task failed"))
+            .and_then(|r| r);
+        match committed {
+            Ok(()) => self.telemetry.emit(OffsetsCommitted),
+            Err(error) => self.telemetry.emit(CommitFailed {
+                error: &error,
+                offsets,
+            }),
         }
     }
 }

@@ -4,6 +4,9 @@
 
 use super::Pipeline;
 use crate::batch::{self, LoadRecord};
+use crate::events::{
+    BatchRefused, BatchWritten, DeadLetterFailed, RecordDeadLettered, SinkWriteFailed,
+};
 use crate::poison::{Poison, PoisonReason};
 use crate::sink::{self, SinkError};
 use etl_common::backoff::Backoff;
@@ -11,30 +14,20 @@ use etl_common::retry::{Cancelled, GaveUp, Outage, retry, until_cancelled};
 
 impl Pipeline {
     pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Cancelled> {
-        tracing::warn!(
-            topic = %p.source.topic,
-            partition = p.source.partition,
-            offset = p.source.offset,
-            kind = p.error.kind(),
-            error = %p.error,
-            dlq = %self.dlq.topic(),
-            "poison record; dead-lettering"
-        );
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         // The producer waits out a broker outage itself (no delivery timeout), so a send may
         // wait for good: shutdown ends it anywhere. What the producer does report is retried.
         let send = || async { self.dlq.send(p).await.map_err(Outage) };
-        let sent = retry(&self.shutdown, backoff, send, |Outage(e), delay| {
-            tracing::warn!(error = %e, retry_in = ?delay, "cannot dead-letter; retrying");
-            self.readiness.set_failed("kafka", e.to_string());
+        let sent = retry(&self.shutdown, backoff, send, |Outage(error), retry_in| {
+            self.telemetry.emit(DeadLetterFailed { error, retry_in });
         });
         until_cancelled(&self.shutdown, self.liveness.waiting(sent))
             .await?
             .map_err(|_| Cancelled)?;
-        self.metrics
-            .dead_lettered
-            .with_label_values(&[p.error.kind()])
-            .inc();
+        self.telemetry.emit(RecordDeadLettered {
+            poison: p,
+            dlq: self.dlq.topic(),
+        });
         Ok(())
     }
 
@@ -49,7 +42,10 @@ impl Pipeline {
             Ok(outcome) => outcome,
             Err(GaveUp::Cancelled) => return Err(Cancelled),
             Err(GaveUp::Permanent(e)) => {
-                tracing::warn!(error = %e, records = good.len(), "PostgreSQL refused the batch's data; writing it record by record");
+                self.telemetry.emit(BatchRefused {
+                    error: &e,
+                    records: good.len(),
+                });
                 let mut total = sink::WriteOutcome::default();
                 for (i, record) in good.iter().enumerate() {
                     match self.write_with_retry(std::slice::from_ref(record)).await {
@@ -66,7 +62,6 @@ impl Pipeline {
                                 error: PoisonReason::RejectedBySink(e.to_string()),
                             };
                             self.dead_letter(&poison).await?;
-                            self.summary.dead_lettered += 1;
                         }
                     }
                 }
@@ -84,7 +79,6 @@ impl Pipeline {
                 },
             };
             self.dead_letter(&poison).await?;
-            self.summary.dead_lettered += 1;
         }
         Ok(outcome)
     }
@@ -98,21 +92,19 @@ impl Pipeline {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
         let write = || self.sinks.write_with(records, self.config.reprocess);
-        let written = retry(&self.shutdown, backoff, write, |e: &SinkError, delay| {
-            failed_before = true;
-            self.metrics
-                .sink_errors
-                .with_label_values(&[e.sink()])
-                .inc();
-            self.readiness.set_failed(e.sink(), e.to_string());
-            tracing::warn!(sink = e.sink(), error = %e, retry_in = ?delay, "sink write failed; batch held, retrying");
-        });
+        let written = retry(
+            &self.shutdown,
+            backoff,
+            write,
+            |error: &SinkError, retry_in| {
+                failed_before = true;
+                self.telemetry.emit(SinkWriteFailed { error, retry_in });
+            },
+        );
         let outcome = self.liveness.waiting(written).await?;
-        if failed_before {
-            tracing::info!("sinks are back; batch written");
-        }
-        // The batch is PostgreSQL's; the Parquet check is the roller's to clear.
-        self.readiness.set_ok("postgres");
+        self.telemetry.emit(BatchWritten {
+            after_failures: failed_before,
+        });
         Ok(outcome)
     }
 }

@@ -98,10 +98,10 @@ impl SinkError {
     }
 
     /// The `sink` label.
-    pub fn sink(&self) -> &'static str {
+    pub fn sink(&self) -> crate::events::Sink {
         match self {
-            SinkError::Postgres(_) => "postgres",
-            SinkError::Parquet(_) => "parquet",
+            SinkError::Postgres(_) => crate::events::Sink::Postgres,
+            SinkError::Parquet(_) => crate::events::Sink::Parquet,
         }
     }
 }

@@ -147,6 +147,8 @@ pub struct RunningLoader {
     pub status: SocketAddr,
     pub stop: CancellationToken,
     pub task: JoinHandle<anyhow::Result<RunSummary>>,
+    /// The run summary as it changes (see [`RunningLoader::until`]).
+    pub summary: tokio::sync::watch::Receiver<RunSummary>,
 }
 
 impl RunningLoader {
@@ -156,9 +158,32 @@ impl RunningLoader {
             .await
             .expect("loader builds");
         let status = app.status_addr();
+        let summary = app.summary();
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(stop.clone()));
-        RunningLoader { status, stop, task }
+        RunningLoader {
+            status,
+            stop,
+            task,
+            summary,
+        }
+    }
+
+    /// Waits until the run summary satisfies `state` (no polling: woken on every change), or
+    /// panics with `what` after 60 s. Returns the summary that satisfied it.
+    pub async fn until(&self, what: &str, state: impl FnMut(&RunSummary) -> bool) -> RunSummary {
+        let mut rx = self.summary.clone();
+        let waited = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(state))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match waited {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => panic!("the loader stopped before: {what} ({:?})", *rx.borrow()),
+            Err(_) => panic!(
+                "timed out after 60 s waiting for: {what} ({:?})",
+                *rx.borrow()
+            ),
+        }
     }
 
     /// Cancels and waits for a clean exit.

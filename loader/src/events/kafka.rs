@@ -1,0 +1,117 @@
+//! Events of the broker: records in, consumer errors, rebalances, statistics, the DLQ.
+
+use super::{Check, Event, Telemetry};
+use std::time::Duration;
+
+/// A record received from Kafka (and admitted to the batch): the broker answers.
+pub struct RecordConsumed;
+
+impl Event for RecordConsumed {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.consumed.inc();
+        t.ok(Check::Kafka);
+        t.update(|s| s.consumed += 1);
+    }
+}
+
+/// The consumer reported an error (the broker is out, a topic is gone, …).
+pub struct ConsumerFailed<'a>(pub &'a rdkafka::error::KafkaError);
+
+impl Event for ConsumerFailed<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::warn!(error = %self.0, "Kafka consumer error");
+        t.failed(Check::Kafka, self.0.to_string());
+    }
+}
+
+/// The group took partitions away; their uncommitted records in the open batch are dropped.
+pub struct RevokedRecordsDropped {
+    /// Records dropped from the open batch.
+    pub records: usize,
+}
+
+impl Event for RevokedRecordsDropped {
+    fn emit(self, _: &Telemetry) {
+        if self.records > 0 {
+            tracing::info!(
+                records = self.records,
+                "dropped uncommitted records of revoked partitions; their owner re-reads them"
+            );
+        }
+    }
+}
+
+/// The group gave this replica partitions.
+pub struct PartitionsAssigned<'a>(pub &'a [(String, i32)]);
+
+impl Event for PartitionsAssigned<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!(partitions = ?self.0, "partitions assigned");
+        t.metrics.assigned_partitions.add(self.0.len() as i64);
+        t.ok(Check::Kafka);
+    }
+}
+
+/// The group took partitions from this replica: their lag is no longer ours to report.
+pub struct PartitionsRevoked<'a>(pub &'a [(String, i32)]);
+
+impl Event for PartitionsRevoked<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!(partitions = ?self.0, "partitions revoked");
+        for (topic, partition) in self.0 {
+            // Absent when no statistics came while we owned it: nothing to remove.
+            let _ = t
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+        }
+        t.metrics.assigned_partitions.sub(self.0.len() as i64);
+    }
+}
+
+/// librdkafka's periodic statistics: the lag and partition-count gauges, and the Kafka check
+/// cleared once a broker is up (only ever cleared here: errors seen by the run loop set it).
+pub struct BrokerStatistics<'a>(pub &'a rdkafka::Statistics);
+
+impl Event for BrokerStatistics<'_> {
+    fn emit(self, t: &Telemetry) {
+        let stats = self.0;
+        if stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            t.ok(Check::Kafka);
+        }
+        for (topic, tp) in &stats.topics {
+            let known = tp.partitions.keys().filter(|p| **p >= 0).count();
+            t.metrics
+                .topic_partitions
+                .with_label_values(&[topic.as_str()])
+                .set(i64::try_from(known).unwrap_or(i64::MAX));
+            for (partition, p) in &tp.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    t.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+/// The dead-letter topic refused a record; it is retried (the batch waits).
+pub struct DeadLetterFailed<'a> {
+    /// Why.
+    pub error: &'a rdkafka::error::KafkaError,
+    /// The next attempt's delay.
+    pub retry_in: Duration,
+}
+
+impl Event for DeadLetterFailed<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "cannot dead-letter; retrying");
+        t.failed(Check::Kafka, self.error.to_string());
+    }
+}
