@@ -103,6 +103,8 @@ impl Config {
     }
 
     /// A config for tests: defaults, pointed at `url` and `brokers`, status on an ephemeral port.
+    /// Only with the `test-util` feature: shipped builds have no test constructors.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_test(url: &str, brokers: &str, topic: &str) -> anyhow::Result<Self> {
         let args = [
             "extractor",

@@ -344,6 +344,8 @@ impl RunConfig {
     }
 
     /// A config for tests: defaults, the given endpoints, status on an ephemeral port, no log files.
+    /// Only with the `test-util` feature: shipped builds have no test constructors.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_test(
         database_url: &str,
         brokers: &str,
