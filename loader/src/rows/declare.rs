@@ -1,4 +1,4 @@
-//! [`row_shape!`]: one column list in, the struct and a [`super::Shape`] out.
+//! `row_shape!`: one column list in, the struct and a [`super::Shape`] out.
 
 /// Declares a row shape from one column list: a unit type implementing [`super::Shape`]
 /// (columns, Arrow arrays, PostgreSQL binds) and, optionally, the struct its user columns

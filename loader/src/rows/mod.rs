@@ -1,7 +1,7 @@
 //! The row shapes, each declared once: the raw record and the processed user.
 //!
 //! A shape's column list (name, Rust type, where the value comes from, how Parquet and
-//! PostgreSQL store it) is written in one [`row_shape!`] invocation ([`shapes`]); the struct,
+//! PostgreSQL store it) is written in one `row_shape!` invocation (`shapes.rs`); the struct,
 //! the Arrow schema, the Arrow columns, the PostgreSQL `UNNEST` binds and their SQL all come
 //! from it, so a column added, renamed or moved changes every sink at once.
 //!
@@ -55,7 +55,7 @@ pub enum Pg {
     Skip,
 }
 
-/// One column of a shape, as [`row_shape!`] declared it.
+/// One column of a shape, as `row_shape!` declared it.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
     /// The Parquet field and PostgreSQL column name.
@@ -70,7 +70,7 @@ pub struct Column {
     pub pg: Pg,
 }
 
-/// What a row shape gives the sinks; implemented by [`row_shape!`].
+/// What a row shape gives the sinks; implemented by `row_shape!`.
 pub trait Shape {
     /// One row as the shape reads it.
     type Row<'a>;
