@@ -6,6 +6,7 @@
 //! - [`batch`]: gathering records by count and age; decoding into loadable vs poison.
 //! - [`poison`]: a record that will not load, and why (for the dead-letter topic).
 //! - [`transform`]: the pure 1.4-response → user-rows function, and a record's identity.
+//! - [`rows`]: the raw and processed row shapes, each declared once for both sinks.
 //! - [`sink`]: the PostgreSQL write, the Parquet rolls and ledger, the stores (local or bucket).
 //! - [`roller`]: the task that rolls due Parquet files and sweeps unpublished ones.
 //! - [`consumer`]: client settings, rebalance callbacks as ordered events, the offset commit.
@@ -35,6 +36,7 @@ pub mod pipeline;
 pub mod poison;
 pub mod replay;
 pub mod roller;
+pub mod rows;
 pub mod sink;
 pub mod transform;
 

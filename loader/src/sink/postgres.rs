@@ -7,10 +7,12 @@
 //! tells a re-delivery (same bytes) from a conflict (same identity, other bytes).
 
 use crate::batch::{LoadRecord, SourceRecord};
+use crate::rows::{Pg, ProcessedColumns, RawColumns, Shape, pg_columns};
 use crate::sink::parquet::Dataset;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// Migrations embedded from `migrations/`.
@@ -35,59 +37,64 @@ pub async fn insert_raw(
 /// Payload bytes per raw `INSERT` statement.
 const RAW_STATEMENT_BYTES: usize = 4 << 20;
 
+/// `INSERT INTO raw_data` from one array per [`RawColumns`] PostgreSQL column (the payload as
+/// `jsonb` and as text), then `created_at`; the new rows' ids come back.
+static INSERT_RAW: LazyLock<String> = LazyLock::new(|| {
+    let extra = [
+        ("payload_text", Some("r.payload")),
+        ("created_at", None),
+        ("parquet_pending", Some("true")),
+    ];
+    insert_unnest::<RawColumns>("raw_data", &extra) + " ON CONFLICT DO NOTHING RETURNING raw_id"
+});
+
 async fn insert_raw_chunk(
     tx: &mut PgConnection,
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
 ) -> sqlx::Result<Vec<Uuid>> {
-    let n = records.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut topics = Vec::with_capacity(n);
-    let mut partitions = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n);
-    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut record_keys = Vec::with_capacity(n);
-    let mut digests: Vec<&[u8]> = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut counts = Vec::with_capacity(n);
-    let mut fetched = Vec::with_capacity(n);
-    let mut sizes = Vec::with_capacity(n);
-    for r in records {
-        ids.push(r.raw_id);
-        topics.push(r.source.topic.as_str());
-        partitions.push(r.source.partition);
-        offsets.push(r.source.offset);
-        keys.push(r.source.key.as_deref());
-        record_keys.push(r.record_key.as_str());
-        digests.push(&r.digest[..]);
-        payloads.push(r.payload_text.as_str());
-        counts.push(r.users.len() as i32);
-        fetched.push(r.source.fetched_at);
-        sizes.push(i32::try_from(r.payload_text.len()).unwrap_or(i32::MAX));
-    }
-    let rows = sqlx::query(
-        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, record_key, payload_sha256, payload_bytes, parquet_pending, payload_text)
-         SELECT r.raw_id, r.topic, r.p, r.o, r.k, r.payload::jsonb, r.n, r.f, $9, r.rk, r.d, r.b, true, r.payload
-         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $10::text[], $11::bytea[], $12::int4[])
-              AS r(raw_id, topic, p, o, k, payload, n, f, rk, d, b)
-         ON CONFLICT DO NOTHING
-         RETURNING raw_id",
-    )
-    .bind(ids)
-    .bind(topics)
-    .bind(partitions)
-    .bind(offsets)
-    .bind(keys)
-    .bind(payloads)
-    .bind(counts)
-    .bind(fetched)
-    .bind(created_at)
-    .bind(record_keys)
-    .bind(digests)
-    .bind(sizes)
-    .fetch_all(tx)
-    .await?;
+    let rows = RawColumns::bind(sqlx::query(INSERT_RAW.as_str()), records)
+        .bind(created_at)
+        .fetch_all(tx)
+        .await?;
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+/// `INSERT INTO {table}` of one `UNNEST` array per PostgreSQL column of shape `S`, bound in
+/// [`Shape::COLUMNS`] order, plus `extra` columns: SQL, or `None` for the next bind parameter.
+pub(crate) fn insert_unnest<S: Shape>(table: &str, extra: &[(&str, Option<&str>)]) -> String {
+    let columns: Vec<_> = pg_columns::<S>().collect();
+    let mut next = columns.len();
+    let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
+    let targets = names
+        .iter()
+        .copied()
+        .chain(extra.iter().map(|(name, _)| *name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values = columns
+        .iter()
+        .map(|c| match c.pg {
+            Pg::Jsonb => format!("r.{}::jsonb", c.name),
+            _ => format!("r.{}", c.name),
+        })
+        .chain(extra.iter().map(|(_, sql)| match sql {
+            Some(sql) => (*sql).to_string(),
+            None => {
+                next += 1;
+                format!("${next}")
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let arrays = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}[]", i + 1, c.pg_type))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let aliases = names.join(", ");
+    format!("INSERT INTO {table} ({targets}) SELECT {values} FROM UNNEST({arrays}) AS r({aliases})")
 }
 
 /// A record loaded before, as `raw_data` holds it.
@@ -126,30 +133,30 @@ pub async fn loaded_before(
         .collect()
 }
 
-const INSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
-                                     gender, nationality, city, state, country, postcode, date_of_birth,
-                                     registered_date, fetched_at, processed_at, created_at)
-         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                                     $18::timestamptz[]) AS u
-         ON CONFLICT DO NOTHING";
+/// `INSERT INTO processed_data` from one array per [`ProcessedColumns`] PostgreSQL column, then
+/// `created_at`.
+fn insert_processed_sql() -> String {
+    insert_unnest::<ProcessedColumns>("processed_data", &[("created_at", None)])
+}
+
+/// The processed rows, new ones only.
+static INSERT_PROCESSED: LazyLock<String> =
+    LazyLock::new(|| insert_processed_sql() + " ON CONFLICT DO NOTHING");
 
 /// The same rows, recomputed: existing rows are updated in place (their `created_at` kept).
-const UPSERT_PROCESSED: &str = "INSERT INTO processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email,
-                                     gender, nationality, city, state, country, postcode, date_of_birth,
-                                     registered_date, fetched_at, processed_at, created_at)
-         SELECT u.*, $19 FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                                     $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                                     $18::timestamptz[]) AS u
-         ON CONFLICT (raw_id, user_index) DO UPDATE SET
-             user_uuid = EXCLUDED.user_uuid, full_name = EXCLUDED.full_name, title = EXCLUDED.title,
-             first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, email = EXCLUDED.email,
-             gender = EXCLUDED.gender, nationality = EXCLUDED.nationality, city = EXCLUDED.city,
-             state = EXCLUDED.state, country = EXCLUDED.country, postcode = EXCLUDED.postcode,
-             date_of_birth = EXCLUDED.date_of_birth, registered_date = EXCLUDED.registered_date,
-             fetched_at = EXCLUDED.fetched_at, processed_at = EXCLUDED.processed_at";
+static UPSERT_PROCESSED: LazyLock<String> = LazyLock::new(|| {
+    let key = ["raw_id", "user_index"];
+    let set = pg_columns::<ProcessedColumns>()
+        .filter(|c| !key.contains(&c.name))
+        .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{} ON CONFLICT ({}) DO UPDATE SET {set}",
+        insert_processed_sql(),
+        key.join(", ")
+    )
+});
 
 /// Inserts the processed rows of `records`; returns rows written.
 pub async fn insert_processed(
@@ -157,7 +164,7 @@ pub async fn insert_processed(
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
-    write_processed(tx, records, created_at, INSERT_PROCESSED).await
+    write_processed(tx, records, created_at, INSERT_PROCESSED.as_str()).await
 }
 
 /// Recomputes the processed rows of `records` in place (`--reprocess`); returns rows written.
@@ -166,7 +173,7 @@ pub async fn upsert_processed(
     records: &[&LoadRecord],
     created_at: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
-    write_processed(tx, records, created_at, UPSERT_PROCESSED).await
+    write_processed(tx, records, created_at, UPSERT_PROCESSED.as_str()).await
 }
 
 async fn write_processed(
@@ -175,69 +182,14 @@ async fn write_processed(
     created_at: DateTime<Utc>,
     sql: &'static str,
 ) -> sqlx::Result<u64> {
-    let n: usize = records.iter().map(|r| r.users.len()).sum();
-    if n == 0 {
+    let users: Vec<_> = records
+        .iter()
+        .flat_map(|r| r.users.iter().map(move |u| (*r, u)))
+        .collect();
+    if users.is_empty() {
         return Ok(0);
     }
-    let mut raw_ids = Vec::with_capacity(n);
-    let mut idx = Vec::with_capacity(n);
-    let mut uuids: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut full = Vec::with_capacity(n);
-    let mut titles: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut firsts = Vec::with_capacity(n);
-    let mut lasts = Vec::with_capacity(n);
-    let mut emails = Vec::with_capacity(n);
-    let mut genders: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut nats: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut cities: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut states: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut countries: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut postcodes: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut dobs: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut registered = Vec::with_capacity(n);
-    let mut fetched = Vec::with_capacity(n);
-    let mut processed = Vec::with_capacity(n);
-    for r in records {
-        for u in &r.users {
-            raw_ids.push(u.raw_id);
-            idx.push(u.user_index);
-            uuids.push(u.user_uuid.clone());
-            full.push(u.full_name.clone());
-            titles.push(u.title.clone());
-            firsts.push(u.first_name.clone());
-            lasts.push(u.last_name.clone());
-            emails.push(u.email.clone());
-            genders.push(u.gender.clone());
-            nats.push(u.nationality.clone());
-            cities.push(u.city.clone());
-            states.push(u.state.clone());
-            countries.push(u.country.clone());
-            postcodes.push(u.postcode.clone());
-            dobs.push(u.date_of_birth);
-            registered.push(u.registered_date);
-            fetched.push(r.source.fetched_at);
-            processed.push(u.processed_at);
-        }
-    }
-    let result = sqlx::query(sql)
-        .bind(raw_ids)
-        .bind(idx)
-        .bind(uuids)
-        .bind(full)
-        .bind(titles)
-        .bind(firsts)
-        .bind(lasts)
-        .bind(emails)
-        .bind(genders)
-        .bind(nats)
-        .bind(cities)
-        .bind(states)
-        .bind(countries)
-        .bind(postcodes)
-        .bind(dobs)
-        .bind(registered)
-        .bind(fetched)
-        .bind(processed)
+    let result = ProcessedColumns::bind(sqlx::query(sql), &users)
         .bind(created_at)
         .execute(tx)
         .await?;

@@ -13,44 +13,8 @@ use uuid::Uuid;
 mod identity;
 pub use identity::{Identity, digest};
 
-/// One user, flattened: a `processed_data` row and a processed Parquet row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessedUser {
-    /// The raw record it came from.
-    pub raw_id: Uuid,
-    /// Position in the response's `results`: with `raw_id`, the natural key.
-    pub user_index: i32,
-    /// `login.uuid`.
-    pub user_uuid: Option<String>,
-    /// Title, first and last name, space-separated.
-    pub full_name: String,
-    /// `name.title`.
-    pub title: Option<String>,
-    /// `name.first`.
-    pub first_name: String,
-    /// `name.last`.
-    pub last_name: String,
-    /// `email`.
-    pub email: String,
-    /// `gender`.
-    pub gender: Option<String>,
-    /// `nat`, the nationality code.
-    pub nationality: Option<String>,
-    /// `location.city`.
-    pub city: Option<String>,
-    /// `location.state`.
-    pub state: Option<String>,
-    /// `location.country`.
-    pub country: Option<String>,
-    /// `location.postcode`, a number or a string in the API, always text here (leading zeros kept).
-    pub postcode: Option<String>,
-    /// `dob.date`.
-    pub date_of_birth: Option<DateTime<Utc>>,
-    /// `registered.date`.
-    pub registered_date: DateTime<Utc>,
-    /// When the loader transformed it.
-    pub processed_at: DateTime<Utc>,
-}
+/// The transform's output row, declared with its columns in [`crate::rows`].
+pub use crate::rows::ProcessedUser;
 
 /// Why a record is poison.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@ Credentials are moto's: any key is accepted.
 
 import json
 import sys
+import uuid
 from urllib.parse import urlparse
 
 import boto3
@@ -17,6 +18,15 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 KEY, SECRET, REGION = "test", "test", "us-east-1"
+
+
+def text(value):
+    """A cell as text; a UUID column (16 bytes, or uuid.UUID where pyarrow maps the logical type) in its canonical form."""
+    if value is None:
+        return None
+    if isinstance(value, bytes) and len(value) == 16:
+        return str(uuid.UUID(bytes=value))
+    return str(value)
 
 
 def main(endpoint, command, bucket, prefix=""):
@@ -50,7 +60,7 @@ def main(endpoint, command, bucket, prefix=""):
         columns = {}
         for name in ("raw_id", "user_index", "user_uuid", "kafka_offset", "email"):
             if name in table.column_names:
-                columns[name] = [None if v is None else str(v) for v in table.column(name).to_pylist()]
+                columns[name] = [text(v) for v in table.column(name).to_pylist()]
         out.append(
             {
                 "key": info.path[len(bucket) + 1 :],

@@ -10,7 +10,7 @@ mod encode;
 
 pub use encode::{
     FileWriter, RAW_ROW_GROUP_BYTES, chunks_by_bytes, processed_batch, processed_schema, raw_batch,
-    raw_schema, rows_in,
+    raw_schema, rows_in, writer_properties,
 };
 
 use crate::batch::LoadRecord;
@@ -85,9 +85,9 @@ pub fn encode_file(dataset: Dataset, records: &[&LoadRecord]) -> anyhow::Result<
 mod tests {
     use super::*;
     use crate::batch::{SourceRecord, decode};
+    use crate::rows::ts_type;
     use arrow::array::RecordBatch;
     use chrono::{DateTime, Utc};
-    use encode::ts_type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::Compression;
 
@@ -183,6 +183,101 @@ mod tests {
             rows_in(bytes::Bytes::from_static(b"PAR1 not a whole file")).is_err(),
             "a torn file is told from a whole one"
         );
+    }
+
+    #[test]
+    fn raw_id_is_a_parquet_uuid_and_round_trips() {
+        use arrow::array::AsArray;
+        use parquet::basic::{LogicalType, Type};
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        for (dataset, want) in [
+            (
+                Dataset::Raw,
+                refs.iter().map(|r| r.raw_id).collect::<Vec<_>>(),
+            ),
+            (
+                Dataset::Processed,
+                refs.iter()
+                    .flat_map(|r| r.users.iter().map(|u| u.raw_id))
+                    .collect(),
+            ),
+        ] {
+            let bytes = encode_file(dataset, &refs).unwrap();
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+            let column = builder.metadata().file_metadata().schema_descr().column(0);
+            assert_eq!(column.name(), "raw_id");
+            assert_eq!(column.physical_type(), Type::FIXED_LEN_BYTE_ARRAY);
+            assert_eq!(column.type_length(), 16);
+            assert_eq!(column.logical_type_ref(), Some(&LogicalType::Uuid));
+            assert_eq!(
+                builder.schema().field(0).extension_type_name(),
+                Some("arrow.uuid"),
+                "{dataset:?}: read back as the arrow.uuid extension type"
+            );
+            let mut got = Vec::new();
+            for b in builder.build().unwrap() {
+                let b = b.unwrap();
+                let ids = b.column(0).as_fixed_size_binary();
+                got.extend(
+                    ids.iter()
+                        .map(|v| uuid::Uuid::from_slice(v.unwrap()).unwrap()),
+                );
+            }
+            assert_eq!(got, want, "{dataset:?}");
+        }
+    }
+
+    #[test]
+    fn dictionaries_only_for_few_distinct_values() {
+        use parquet::basic::Encoding;
+        let recs = records();
+        let refs: Vec<&LoadRecord> = recs.iter().collect();
+        for (dataset, plain, dictionary) in [
+            (
+                Dataset::Raw,
+                &["raw_id", "payload", "fetch_id", "kafka_offset"][..],
+                &["topic", "kafka_partition"][..],
+            ),
+            (
+                Dataset::Processed,
+                &["raw_id", "user_uuid", "email", "full_name"][..],
+                &["gender", "nationality", "country", "source_topic"][..],
+            ),
+        ] {
+            let bytes = encode_file(dataset, &refs).unwrap();
+            let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
+            use parquet::file::reader::FileReader;
+            let group = reader.metadata().row_group(0);
+            let dictionary_encoded = |name: &str| {
+                let chunk = group
+                    .columns()
+                    .iter()
+                    .find(|c| c.column_path().string() == name)
+                    .unwrap_or_else(|| panic!("{dataset:?} has {name}"));
+                let by_encoding = chunk
+                    .encodings()
+                    .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY));
+                assert_eq!(
+                    by_encoding,
+                    chunk.dictionary_page_offset().is_some(),
+                    "{name}"
+                );
+                by_encoding
+            };
+            for name in plain {
+                assert!(
+                    !dictionary_encoded(name),
+                    "{dataset:?}: {name} is written plain"
+                );
+            }
+            for name in dictionary {
+                assert!(
+                    dictionary_encoded(name),
+                    "{dataset:?}: {name} has a dictionary"
+                );
+            }
+        }
     }
 
     #[test]
