@@ -46,7 +46,7 @@ pub struct Rebalance {
     pub users: u64,
     /// Time between samples.
     pub sample: Duration,
-    /// The window the rate is judged over.
+    /// The window the rate is judged over (`--rebalance-window`, or longer: [`judging_window`]).
     pub window: Duration,
     /// (time from the step's start, records the group has committed so far).
     pub samples: Vec<(Duration, f64)>,
@@ -149,7 +149,9 @@ async fn run(
     group::stop_all(&mut members, Duration::from_secs(120)).await?;
     check_loaded(db, topic).await?;
 
-    let window = config.rebalance_window;
+    let window = join_at.map_or(config.rebalance_window, |j| {
+        judging_window(&samples, j, config.rebalance_window)
+    });
     let steady = join_at.and_then(|j| steady_rate(&samples, j, window));
     let change = |at: Duration, until: Duration| Change {
         at,
@@ -182,6 +184,22 @@ fn rate_around(samples: &[(Duration, f64)], window: Duration, t: Duration) -> f6
     let half = window / 2;
     let from = t.saturating_sub(half);
     (loaded_at(samples, t + half) - loaded_at(samples, from)) / (t + half - from).as_secs_f64()
+}
+
+/// The window to judge the rate over: `floor`, or twice the mean time between the group's
+/// commits before the join if that is longer, so that a window in steady running always holds
+/// commits (a batch can take longer than `--rebalance-window`).
+pub fn judging_window(samples: &[(Duration, f64)], join: Duration, floor: Duration) -> Duration {
+    let before: Vec<&(Duration, f64)> = samples.iter().filter(|(t, _)| *t <= join).collect();
+    // Gaps between commits: the first commit (from nothing loaded) opens the span.
+    let gaps = before.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    let Some((first, _)) = before.iter().find(|(_, l)| *l > 0.0) else {
+        return floor;
+    };
+    if gaps < 2 {
+        return floor;
+    }
+    floor.max(join.saturating_sub(*first) * 2 / (gaps - 1) as u32)
 }
 
 /// The one-member rate: from the first sample with records loaded up to the join; `None` when
@@ -353,6 +371,9 @@ mod tests {
         assert!(end >= ms(13_000) && end <= ms(15_000), "{d:?}");
         assert_eq!(dip(&s, ms(2_000), steady, ms(16_000), ms(24_000)), None);
         assert_eq!(steady_rate(&s, ms(2_000), ms(2_000)), None);
+        // Commits every second before the join: twice that is the 2 s floor itself.
+        assert_eq!(judging_window(&s, ms(9_000), ms(1_000)), ms(2_000));
+        assert_eq!(judging_window(&s, ms(9_000), ms(3_000)), ms(3_000));
     }
 
     #[test]
