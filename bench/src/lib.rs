@@ -39,7 +39,7 @@ use std::time::Duration;
 #[command(
     name = "bench",
     version,
-    about = "Loader vs. PostgreSQL COPY, raw consume and a naive loader"
+    about = "Loader vs. PostgreSQL COPY, raw consume and a naive loader; scale-out, rebalance stall, extractor idle cost"
 )]
 pub struct Config {
     /// Kafka bootstrap servers.
@@ -85,7 +85,7 @@ pub struct Config {
     /// rate before a 2nd loader joins (at 1/3) and after the 1st leaves (at 2/3).
     #[arg(long, default_value_t = 4000, value_parser = positive)]
     pub rebalance_records: usize,
-    /// Time between the rebalance step's samples of records loaded.
+    /// Time between the rebalance step's samples of the group's committed offsets.
     #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
     pub rebalance_sample: Duration,
     /// The window the rebalance step judges the rate over (the loader commits in batches, so a

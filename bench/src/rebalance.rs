@@ -68,7 +68,9 @@ pub async fn measure(config: &Config, bin_dir: &Path, run_id: &str) -> anyhow::R
     crate::kafka::create_topic(&config.brokers, &topic_name, config.partitions).await?;
     let result = async {
         let data = preload::build(config.rebalance_records, config.users, run_id)?;
-        let topic = preload::produce(&config.brokers, &topic_name, data).await?;
+        let mut topic = preload::produce(&config.brokers, &topic_name, data).await?;
+        // Only the counts and ends are checked here: the bodies need not stay in memory.
+        topic.payloads = Vec::new();
         let db = FreshDb::create(&config.database_url, "bench_rebalance", false).await?;
         let dir = tempfile::tempdir().context("creating a data directory")?;
         let result = run(config, bin_dir, &topic_name, &topic, &db, dir.path()).await;
@@ -100,7 +102,10 @@ async fn run(
     let mut members = vec![spawn(1)?];
     let mut samples = Vec::new();
     let (mut join_at, mut leave_at, mut joiner_first) = (None, None, None);
-    let mut tick = tokio::time::interval(config.rebalance_sample);
+    // A zero sample or window would spin or divide by zero: at least 10 ms, and one sample.
+    let sample = config.rebalance_sample.max(Duration::from_millis(10));
+    let floor = config.rebalance_window.max(sample);
+    let mut tick = tokio::time::interval(sample);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = async {
         loop {
@@ -149,9 +154,7 @@ async fn run(
     group::stop_all(&mut members, Duration::from_secs(120)).await?;
     check_loaded(db, topic).await?;
 
-    let window = join_at.map_or(config.rebalance_window, |j| {
-        judging_window(&samples, j, config.rebalance_window)
-    });
+    let window = join_at.map_or(floor, |j| judging_window(&samples, j, floor));
     let steady = join_at.and_then(|j| steady_rate(&samples, j, window));
     let change = |at: Duration, until: Duration| Change {
         at,
@@ -162,7 +165,7 @@ async fn run(
     Ok(Rebalance {
         records: topic.records.len(),
         users: topic.users,
-        sample: config.rebalance_sample,
+        sample,
         window,
         samples,
         steady,
