@@ -16,7 +16,8 @@ args=()
 for a in "$@"; do
   if [ "$a" = "--tiny" ]; then
     args+=(--records 20 --users 10 --naive-records 5 --freshness-for 5s --freshness-interval 500ms
-           --freshness-users 10 --out target/bench-tiny.md)
+           --freshness-users 10 --scale-loaders 1,2,4 --rebalance-records 30 --idle-for 3s
+           --idle-interval 500ms --idle-users 10 --out target/bench-tiny.md)
   else
     args+=("$a")
   fi

@@ -1,14 +1,16 @@
 //! The ceiling: PostgreSQL's own `COPY` of exactly the rows the loader writes for the topic
 //! (`raw_data` with its stripped JSONB payload and, waiting for its Parquet roll, the same payload
 //! as text; `processed_data`), into a fresh
-//! database with the loader's schema and indexes, in one transaction. Building the rows is not
-//! timed; sending them and committing is.
+//! database with the loader's schema and indexes, in one transaction per session. With N
+//! sessions (the ceiling of N loaders), N connections each COPY 1/N of the rows at once. Building
+//! the rows is not timed; sending them and committing is.
 
 use crate::Rate;
 use crate::db::FreshDb;
 use crate::preload::Topic;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use sqlx::Connection;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -36,11 +38,20 @@ fn ts(t: DateTime<Utc>) -> String {
 
 /// What the loader would write for `topic`'s records (login secrets stripped, as by default).
 pub fn rows(topic_name: &str, topic: &Topic) -> anyhow::Result<CopyData> {
+    rows_of(topic_name, topic, topic.records.iter())
+}
+
+/// [`rows`] for some of `topic`'s records only: one session's share.
+pub fn rows_of<'a>(
+    topic_name: &str,
+    topic: &Topic,
+    records: impl Iterator<Item = &'a crate::preload::Produced>,
+) -> anyhow::Result<CopyData> {
     let now = Utc::now();
     let mut raw = String::new();
     let mut processed = String::new();
     let mut users = 0;
-    for r in &topic.records {
+    for r in records {
         let body = &topic.payloads[r.payload].body;
         let identity = loader::transform::Identity::of(Some(&r.key), body);
         let raw_id = identity.raw_id;
@@ -119,35 +130,75 @@ async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &str) -> any
     copy.finish().await.context("finishing COPY")
 }
 
-/// Times the COPY of the loader's rows for `topic` into a fresh database.
-pub async fn measure(admin_url: &str, topic_name: &str, topic: &Topic) -> anyhow::Result<Rate> {
-    let data = rows(topic_name, topic)?;
+/// Times the COPY of the loader's rows for `topic` into a fresh database, over `sessions`
+/// connections at once (record `i` goes to session `i % sessions`), from the first COPY started
+/// to the last commit.
+pub async fn measure(
+    admin_url: &str,
+    topic_name: &str,
+    topic: &Topic,
+    sessions: usize,
+) -> anyhow::Result<Rate> {
+    let sessions = sessions.max(1);
+    let shares = (0..sessions)
+        .map(|k| {
+            rows_of(
+                topic_name,
+                topic,
+                topic.records.iter().skip(k).step_by(sessions),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let users: u64 = shares.iter().map(|d| d.users).sum();
     let db = FreshDb::create(admin_url, "bench_ceiling", true).await?;
-    let pool = db.pool().await?;
     let result = async {
-        let mut tx = pool.begin().await?;
+        let mut conns = Vec::with_capacity(sessions);
+        for _ in 0..sessions {
+            let mut conn = sqlx::PgConnection::connect(&db.url)
+                .await
+                .with_context(|| format!("connecting to {}", db.name))?;
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut conn)
+                .await
+                .context("beginning a COPY transaction")?;
+            conns.push(conn);
+        }
         let pg_before = crate::procfs::postgres_cpu();
         let started = Instant::now();
-        let raw_rows = copy(&mut tx, COPY_RAW, &data.raw).await?;
-        let processed_rows = copy(&mut tx, COPY_PROCESSED, &data.processed).await?;
-        tx.commit().await?;
+        let copies = conns
+            .iter_mut()
+            .zip(&shares)
+            .map(|(conn, data)| async move {
+                let raw = copy(conn, COPY_RAW, &data.raw).await?;
+                let processed = copy(conn, COPY_PROCESSED, &data.processed).await?;
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut *conn)
+                    .await
+                    .context("committing a COPY")?;
+                anyhow::Ok((raw, processed))
+            });
+        let counts = futures::future::try_join_all(copies).await?;
         let elapsed = started.elapsed();
         let pg = crate::procfs::postgres_cpu().saturating_sub(pg_before);
+        for conn in conns {
+            let _ = conn.close().await;
+        }
+        let raw_rows: u64 = counts.iter().map(|c| c.0).sum();
+        let processed_rows: u64 = counts.iter().map(|c| c.1).sum();
         anyhow::ensure!(
-            raw_rows == topic.records.len() as u64 && processed_rows == data.users,
+            raw_rows == topic.records.len() as u64 && processed_rows == users,
             "COPY wrote {raw_rows} raw and {processed_rows} processed rows, expected {} and {}",
             topic.records.len(),
-            data.users
+            users
         );
         Ok(Rate {
-            users: data.users,
+            users,
             bytes: topic.bytes,
             elapsed,
             pg_cores: Some(crate::procfs::cores(pg, elapsed)),
         })
     }
     .await;
-    pool.close().await;
     db.drop().await;
     result
 }

@@ -58,3 +58,15 @@ pub fn caught_up(
         .iter()
         .all(|(p, end)| committed.get(p).and_then(|c| c.offset) == Some(*end)))
 }
+
+/// Records `group` has committed past, summed over the partitions of `ends` (each topic here
+/// starts at offset 0): the group's progress, whichever member made it and whether it is still
+/// running.
+pub fn committed_records(
+    offsets: &loader::replay::GroupOffsets,
+    ends: &BTreeMap<i32, i64>,
+) -> anyhow::Result<i64> {
+    let partitions: Vec<i32> = ends.keys().copied().collect();
+    let committed = offsets.committed(&partitions)?;
+    Ok(committed.values().filter_map(|c| c.offset).sum())
+}

@@ -7,20 +7,27 @@
 //! 4. [`loader_run`]: the real `loader run` binary from offset 0 to zero lag, offsets committed,
 //!    at default settings and at the best settings found;
 //! 5. [`naive`]: one INSERT per user, an offset commit per record;
-//! 6. [`freshness`]: fetch-to-row latency with the real extractor polling the stub steadily.
+//! 6. [`freshness`]: fetch-to-row latency with the real extractor polling the stub steadily;
+//! 7. [`scale`]: 1, 2, 4… loader processes in one group against as many parallel COPY sessions;
+//! 8. [`rebalance`]: how long the group's throughput stalls when a member joins and one leaves;
+//! 9. [`extractor_idle`]: the extractor's resident set between fetches and CPU per fetch.
 //!
 //! [`report`] writes the figures to `BENCHMARKS.md`, newest run first.
 
 pub mod ceiling;
 pub mod consume;
 pub mod db;
+pub mod extractor_idle;
 pub mod freshness;
+pub mod group;
 pub mod kafka;
 pub mod loader_run;
 pub mod naive;
 pub mod preload;
 pub mod procfs;
+pub mod rebalance;
 pub mod report;
+pub mod scale;
 
 use anyhow::Context;
 use clap::Parser;
@@ -32,7 +39,7 @@ use std::time::Duration;
 #[command(
     name = "bench",
     version,
-    about = "Loader vs. PostgreSQL COPY, raw consume and a naive loader"
+    about = "Loader vs. PostgreSQL COPY, raw consume and a naive loader; scale-out, rebalance stall, extractor idle cost"
 )]
 pub struct Config {
     /// Kafka bootstrap servers.
@@ -70,6 +77,30 @@ pub struct Config {
     /// Users per fetch in the freshness run.
     #[arg(long, default_value_t = 100)]
     pub freshness_users: usize,
+    /// Loader processes per scale-out configuration, comma-separated: each runs as one consumer
+    /// group on the preloaded topic against as many parallel COPY sessions (its ceiling).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4", value_parser = positive)]
+    pub scale_loaders: Vec<usize>,
+    /// Records (of `--users` users) in the rebalance step's own topic: long enough for a steady
+    /// rate before a 2nd loader joins (at 1/3) and after the 1st leaves (at 2/3).
+    #[arg(long, default_value_t = 4000, value_parser = positive)]
+    pub rebalance_records: usize,
+    /// Time between the rebalance step's samples of the group's committed offsets.
+    #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
+    pub rebalance_sample: Duration,
+    /// The window the rebalance step judges the rate over (the loader commits in batches, so a
+    /// single sample is too coarse); stalls are known to about this.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    pub rebalance_window: Duration,
+    /// How long the idle extractor runs.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    pub idle_for: Duration,
+    /// Time between the idle extractor's fetches.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub idle_interval: Duration,
+    /// Users per fetch of the idle extractor.
+    #[arg(long, default_value_t = 500)]
+    pub idle_users: usize,
     /// Where the `loader` and `extractor` binaries are (default: beside this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -83,6 +114,13 @@ pub struct Config {
     /// at defaults with its Parquet going to a bucket there, beside the local directory.
     #[arg(long, env = "ETL_TEST_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number above 0")),
+    }
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -169,7 +207,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         produced.bytes as f64 / 1e6
     );
 
-    let ceiling = ceiling::measure(&config.database_url, &topic, &produced).await?;
+    let ceiling = ceiling::measure(&config.database_url, &topic, &produced, 1).await?;
     eprintln!(
         "[bench] COPY ceiling: {:.0} users/s",
         ceiling.users_per_sec()
@@ -213,13 +251,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fresh.p50, fresh.p99, fresh.samples
     );
 
+    let scale = scale::measure(&config, &bin_dir, &topic, &produced).await?;
     kafka::delete_topic(&config.brokers, &topic).await;
+    // The bodies are not needed any more: free them before the rebalance step builds its own.
+    let (produced_records, produced_users, produced_bytes) =
+        (produced.records.len(), produced.users, produced.bytes);
+    drop(produced);
+
+    let rebalance = rebalance::measure(&config, &bin_dir, &run_id).await?;
+    eprintln!(
+        "[bench] rebalance: steady {:?} records/s, join {:?}, leave {:?}",
+        rebalance.steady,
+        rebalance.join.as_ref().map(|c| &c.dip),
+        rebalance.leave.as_ref().map(|c| &c.dip)
+    );
+
+    let idle = extractor_idle::measure(&config, &bin_dir, &run_id).await?;
+    eprintln!(
+        "[bench] extractor idle: {} fetches, {:.1} MB between fetches, {:?} CPU per fetch",
+        idle.fetches,
+        idle.idle_rss as f64 / 1024.0 / 1024.0,
+        idle.cpu_per_fetch
+    );
+
     let results = report::Results {
         started,
         config: config.clone(),
-        produced_records: produced.records.len(),
-        produced_users: produced.users,
-        produced_bytes: produced.bytes,
+        produced_records,
+        produced_users,
+        produced_bytes,
         ceiling,
         consume,
         default_run,
@@ -227,6 +287,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bucket_run,
         naive,
         fresh,
+        scale,
+        rebalance,
+        idle,
     };
     let text = report::render(&results);
     println!("{text}");

@@ -34,14 +34,24 @@ pub fn cpu(pid: u32) -> anyhow::Result<Duration> {
 
 /// Peak resident set (VmHWM) of process `pid`, in bytes.
 pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident set now (VmRSS) of process `pid`, in bytes.
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc status")?;
+        .with_context(|| format!("no {field} in /proc status"))?;
     Ok(kb * 1024)
 }
 
@@ -87,6 +97,7 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu(me).unwrap() > before, "a busy loop uses CPU");
         assert!(peak_rss(me).unwrap() > 1 << 20);
+        assert!(rss(me).unwrap() > 1 << 20 && rss(me).unwrap() <= peak_rss(me).unwrap());
         assert!(cpu(u32::MAX).is_err());
         assert!((cores(Duration::from_secs(1), Duration::from_secs(2)) - 0.5).abs() < 1e-9);
     }

@@ -1,7 +1,10 @@
 //! `BENCHMARKS.md`: one section per run, newest first, under a fixed header.
 
+use crate::extractor_idle::ExtractorIdle;
 use crate::freshness::Freshness;
 use crate::loader_run::LoaderRun;
+use crate::rebalance::Rebalance;
+use crate::scale::ScaleRun;
 use crate::{Config, Rate};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -38,6 +41,12 @@ pub struct Results {
     pub naive: Rate,
     /// Fetch-to-row latency.
     pub fresh: Freshness,
+    /// N loaders in one group against N COPY sessions.
+    pub scale: Vec<ScaleRun>,
+    /// The stall when a member joins and one leaves.
+    pub rebalance: Rebalance,
+    /// What an idle extractor costs.
+    pub idle: ExtractorIdle,
 }
 
 fn machine() -> String {
@@ -195,6 +204,12 @@ pub fn render(r: &Results) -> String {
         ms(r.fresh.max),
         r.fresh.samples
     );
+    let _ = write!(s, "{}", r.rebalance.render());
+    let _ = write!(s, "{}", r.idle.render());
+    let scale = crate::scale::render(&r.scale);
+    if !scale.is_empty() {
+        let _ = write!(s, "\n{scale}");
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
