@@ -8,7 +8,7 @@ use crate::transform::{self, ProcessedUser, TransformError};
 use chrono::{DateTime, Utc};
 use etl_common::contract::{self, header};
 use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::Headers;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -36,8 +36,9 @@ pub struct SourceRecord {
 }
 
 impl SourceRecord {
-    /// Takes what the loader needs from a consumed message.
-    pub fn from_message(m: &OwnedMessage) -> Self {
+    /// Takes what the loader needs from a consumed message, borrowed from librdkafka's buffer:
+    /// the payload is copied once, here (detaching the message first would copy it twice).
+    pub fn from_message<M: Message>(m: &M) -> Self {
         let text_header = |name: &str| {
             m.headers().and_then(|h| {
                 h.iter()

@@ -103,7 +103,7 @@ impl Pipeline {
                 _ = sleep_until(deadline) => true,
                 msg = consumer.recv() => match msg {
                     Ok(m) => {
-                        let record = batch::SourceRecord::from_message(&m.detach());
+                        let record = batch::SourceRecord::from_message(&m);
                         // Whatever librdkafka did while fetching it happened before it.
                         self.apply_rebalances(&mut batch);
                         let admitted = match &mut self.range {
