@@ -4,7 +4,7 @@
 //! system from `/proc`) per fetch once running. Fetches are counted by the stub in this process,
 //! so the measurement adds no requests to the extractor.
 
-use crate::loader_run::{free_addr, spawn, stop, tail};
+use crate::loader_run::{extractor_env, spawn, stop, tail};
 use crate::{Config, procfs};
 use anyhow::Context;
 use randomuser_stub::{FaultPlan, Stub};
@@ -58,21 +58,13 @@ async fn run(
     dir: &Path,
     stub: &Stub,
 ) -> anyhow::Result<ExtractorIdle> {
-    let env: Vec<(String, String)> = [
-        ("KAFKA_BROKERS", config.brokers.clone()),
-        ("KAFKA_TOPIC", topic.to_string()),
-        ("RANDOMUSER_URL", stub.url()),
-        (
-            "EXTRACT_INTERVAL",
-            format!("{}ms", config.idle_interval.as_millis()),
-        ),
-        ("EXTRACT_RESULTS", config.idle_users.to_string()),
-        ("METRICS_ADDR", free_addr()?.to_string()),
-        ("LOG_DIR", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env = extractor_env(
+        &config.brokers,
+        topic,
+        stub,
+        config.idle_interval,
+        config.idle_users,
+    )?;
     let log = dir.join("extractor.log");
     let mut child = spawn(&bin_dir.join("extractor"), &[], &env, &log)?;
     let pid = child.id();

@@ -4,7 +4,7 @@
 
 use crate::Config;
 use crate::db::FreshDb;
-use crate::loader_run::{free_addr, loader_env, spawn, stop, tail};
+use crate::loader_run::{extractor_env, free_addr, loader_env, spawn, stop, tail};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use randomuser_stub::{FaultPlan, Stub};
@@ -85,21 +85,13 @@ async fn run(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let extractor_env: Vec<(String, String)> = [
-            ("KAFKA_BROKERS", config.brokers.clone()),
-            ("KAFKA_TOPIC", topic.to_string()),
-            ("RANDOMUSER_URL", stub.url()),
-            (
-                "EXTRACT_INTERVAL",
-                format!("{}ms", config.freshness_interval.as_millis()),
-            ),
-            ("EXTRACT_RESULTS", config.freshness_users.to_string()),
-            ("METRICS_ADDR", free_addr()?.to_string()),
-            ("LOG_DIR", String::new()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let extractor_env = extractor_env(
+            &config.brokers,
+            topic,
+            stub,
+            config.freshness_interval,
+            config.freshness_users,
+        )?;
         let mut extractor = spawn(
             &bin_dir.join("extractor"),
             &[],

@@ -45,6 +45,29 @@ pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     l.local_addr().context("reading the probe port")
 }
 
+/// The environment of an extractor polling `stub` every `interval` for `users` users, published
+/// to `topic` (the freshness and idle-cost steps run it the same way).
+pub fn extractor_env(
+    brokers: &str,
+    topic: &str,
+    stub: &randomuser_stub::Stub,
+    interval: Duration,
+    users: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    Ok([
+        ("KAFKA_BROKERS", brokers.to_string()),
+        ("KAFKA_TOPIC", topic.to_string()),
+        ("RANDOMUSER_URL", stub.url()),
+        ("EXTRACT_INTERVAL", format!("{}ms", interval.as_millis())),
+        ("EXTRACT_RESULTS", users.to_string()),
+        ("METRICS_ADDR", free_addr()?.to_string()),
+        ("LOG_DIR", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect())
+}
+
 /// Sends SIGTERM and waits for the process to finish its drain.
 pub fn stop(child: &mut Child) {
     let _ = Command::new("kill")

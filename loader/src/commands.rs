@@ -56,23 +56,17 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for p in &partitions {
         let (low, high) = offsets.watermarks(*p)?;
-        let c = committed
-            .get(p)
-            .cloned()
-            .unwrap_or(crate::replay::Committed {
-                offset: None,
-                committed_at: None,
-            });
-        let lag = high - c.offset.unwrap_or(low).max(low);
-        rows.push(serde_json::json!({
-            "partition": p,
-            "committed": c.offset,
-            "end": high,
-            "lag": lag,
-            "last_commit": c.committed_at,
-        }));
+        let c = committed.get(p);
+        let offset = c.and_then(|c| c.offset);
+        rows.push(PartitionStatus {
+            partition: *p,
+            committed: offset,
+            end: high,
+            lag: high - offset.unwrap_or(low).max(low),
+            last_commit: c.and_then(|c| c.committed_at.clone()),
+        });
     }
-    let total: i64 = rows.iter().filter_map(|r| r["lag"].as_i64()).sum();
+    let total: i64 = rows.iter().map(|r| r.lag).sum();
     if args.json {
         let doc = serde_json::json!({
             "group": group, "topic": topic, "members": members, "total_lag": total, "partitions": rows,
@@ -80,30 +74,39 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("group {group}, topic {topic}, {members} active member(s)");
-        let table: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r["partition"].to_string(),
-                    r["committed"]
-                        .as_i64()
-                        .map_or("none".to_string(), |v| v.to_string()),
-                    r["end"].to_string(),
-                    r["lag"].to_string(),
-                    r["last_commit"].as_str().unwrap_or("-").to_string(),
-                ]
-            })
-            .collect();
+        let table: Vec<Vec<String>> = rows.iter().map(PartitionStatus::cells).collect();
         print!(
             "{}",
-            etl_common::table::render(
-                &["partition", "committed", "end", "lag", "last commit"],
-                &table
-            )
+            etl_common::table::render(&PartitionStatus::HEADER, &table)
         );
         println!("total lag: {total}");
     }
     Ok(())
+}
+
+/// One partition as `loader status` shows it: the JSON object and the table row.
+#[derive(Debug, serde::Serialize)]
+struct PartitionStatus {
+    partition: i32,
+    /// The committed offset; `None` when the group has none there.
+    committed: Option<i64>,
+    end: i64,
+    lag: i64,
+    last_commit: Option<String>,
+}
+
+impl PartitionStatus {
+    const HEADER: [&str; 5] = ["partition", "committed", "end", "lag", "last commit"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.partition.to_string(),
+            self.committed.map_or("none".to_string(), |v| v.to_string()),
+            self.end.to_string(),
+            self.lag.to_string(),
+            self.last_commit.clone().unwrap_or_else(|| "-".to_string()),
+        ]
+    }
 }
 
 /// Resolves the range and builds a loader that reads exactly it, under its own group.

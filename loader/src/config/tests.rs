@@ -103,6 +103,14 @@ fn bad_values_name_their_variable() {
             .to_string()
             .contains("KAFKA_DLQ_TOPIC")
     );
+    // A stall timeout under a second would fail /health between two beats of an idle loop.
+    let c = run(&["--health-stall-timeout", "500ms"]).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("HEALTH_STALL_TIMEOUT"), "{err}");
+    run(&["--health-stall-timeout", "1s"])
+        .unwrap()
+        .validate()
+        .unwrap();
 }
 
 #[test]
