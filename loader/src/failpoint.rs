@@ -8,7 +8,8 @@
 //!
 //! Points: `mid-batch` (rows inserted, transaction open), `after-db-commit` (rows and ledger
 //! committed, Parquet not yet moved into place), `after-sinks` (both sinks hold the batch,
-//! offsets not yet committed).
+//! offsets not yet committed), `before-roll-close` (shutting down: the group left, the open
+//! Parquet rolls not yet closed).
 
 use rand::Rng;
 use std::sync::OnceLock;

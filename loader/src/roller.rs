@@ -89,8 +89,14 @@ impl Roller {
     /// the end of a backfill), plus what any crash left unpublished: one attempt. Errors leave
     /// the records waiting in PostgreSQL for the partitions' next owner.
     pub async fn close(&self) -> Result<RollReport, SinkError> {
+        self.close_for(&self.owned()).await
+    }
+
+    /// [`Roller::close`] for the partitions this replica owned before it left its group: another
+    /// member may own them now, and the ledger's claims keep the two from writing a file twice.
+    pub async fn close_for(&self, owned: &HashSet<(String, i32)>) -> Result<RollReport, SinkError> {
         let mut report = self.sinks.recover().await?;
-        report.add(self.roll_once(true).await?);
+        report.add(self.roll_once(true, owned).await?);
         self.telemetry.emit(ParquetCaughtUp);
         self.count(&report, "open Parquet rolls closed");
         Ok(report)
@@ -105,7 +111,7 @@ impl Roller {
             let rolled = if closing {
                 self.close().await
             } else {
-                self.roll_once(false).await
+                self.roll_once(false, &self.owned()).await
             };
             rolled.map_err(Outage)
         };
@@ -125,7 +131,7 @@ impl Roller {
     }
 
     /// The partitions this replica owns now.
-    fn owned(&self) -> HashSet<(String, i32)> {
+    pub fn owned(&self) -> HashSet<(String, i32)> {
         match self.consumer.assignment() {
             Ok(list) => list
                 .elements()
@@ -139,8 +145,11 @@ impl Roller {
         }
     }
 
-    async fn roll_once(&self, closing: bool) -> Result<RollReport, SinkError> {
-        let owned = self.owned();
+    async fn roll_once(
+        &self,
+        closing: bool,
+        owned: &HashSet<(String, i32)>,
+    ) -> Result<RollReport, SinkError> {
         let rolls = self.sinks.rolls();
         let now = chrono::Utc::now();
         let mine =

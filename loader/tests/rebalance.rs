@@ -116,3 +116,84 @@ async fn a_partition_taken_and_given_back_loses_no_record() {
     );
     db.drop_db().await;
 }
+
+/// A member that leaves (SIGTERM) hands its partitions over before it closes its Parquet rolls,
+/// which takes seconds at volume: the rest of the group goes on loading meanwhile instead of
+/// stalling until the leaver exits. Loader A runs as a process whose roll closing never ends
+/// (failpoint); B, in this process, must own every partition and load new records while A is
+/// still closing. Whatever A left open waits in PostgreSQL and B's own closing writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
+    let topic = unique("leave");
+    create_topic(&topic, 2).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let port = free_port();
+    let a_status: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .arg("run")
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", &topic)
+        .env("KAFKA_GROUP_ID", &group)
+        .env("DATA_DIR", data.path())
+        .env("METRICS_ADDR", a_status.to_string())
+        .env("LOG_DIR", "")
+        .env("LOADER_SHUTDOWN_GRACE", "120s")
+        .env("ETL_FAILPOINTS", "before-roll-close=hang")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "A owns both partitions",
+        || async { assigned(a_status).await == 2 },
+    )
+    .await;
+    let b = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "A and B own one each", || async {
+        assigned(b.status).await == 1 && assigned(a_status).await == 1
+    })
+    .await;
+    for partition in [0, 1] {
+        produce_to(&producer, &topic, partition).await;
+    }
+    eventually(Duration::from_secs(60), "both records loaded", || async {
+        db.count("SELECT count(*) FROM raw_data").await == 2
+    })
+    .await;
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &a.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "B owns both partitions",
+        || async { assigned(b.status).await == 2 },
+    )
+    .await;
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "A is still closing its rolls: the partitions were handed over first"
+    );
+    for partition in [0, 1] {
+        produce_to(&producer, &topic, partition).await;
+    }
+    b.until("B loads what arrives on both partitions", |s| s.loaded >= 3)
+        .await;
+    a.kill().await.unwrap();
+    b.shutdown().await;
+    assert_eq!(db.count("SELECT count(*) FROM raw_data").await, 4);
+    assert_eq!(
+        parquet_rows(&data.path().join("processed"), &["raw_id"]).len(),
+        80,
+        "B's closing wrote what A left open"
+    );
+    db.drop_db().await;
+}

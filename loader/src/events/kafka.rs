@@ -115,3 +115,14 @@ impl Event for DeadLetterFailed<'_> {
         t.failed(Check::Kafka, self.error.to_string());
     }
 }
+
+/// This replica left its group at shutdown: its partitions are the others' now, while it closes
+/// its Parquet rolls.
+pub struct LeftGroup;
+
+impl Event for LeftGroup {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!("left the consumer group; closing the Parquet rolls of its partitions");
+        t.failed(Check::Kafka, "shutting down: left the consumer group");
+    }
+}

@@ -22,8 +22,8 @@ pub use batch::{
     DatabaseReady, OffsetsCommitted, RecordDeadLettered, SinkWriteFailed,
 };
 pub use kafka::{
-    BrokerStatistics, ConsumerFailed, DeadLetterFailed, PartitionsAssigned, PartitionsRevoked,
-    RecordConsumed, RevokedRecordsDropped,
+    BrokerStatistics, ConsumerFailed, DeadLetterFailed, LeftGroup, PartitionsAssigned,
+    PartitionsRevoked, RecordConsumed, RevokedRecordsDropped,
 };
 pub use parquet::{ParquetCaughtUp, ParquetLeftOpen, ParquetRollFailed, ParquetWritten};
 

@@ -17,7 +17,7 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::events::{
     BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
-    OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
+    LeftGroup, OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
 };
 use crate::migrate;
 use crate::roller::Roller;
@@ -36,6 +36,8 @@ mod write;
 
 /// How often the `DATA_DIR` free-space gauges are refreshed.
 const DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long leaving the group at shutdown may wait for librdkafka to revoke the partitions.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often an idle loop turns, to give its heartbeat.
 const BEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -163,12 +165,44 @@ impl Pipeline {
                 }
             }
         }
-        // Close the open rolls, once: if the store is out they wait in PostgreSQL for the next
-        // owner of their partitions.
-        if let Err(e) = roller.close().await {
+        // Hand the partitions over before closing the rolls, which may take seconds: the group
+        // goes on loading meanwhile. Then close the rolls of what we owned, once: if the store is
+        // out they wait in PostgreSQL for the partitions' next owner.
+        let owned = roller.owned();
+        if self.range.is_none() {
+            self.leave_group().await;
+        }
+        crate::failpoint::hit("before-roll-close");
+        if let Err(e) = roller.close_for(&owned).await {
             self.telemetry.emit(ParquetLeftOpen(&e));
         }
         Ok(())
+    }
+
+    /// Leaves the consumer group: unsubscribes and polls until librdkafka has run the revocation
+    /// (it runs during a poll), so the group rebalances now rather than when this process exits.
+    /// Records fetched meanwhile are dropped uncommitted: their next owner reads them.
+    async fn leave_group(&mut self) {
+        self.consumer.unsubscribe();
+        let gone = tokio::time::sleep(LEAVE_TIMEOUT);
+        tokio::pin!(gone);
+        loop {
+            if self.consumer.assignment().is_ok_and(|a| a.count() == 0) {
+                break;
+            }
+            tokio::select! {
+                _ = &mut gone => {
+                    tracing::warn!("partitions not revoked in time; leaving the group on exit");
+                    break;
+                }
+                _ = self.consumer.recv() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        // What the revocation dropped is nobody's here any more.
+        let mut dropped = Batch::default();
+        self.apply_rebalances(&mut dropped);
+        self.telemetry.emit(LeftGroup);
     }
 
     /// True when a bounded read has nothing left to read.
