@@ -22,8 +22,11 @@ pub struct LoaderRun {
     pub rate: Rate,
     /// From process start to the last offset committed (start-up and group join included).
     pub wall: Duration,
-    /// Peak resident set (VmHWM), bytes.
+    /// Peak resident set (VmHWM), bytes, over the whole life: loading and closing the rolls.
     pub peak_rss: u64,
+    /// Peak resident set up to the last commit (loading only), bytes: tells the batch path's
+    /// memory from the closing rolls'.
+    pub loading_rss: u64,
     /// User + system CPU time of the process, up to the last offset committed.
     pub cpu: Duration,
     /// From SIGTERM to exit: the open Parquet rolls written and published.
@@ -241,6 +244,7 @@ async fn run_once(
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    let loading_rss = peak_rss;
     let mut peak_rss = peak_rss;
     let closed = loop {
         if let Some(status) = child.try_wait().context("waiting on the loader")? {
@@ -274,6 +278,7 @@ async fn run_once(
         },
         wall: done - started,
         peak_rss,
+        loading_rss,
         cpu,
         close: closed,
         parquet_files: files,

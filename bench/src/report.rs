@@ -118,14 +118,18 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| step | users/s | MB/s | time | SIGTERM → Parquet closed | loader peak RSS | loader CPU (cores) | PostgreSQL CPU (cores) |"
+        "| step | users/s | MB/s | time | SIGTERM → Parquet closed | loader peak RSS: loading / with closing | loader CPU (cores) | PostgreSQL CPU (cores) |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let row = |s: &mut String, name: &str, rate: &Rate, extra: Option<&LoaderRun>| {
         let (close, rss, cpu) = extra.map_or((String::new(), String::new(), String::new()), |l| {
             (
                 format!("{} ({} files)", secs(l.close), l.parquet_files),
-                format!("{:.0} MB", l.peak_rss as f64 / 1024.0 / 1024.0),
+                format!(
+                    "{:.0} / {:.0} MB",
+                    l.loading_rss as f64 / 1024.0 / 1024.0,
+                    l.peak_rss as f64 / 1024.0 / 1024.0
+                ),
                 format!("{:.2}", l.cores()),
             )
         });
