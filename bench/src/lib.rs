@@ -66,7 +66,7 @@ pub struct Config {
     #[arg(long, default_value_t = 100)]
     pub naive_records: usize,
     /// `NAME=VALUE` settings of the "best" loader run, comma-separated.
-    #[arg(long, default_value = "BATCH_MAX_BYTES=8388608")]
+    #[arg(long, default_value = "BATCH_MAX_BYTES=4194304")]
     pub best: String,
     /// How long the freshness run lasts.
     #[arg(long, default_value = "60s", value_parser = humantime_duration)]

@@ -226,7 +226,7 @@ pub struct RunConfig {
     pub batch_max_records: u32,
     /// ...or holds this many payload bytes, which bounds the loader's memory whatever the size
     /// of a response (a 5,000-user response is ~5.5 MB).
-    #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_max_bytes: u64,
     /// ...or when its oldest record is this old, even if nothing else arrives.
     #[arg(long = "batch-max-age", env = "BATCH_MAX_AGE", value_name = "BATCH_MAX_AGE", default_value = "5s", value_parser = parse_duration)]

@@ -54,7 +54,7 @@ fn defaults() {
     assert_eq!(c.metrics_addr.port(), 2113);
     assert_eq!(c.batch_max_age, Duration::from_secs(5));
     assert_eq!(c.batch_linger, Duration::from_millis(50));
-    assert_eq!(c.batch_max_bytes, 4 << 20);
+    assert_eq!(c.batch_max_bytes, 8 << 20);
     assert_eq!(c.parquet.roll_max_bytes, 128 << 20);
     assert_eq!(c.parquet.roll_interval, Duration::from_secs(600));
     assert_eq!(c.parquet.url(&c.data_dir).unwrap().scheme(), "file");
