@@ -149,6 +149,13 @@ async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // A is a process: its status endpoint answers only once it has started.
+    eventually(Duration::from_secs(60), "A's status endpoint", || async {
+        reqwest::get(format!("http://{a_status}/health"))
+            .await
+            .is_ok()
+    })
+    .await;
     eventually(
         Duration::from_secs(60),
         "A owns both partitions",
