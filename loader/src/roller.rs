@@ -72,7 +72,7 @@ impl Roller {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = sweep.tick() => match self.sinks.recover().await {
-                    Ok(r) => self.count(&r, "Parquet sweep wrote unpublished files"),
+                    Ok(report) => self.telemetry.emit(ParquetWritten { report: &report, what: "Parquet sweep wrote unpublished files" }),
                     Err(error) => self.telemetry.emit(ParquetRollFailed { error: &error, retry_in: None }),
                 },
                 _ = self.wake.notified() => {
@@ -98,7 +98,10 @@ impl Roller {
         let mut report = self.sinks.recover().await?;
         report.add(self.roll_once(true, owned).await?);
         self.telemetry.emit(ParquetCaughtUp);
-        self.count(&report, "open Parquet rolls closed");
+        self.telemetry.emit(ParquetWritten {
+            report: &report,
+            what: "open Parquet rolls closed",
+        });
         Ok(report)
     }
 
@@ -126,7 +129,10 @@ impl Roller {
             && !closing
         {
             self.telemetry.emit(ParquetCaughtUp);
-            self.count(&report, "Parquet files rolled");
+            self.telemetry.emit(ParquetWritten {
+                report: &report,
+                what: "Parquet files rolled",
+            });
         }
     }
 
@@ -189,11 +195,6 @@ impl Roller {
                 .unwrap_or(0),
         );
         Ok(report)
-    }
-
-    /// Counts and logs what a roll or a sweep wrote.
-    pub fn count(&self, report: &RollReport, what: &'static str) {
-        self.telemetry.emit(ParquetWritten { report, what });
     }
 }
 

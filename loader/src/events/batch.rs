@@ -1,6 +1,6 @@
 //! Events of a batch's life: start-up's database wait, the write, the DLQ, the commit.
 
-use super::{Check, Event, Rows, Sink, Telemetry};
+use super::{Check, Event, Sink, Telemetry};
 use crate::poison::Poison;
 use crate::sink::{SinkError, WriteOutcome};
 use std::time::Duration;
@@ -82,12 +82,7 @@ impl Event for SinkWriteFailed<'_> {
     fn emit(self, t: &Telemetry) {
         let sink = self.error.sink();
         tracing::warn!(sink = sink.as_str(), error = %self.error, retry_in = ?self.retry_in, "sink write failed; batch held, retrying");
-        t.metrics
-            .sink_errors
-            .with_label_values(&[sink.as_str()])
-            .inc();
-        t.failed(sink.check(), self.error.to_string());
-        t.update(|s| s.sink_errors += 1);
+        t.sink_failed(self.error, sink.check());
     }
 }
 
@@ -175,18 +170,14 @@ impl Event for BatchCommitted<'_> {
             "batch committed"
         );
         let m = &t.metrics;
-        let pg = Sink::Postgres;
         m.loaded.inc_by(o.new_records as u64);
         m.duplicates.inc_by(o.duplicate_records as u64);
-        m.rows_written
-            .with_label_values(&[pg.as_str(), Rows::Raw.label(pg)])
-            .inc_by(o.new_records as u64);
-        m.rows_written
-            .with_label_values(&[pg.as_str(), Rows::Processed.label(pg)])
-            .inc_by(o.users_written);
-        m.sink_bytes
-            .with_label_values(&[pg.as_str()])
-            .inc_by(o.bytes_written);
+        t.rows_written(
+            Sink::Postgres,
+            o.new_records as u64,
+            o.users_written,
+            o.bytes_written,
+        );
         m.batch_records.observe(self.records as f64);
         m.batch_seconds.observe(self.elapsed.as_secs_f64());
         t.update(|s| {

@@ -181,6 +181,30 @@ impl Telemetry {
     pub(crate) fn update(&self, f: impl FnOnce(&mut RunSummary)) {
         self.summary.send_modify(f);
     }
+
+    /// A failed write to `error`'s sink, counted against that sink; `late` is the check it fails
+    /// (a failed roll makes the Parquet output late whichever side failed).
+    pub(crate) fn sink_failed(&self, error: &crate::sink::SinkError, late: Check) {
+        self.metrics
+            .sink_errors
+            .with_label_values(&[error.sink().as_str()])
+            .inc();
+        self.failed(late, error.to_string());
+        self.update(|s| s.sink_errors += 1);
+    }
+
+    /// Rows and bytes `sink` wrote, under the label values the dashboards use.
+    pub(crate) fn rows_written(&self, sink: Sink, raw: u64, processed: u64, bytes: u64) {
+        let m = &self.metrics;
+        for (rows, n) in [(Rows::Raw, raw), (Rows::Processed, processed)] {
+            m.rows_written
+                .with_label_values(&[sink.as_str(), rows.label(sink)])
+                .inc_by(n);
+        }
+        m.sink_bytes
+            .with_label_values(&[sink.as_str()])
+            .inc_by(bytes);
+    }
 }
 
 /// One outcome of the loader: its log line, metrics, readiness and summary, written together.

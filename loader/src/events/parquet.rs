@@ -1,6 +1,6 @@
 //! Events of the Parquet roller: files written, rolls failed, the output caught up.
 
-use super::{Check, Event, Rows, Sink, Telemetry};
+use super::{Check, Event, Sink, Telemetry};
 use crate::sink::{RollReport, SinkError};
 use std::time::Duration;
 
@@ -15,18 +15,8 @@ pub struct ParquetWritten<'a> {
 impl Event for ParquetWritten<'_> {
     fn emit(self, t: &Telemetry) {
         let r = self.report;
-        let m = &t.metrics;
-        let pq = Sink::Parquet;
-        m.rows_written
-            .with_label_values(&[pq.as_str(), Rows::Raw.label(pq)])
-            .inc_by(r.raw_rows);
-        m.rows_written
-            .with_label_values(&[pq.as_str(), Rows::Processed.label(pq)])
-            .inc_by(r.processed_rows);
-        m.sink_bytes
-            .with_label_values(&[pq.as_str()])
-            .inc_by(r.bytes);
-        m.parquet_files.inc_by(r.written as u64);
+        t.rows_written(Sink::Parquet, r.raw_rows, r.processed_rows, r.bytes);
+        t.metrics.parquet_files.inc_by(r.written as u64);
         if r.written + r.missing + r.removed > 0 {
             tracing::info!(
                 files = r.written,
@@ -71,12 +61,7 @@ impl Event for ParquetRollFailed<'_> {
                 tracing::warn!(sink = sink.as_str(), error = %self.error, "Parquet sweep failed; will retry")
             }
         }
-        t.metrics
-            .sink_errors
-            .with_label_values(&[sink.as_str()])
-            .inc();
-        t.failed(Check::Parquet, self.error.to_string());
-        t.update(|s| s.sink_errors += 1);
+        t.sink_failed(self.error, Check::Parquet);
     }
 }
 

@@ -17,7 +17,8 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::events::{
     BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
-    LeftGroup, OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
+    LeftGroup, OffsetsCommitted, ParquetLeftOpen, ParquetWritten, RecordConsumed,
+    RevokedRecordsDropped, Telemetry,
 };
 use crate::migrate;
 use crate::roller::Roller;
@@ -64,7 +65,7 @@ impl Pipeline {
             (self.config.backoff_base, self.config.backoff_max),
             self.config.recovery_interval,
         );
-        if !self.prepare_database(&roller).await {
+        if !self.prepare_database().await {
             return Ok(());
         }
         let mut rolling = roller.spawn(self.shutdown.child_token());
@@ -182,7 +183,7 @@ impl Pipeline {
     /// Leaves the consumer group: unsubscribes and polls until librdkafka has run the revocation
     /// (it runs during a poll), so the group rebalances now rather than when this process exits.
     /// Records fetched meanwhile are dropped uncommitted: their next owner reads them.
-    async fn leave_group(&mut self) {
+    async fn leave_group(&self) {
         self.consumer.unsubscribe();
         let gone = tokio::time::sleep(LEAVE_TIMEOUT);
         tokio::pin!(gone);
@@ -199,9 +200,6 @@ impl Pipeline {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             }
         }
-        // What the revocation dropped is nobody's here any more.
-        let mut dropped = Batch::default();
-        self.apply_rebalances(&mut dropped);
         self.telemetry.emit(LeftGroup);
     }
 
@@ -212,7 +210,7 @@ impl Pipeline {
 
     /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
     /// False when shutdown came first.
-    async fn prepare_database(&mut self, roller: &Roller) -> bool {
+    async fn prepare_database(&mut self) -> bool {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let (sinks, skip_migrations, telemetry) =
             (&self.sinks, self.config.skip_migrations, &self.telemetry);
@@ -229,7 +227,10 @@ impl Pipeline {
                 migrate::apply(sinks.pool()).await?;
             }
             let report = sinks.recover().await?;
-            roller.count(&report, "Parquet files recovered");
+            telemetry.emit(ParquetWritten {
+                report: &report,
+                what: "Parquet files recovered",
+            });
             anyhow::Ok(())
         };
         let prepared = retry(&self.shutdown, backoff, attempt, |error, retry_in| {
