@@ -1,7 +1,7 @@
 use super::*;
 use crate::batch::{LoadRecord, SourceRecord, decode};
 use crate::sink::parquet::{processed_schema, raw_schema};
-use crate::sink::postgres::insert_unnest;
+use crate::sink::postgres::INSERT_RAW;
 use sqlx::{Arguments, Execute};
 
 fn records() -> Vec<LoadRecord> {
@@ -21,6 +21,28 @@ fn records() -> Vec<LoadRecord> {
     assert!(bad.is_empty());
     good
 }
+
+/// A processed row's user columns, in file order: both sinks have them.
+const USER_COLUMNS: [&str; 18] = [
+    "raw_id",
+    "user_index",
+    "user_uuid",
+    "full_name",
+    "title",
+    "first_name",
+    "last_name",
+    "email",
+    "gender",
+    "nationality",
+    "city",
+    "state",
+    "country",
+    "postcode",
+    "date_of_birth",
+    "registered_date",
+    "fetched_at",
+    "processed_at",
+];
 
 fn names(columns: impl Iterator<Item = &'static Column>) -> Vec<&'static str> {
     columns.map(|c| c.name).collect()
@@ -51,32 +73,9 @@ fn parquet_files_keep_their_column_order() {
             "payload"
         ]
     );
-    assert_eq!(
-        names(parquet_columns::<ProcessedColumns>()),
-        [
-            "raw_id",
-            "user_index",
-            "user_uuid",
-            "full_name",
-            "title",
-            "first_name",
-            "last_name",
-            "email",
-            "gender",
-            "nationality",
-            "city",
-            "state",
-            "country",
-            "postcode",
-            "date_of_birth",
-            "registered_date",
-            "fetched_at",
-            "processed_at",
-            "source_topic",
-            "source_partition",
-            "source_offset"
-        ]
-    );
+    let mut processed = USER_COLUMNS.to_vec();
+    processed.extend(["source_topic", "source_partition", "source_offset"]);
+    assert_eq!(names(parquet_columns::<ProcessedColumns>()), processed);
 }
 
 #[test]
@@ -126,37 +125,11 @@ fn postgres_gets_the_columns_it_always_had() {
     // PostgreSQL's schema does not change with the row declarations.
     let mut processed = names(pg_columns::<ProcessedColumns>());
     processed.sort_unstable();
-    let mut want = vec![
-        "raw_id",
-        "user_index",
-        "user_uuid",
-        "full_name",
-        "title",
-        "first_name",
-        "last_name",
-        "email",
-        "gender",
-        "nationality",
-        "city",
-        "state",
-        "country",
-        "postcode",
-        "date_of_birth",
-        "registered_date",
-        "fetched_at",
-        "processed_at",
-    ];
+    let mut want = USER_COLUMNS.to_vec();
     want.sort_unstable();
     assert_eq!(processed, want);
     assert_eq!(
-        insert_unnest::<RawColumns>(
-            "raw_data",
-            &[
-                ("payload_text", Some("r.payload")),
-                ("created_at", None),
-                ("parquet_pending", Some("true"))
-            ]
-        ),
+        INSERT_RAW.as_str(),
         "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, fetched_at, \
          user_count, payload, record_key, payload_sha256, payload_bytes, payload_text, created_at, \
          parquet_pending) SELECT r.raw_id, r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id, \
@@ -164,7 +137,8 @@ fn postgres_gets_the_columns_it_always_had() {
          r.payload_bytes, r.payload, $12, true FROM UNNEST($1::uuid[], $2::text[], $3::int4[], \
          $4::int8[], $5::text[], $6::timestamptz[], $7::int4[], $8::text[], $9::text[], \
          $10::bytea[], $11::int4[]) AS r(raw_id, topic, kafka_partition, kafka_offset, fetch_id, \
-         fetched_at, user_count, payload, record_key, payload_sha256, payload_bytes)"
+         fetched_at, user_count, payload, record_key, payload_sha256, payload_bytes) \
+         ON CONFLICT DO NOTHING RETURNING raw_id"
     );
 }
 

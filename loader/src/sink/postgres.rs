@@ -39,7 +39,7 @@ const RAW_STATEMENT_BYTES: usize = 4 << 20;
 
 /// `INSERT INTO raw_data` from one array per [`RawColumns`] PostgreSQL column (the payload as
 /// `jsonb` and as text), then `created_at`; the new rows' ids come back.
-static INSERT_RAW: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static INSERT_RAW: LazyLock<String> = LazyLock::new(|| {
     let extra = [
         ("payload_text", Some("r.payload")),
         ("created_at", None),
@@ -62,7 +62,7 @@ async fn insert_raw_chunk(
 
 /// `INSERT INTO {table}` of one `UNNEST` array per PostgreSQL column of shape `S`, bound in
 /// [`Shape::COLUMNS`] order, plus `extra` columns: SQL, or `None` for the next bind parameter.
-pub(crate) fn insert_unnest<S: Shape>(table: &str, extra: &[(&str, Option<&str>)]) -> String {
+fn insert_unnest<S: Shape>(table: &str, extra: &[(&str, Option<&str>)]) -> String {
     let columns: Vec<_> = pg_columns::<S>().collect();
     let mut next = columns.len();
     let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
