@@ -397,7 +397,7 @@ python_setup() {
   stamp="$(sha256sum "$S3_REQUIREMENTS" | cut -d' ' -f1)"
   [ "$(cat "$PYENV/.complete" 2>/dev/null)" = "$stamp" ] && return 0
   command -v python3 >/dev/null || die "python3 is required for the S3 server (Debian: apt-get install python3 python3-venv)"
-  log "installing moto[server] and pyarrow into $PYENV (PyPI)"
+  log "installing moto[server], pyarrow and the lake engines (deltalake, polars, duckdb, pyspark) into $PYENV (PyPI)"
   rm -rf "$PYENV"
   python3 -m venv "$PYENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$PYENV/bin/pip" install --quiet --disable-pip-version-check -r "$S3_REQUIREMENTS" \

@@ -60,7 +60,7 @@ pub enum Pg {
 pub struct Column {
     /// The Parquet field and PostgreSQL column name.
     pub name: &'static str,
-    /// Its Arrow field (type, nullability, extension type).
+    /// Its Arrow field (type and nullability).
     pub field: fn(&str) -> Field,
     /// PostgreSQL's element type of its `UNNEST` array (`text` for `text[]`).
     pub pg_type: &'static str,
@@ -107,16 +107,16 @@ pub trait Cell: Sized {
 impl Cell for Uuid {
     const NULLABLE: bool = false;
     const PG: &'static str = "uuid";
-    /// 16 bytes with the `arrow.uuid` extension type, which Parquet writes as its UUID logical
-    /// type (36 characters of text before).
+    /// Its canonical 36-character text: Delta has no UUID type, and Spark refuses Parquet's UUID
+    /// logical type (`PARQUET_TYPE_ILLEGAL`), so text is what every engine reads alike.
     fn field(name: &str) -> Field {
-        Field::new(name, DataType::FixedSizeBinary(16), false)
-            .with_extension_type(arrow_schema::extension::Uuid)
+        Field::new(name, DataType::Utf8, false)
     }
     fn array(values: impl Iterator<Item = Self>) -> Result<ArrayRef, ArrowError> {
-        let mut b = arrow::array::FixedSizeBinaryBuilder::with_capacity(values.size_hint().0, 16);
+        let mut b = arrow::array::StringBuilder::with_capacity(values.size_hint().0, 0);
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         for v in values {
-            b.append_value(v.as_bytes())?;
+            b.append_value(v.hyphenated().encode_lower(&mut buf));
         }
         Ok(Arc::new(b.finish()))
     }

@@ -324,17 +324,6 @@ pub fn parquet_rows(dir: &Path, cols: &[&str]) -> Vec<Vec<Option<String>>> {
                             .collect();
                         return std::sync::Arc::new(with_z) as arrow::array::ArrayRef;
                     }
-                    if let DataType::FixedSizeBinary(16) = a.data_type() {
-                        // UUIDs (raw_id): their canonical text, as PostgreSQL prints them.
-                        let text: arrow::array::StringArray = a
-                            .as_fixed_size_binary()
-                            .iter()
-                            .map(|v| {
-                                v.map(|v| uuid::Uuid::from_slice(v).expect("16 bytes").to_string())
-                            })
-                            .collect();
-                        return std::sync::Arc::new(text) as arrow::array::ArrayRef;
-                    }
                     arrow::compute::cast(a, &DataType::Utf8).expect("cast to text")
                 })
                 .collect();
