@@ -64,7 +64,7 @@ impl Application {
         let store = config.parquet.store(&config.data_dir)?;
         store.prepare().with_context(|| store.describe())?;
         let parquet_url = store.describe();
-        let rolls = Rolls::new(pool.clone(), store, config.parquet.policy());
+        let rolls = Rolls::new(pool.clone(), store, config.parquet.policy())?;
         let sinks = Sinks::new(pool, rolls);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
 

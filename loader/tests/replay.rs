@@ -353,8 +353,9 @@ async fn backfill_bounds_are_respected() {
     db.drop_db().await;
 }
 
-/// `--reprocess` (after a transform change): rows recomputed in place, Parquet files rewritten
-/// in place, nothing duplicated.
+/// `--reprocess` (after a transform change): rows recomputed in place, each Parquet file
+/// rewritten as a new object that replaces the old one in the table in one commit, nothing
+/// duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reprocess_updates_rows_in_place_and_rewrites_their_parquet_files() {
     let stub = stub().await;
@@ -416,11 +417,23 @@ async fn reprocess_updates_rows_in_place_and_rewrites_their_parquet_files() {
         0
     );
 
-    assert_eq!(
-        parquet_files(data.path()),
-        files_before,
-        "the same files, rewritten in place"
-    );
+    let files_after = parquet_files(data.path());
+    assert_eq!(files_after.len(), files_before.len(), "a file for a file");
+    for before in &files_before {
+        let rewritten = std::path::PathBuf::from(format!(
+            "{}-g1.parquet",
+            before.to_string_lossy().trim_end_matches(".parquet")
+        ));
+        if before.starts_with(data.path().join("processed")) {
+            assert!(
+                files_after.contains(&rewritten) && !files_after.contains(before),
+                "{} is replaced in the table by its rewrite: {files_after:?}",
+                before.display()
+            );
+        } else {
+            assert!(files_after.contains(before), "raw files are not rewritten");
+        }
+    }
     let rows = parquet_rows(
         &data.path().join("processed"),
         &["user_uuid", "full_name", "processed_at"],

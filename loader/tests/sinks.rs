@@ -40,6 +40,14 @@ fn rolls(pool: &sqlx::PgPool, dir: &std::path::Path, max_bytes: u64) -> Rolls {
             interval: Duration::from_secs(3600),
         },
     )
+    .expect("rolls")
+}
+
+/// Deletes the lake's Delta logs: the objects stay, in no table.
+fn forget_tables(dir: &std::path::Path) {
+    for dataset in ["raw", "processed"] {
+        std::fs::remove_dir_all(dir.join(dataset).join("_delta_log")).unwrap();
+    }
 }
 
 async fn sinks(db: &TestDb, dir: &std::path::Path) -> Sinks {
@@ -197,7 +205,8 @@ async fn a_claimed_roll_that_died_is_written_by_recovery() {
             max_bytes: 1 << 30,
             interval: Duration::ZERO,
         },
-    );
+    )
+    .unwrap();
     let s = Sinks::new(db.pool.clone(), broken);
     s.write(&records("t", 0..2)).await.unwrap();
     let err = s.rolls().roll("t", 0, Cut::All).await.unwrap_err();
@@ -240,10 +249,13 @@ async fn an_object_from_before_a_crash_is_kept_if_whole_and_replaced_if_not() {
     let whole = std::fs::read(&raw).unwrap();
     let modified = std::fs::metadata(&raw).unwrap().modified().unwrap();
     std::fs::write(&processed, &whole[..whole.len() / 2]).unwrap();
+    // As if the crash came before the commit: the objects are in no table.
+    forget_tables(dir.path());
     sqlx::query("UPDATE parquet_files SET state = 'pending', published_at = NULL")
         .execute(&db.pool)
         .await
         .unwrap();
+    let s = sinks(&db, dir.path()).await;
     let report = s.recover().await.unwrap();
     assert_eq!(report.written, 2);
     assert_eq!(
@@ -277,6 +289,9 @@ async fn files_staged_by_the_previous_version_are_written_from_their_rows() {
     for f in parquet_files(dir.path()) {
         std::fs::remove_file(f).unwrap();
     }
+    // The previous version had no tables.
+    forget_tables(dir.path());
+    let s = sinks(&db, dir.path()).await;
     std::fs::write(dir.path().join("_staging/processed-old.parquet"), b"old").unwrap();
     sqlx::query("UPDATE parquet_files SET state = 'staged', staged_path = '_staging/processed-old.parquet', published_at = NULL")
         .execute(&db.pool)
@@ -296,45 +311,72 @@ async fn files_staged_by_the_previous_version_are_written_from_their_rows() {
     db.drop_db().await;
 }
 
-/// A replica that hangs while writing a file (a paused process) holds that file's lock: a sweep
-/// skips the file instead of waiting, batches go on, and once the writer is gone the sweep
-/// writes it.
+/// A replica that hangs while writing a file (a paused process) holds that file's lease: a sweep
+/// skips the file instead of waiting, batches go on, and once the lease runs out the sweep
+/// writes it. No transaction is held open meanwhile (the server would end an idle one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_never_waits_behind_a_hung_writer() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let s = sinks(&db, dir.path()).await;
     s.write(&records("t", 10..11)).await.unwrap();
-    s.rolls().roll("t", 0, Cut::All).await.unwrap();
-    let path: String =
-        sqlx::query_scalar("SELECT path FROM parquet_files WHERE dataset = 'processed'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    std::fs::remove_file(dir.path().join(&path)).unwrap();
-    sqlx::query("UPDATE parquet_files SET state = 'pending' WHERE path = $1")
-        .bind(&path)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut hung = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(loader::sink::ledger::FILE_LOCK)
-        .bind(&path)
-        .execute(&mut *hung)
-        .await
-        .unwrap();
+    // Claimed by a roll whose writes failed (a store that is not a directory): both files pending.
+    let not_a_dir = dir.path().join("not-a-directory");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let broken = Rolls::new(
+        db.pool.clone(),
+        Store::Local(not_a_dir),
+        RollPolicy {
+            max_bytes: 1 << 30,
+            interval: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    broken.roll("t", 0, Cut::All).await.unwrap_err();
+    let path: String = sqlx::query_scalar(
+        "SELECT path FROM parquet_files WHERE dataset = 'processed' AND state = 'pending'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // A writer took the processed file's lease and hangs.
+    sqlx::query(
+        "UPDATE parquet_files SET lease_owner = gen_random_uuid(), lease_until = now() + interval '1 hour' WHERE path = $1",
+    )
+    .bind(&path)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0);
     let sweep = tokio::time::timeout(Duration::from_secs(10), s.recover())
         .await
-        .expect("the sweep does not wait for the lock")
+        .expect("the sweep does not wait for the lease")
         .unwrap();
-    assert_eq!((sweep.busy, sweep.written), (1, 0));
+    assert_eq!(
+        (sweep.busy, sweep.written),
+        (1, 1),
+        "the raw file is written, the leased one left"
+    );
+    assert!(!dir.path().join(&path).exists());
     let written = tokio::time::timeout(Duration::from_secs(10), s.write(&records("t", 0..1)))
         .await
         .expect("a batch is not held up by a hung writer")
         .unwrap();
     assert_eq!(written.new_records, 1);
-    hung.rollback().await.unwrap();
+    // The hung writer's lease runs out.
+    sqlx::query(
+        "UPDATE parquet_files SET lease_until = now() - interval '1 second' WHERE path = $1",
+    )
+    .bind(&path)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let after = s.recover().await.unwrap();
     assert_eq!((after.busy, after.written), (0, 1));
     assert!(dir.path().join(&path).exists());
@@ -356,7 +398,7 @@ async fn rolls_and_recovery_work_with_a_single_connection() {
         .expect("the roll finishes")
         .unwrap();
     assert_eq!(report.written, 2);
-    sqlx::query("UPDATE parquet_files SET state = 'rewrite'")
+    sqlx::query("UPDATE parquet_files SET state = 'rewrite', generation = generation + 1")
         .execute(&db.pool)
         .await
         .unwrap();

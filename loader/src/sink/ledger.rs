@@ -1,6 +1,7 @@
 //! The Parquet ledger in PostgreSQL: which records wait for a roll (`raw_data.parquet_pending`),
-//! which files are claimed, written or to be rewritten (`parquet_files`), and the advisory locks
-//! that keep two writers off one partition's claim and one file's write.
+//! which files are claimed, in their table or to be rewritten (`parquet_files`), the advisory lock
+//! that keeps two rolls off one partition's claim, and the leases that keep two writers off one
+//! file.
 
 use super::parquet::Dataset;
 use chrono::{DateTime, Utc};
@@ -10,9 +11,6 @@ use uuid::Uuid;
 /// Advisory-lock class of a partition's roll (the object id is a hash of topic and partition):
 /// one claim at a time per partition, so files never interleave offsets.
 pub const ROLL_LOCK: i32 = 0x726f_6c6c; // "roll"
-/// Advisory-lock class of one file's write (the object id is a hash of its path): a roll and a
-/// sweep do not build the same file twice at once.
-pub const FILE_LOCK: i32 = 0x6669_6c65; // "file"
 
 /// Asks for the published files `paths` to be written again from their rows (`--reprocess`).
 pub async fn mark_rewrite(tx: &mut PgConnection, paths: &[String]) -> sqlx::Result<()> {
@@ -163,7 +161,7 @@ pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
 pub struct Unpublished {
     /// Its path.
     pub path: String,
-    /// `pending`, `rewrite` or `staged`.
+    /// `pending`, `rewrite`, `adopt` or `staged`.
     pub state: String,
     /// Its rewrite generation.
     pub generation: i64,
@@ -176,7 +174,7 @@ pub async fn unpublished(
 ) -> sqlx::Result<Vec<Unpublished>> {
     let rows = sqlx::query(
         "SELECT path, state, generation FROM parquet_files
-         WHERE state <> 'published' AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
+         WHERE state NOT IN ('published', 'failed') AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
          ORDER BY created_at, path",
     )
     .bind(only.map(|(t, _)| t))
@@ -197,7 +195,7 @@ pub async fn unpublished(
 /// The partitions with files not yet published.
 pub async fn unpublished_partitions(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i32)>> {
     let rows = sqlx::query(
-        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state <> 'published' ORDER BY 1, 2",
+        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state NOT IN ('published', 'failed') ORDER BY 1, 2",
     )
     .fetch_all(conn)
     .await?;
@@ -222,20 +220,95 @@ pub async fn file_state(conn: &mut PgConnection, path: &str) -> sqlx::Result<Opt
     .transpose()
 }
 
-/// Marks the file written, unless a newer rewrite was asked for meanwhile. A published raw
-/// file holds its records' exact payloads, so their copies in `payload_text` go.
+/// Takes `owner`'s lease on `path` for `ttl` (free, run out, or ours already) and returns the
+/// file as it stands; `None` if another writer holds it, or it is published or failed.
+pub async fn lease(
+    conn: &mut PgConnection,
+    path: &str,
+    owner: Uuid,
+    ttl: std::time::Duration,
+) -> sqlx::Result<Option<Unpublished>> {
+    let row = sqlx::query(
+        "UPDATE parquet_files SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+         WHERE path = $1 AND state NOT IN ('published', 'failed')
+           AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
+         RETURNING path, state, generation",
+    )
+    .bind(path)
+    .bind(owner)
+    .bind(ttl.as_secs_f64())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(Unpublished {
+            path: r.try_get(0)?,
+            state: r.try_get(1)?,
+            generation: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Gives `owner`'s lease on `path` up (its write failed: let the next writer go at once).
+pub async fn release(conn: &mut PgConnection, path: &str, owner: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE parquet_files SET lease_owner = NULL, lease_until = NULL WHERE path = $1 AND lease_owner = $2")
+        .bind(path)
+        .bind(owner)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The generation of each of `paths` the ledger still wants written (not published, not failed).
+pub async fn generations(
+    conn: &mut PgConnection,
+    paths: &[String],
+) -> sqlx::Result<std::collections::HashMap<String, i64>> {
+    let rows = sqlx::query(
+        "SELECT path, generation FROM parquet_files WHERE path = ANY($1) AND state NOT IN ('published', 'failed')",
+    )
+    .bind(paths)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The rows the ledger expects in `path` (raw: records, processed: users).
+pub async fn row_count(conn: &mut PgConnection, path: &str) -> sqlx::Result<i64> {
+    let sql = match Dataset::of_path(path) {
+        Dataset::Raw => "SELECT count(*) FROM raw_data WHERE raw_file = $1",
+        Dataset::Processed => {
+            "SELECT count(*) FROM processed_data p JOIN raw_data r USING (raw_id) WHERE r.processed_file = $1"
+        }
+    };
+    sqlx::query_scalar(sql).bind(path).fetch_one(conn).await
+}
+
+/// Marks the file in the table — its object `object`, added by table version `version` — unless
+/// a newer rewrite was asked for meanwhile. A published raw file holds its records' exact
+/// payloads, so their copies in `payload_text` go.
 pub async fn mark_published(
     conn: &mut PgConnection,
     path: &str,
     generation: i64,
+    object: &str,
+    version: u64,
     rows: i64,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE parquet_files SET state = 'published', published_at = now(), row_count = $3 WHERE path = $1 AND generation = $2 AND state <> 'published'")
-        .bind(path)
-        .bind(generation)
-        .bind(rows)
-        .execute(&mut *conn)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE parquet_files SET state = 'published', published_at = now(), row_count = $3,
+             object = $4, table_version = $5, lease_owner = NULL, lease_until = NULL, failed_reason = NULL
+         WHERE path = $1 AND generation = $2 AND state <> 'published'",
+    )
+    .bind(path)
+    .bind(generation)
+    .bind(rows)
+    .bind(object)
+    .bind(i64::try_from(version).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await?;
     if done.rows_affected() == 1 && Dataset::of_path(path) == Dataset::Raw {
         sqlx::query("UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL")
             .bind(path)
@@ -243,4 +316,31 @@ pub async fn mark_published(
             .await?;
     }
     Ok(done.rows_affected() == 1)
+}
+
+/// Marks the file as one that cannot be built (`reason`): counted, alerted, and left for an
+/// operator (`UPDATE parquet_files SET state = 'pending' WHERE state = 'failed'` retries it).
+pub async fn mark_failed(
+    conn: &mut PgConnection,
+    path: &str,
+    generation: i64,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE parquet_files SET state = 'failed', failed_reason = $3, lease_owner = NULL, lease_until = NULL
+         WHERE path = $1 AND generation = $2 AND state NOT IN ('published', 'failed')",
+    )
+    .bind(path)
+    .bind(generation)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Files that cannot be built, for the gauge and `loader status`.
+pub async fn failed_files(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM parquet_files WHERE state = 'failed'")
+        .fetch_one(conn)
+        .await
 }

@@ -10,6 +10,7 @@ pub mod parquet;
 pub mod postgres;
 pub mod roll;
 pub mod store;
+pub mod table;
 
 use crate::batch::LoadRecord;
 use anyhow::Context;

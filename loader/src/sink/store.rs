@@ -4,6 +4,7 @@
 //! whole or not at all; the local store writes and fsyncs under `_staging/`, then links or
 //! renames the file into place and fsyncs the directory.
 
+use anyhow::Context;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -123,6 +124,24 @@ impl Store {
         }
     }
 
+    /// What the Delta kernel reads and writes the tables through: a client rooted where URLs
+    /// paths resolve (`/` for a directory, the bucket for a bucket), and the lake's root URL.
+    pub fn table_access(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, url::Url)> {
+        match self {
+            Store::Local(root) => {
+                let url = url::Url::from_directory_path(root).map_err(|()| {
+                    anyhow::anyhow!("PARQUET_URL: not an absolute path: {}", root.display())
+                })?;
+                Ok((Arc::new(object_store::local::LocalFileSystem::new()), url))
+            }
+            Store::Object { store, url, .. } => {
+                let root = url::Url::parse(&format!("{}/", url.trim_end_matches('/')))
+                    .with_context(|| format!("PARQUET_URL: {url}"))?;
+                Ok((store.clone(), root))
+            }
+        }
+    }
+
     /// The local root, when the store is a directory.
     pub fn local_root(&self) -> Option<&Path> {
         match self {
@@ -231,6 +250,95 @@ impl Store {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.error(key, e)),
             },
+        }
+    }
+
+    /// Whether any object's key starts with `prefix` (a directory: whether it has entries). For
+    /// blocking threads (it waits on the runtime for a bucket).
+    pub fn any_under_blocking(&self, prefix: &str) -> anyhow::Result<bool> {
+        match self {
+            Store::Local(root) => match std::fs::read_dir(root.join(prefix)) {
+                Ok(mut entries) => Ok(entries.next().is_some()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(self.error(prefix, e).into()),
+            },
+            Store::Object { store, .. } => {
+                use futures::StreamExt;
+                let at = self.key(prefix.trim_end_matches('/'));
+                let first = tokio::runtime::Handle::current()
+                    .block_on(async { store.list(Some(&at)).next().await });
+                match first {
+                    None => Ok(false),
+                    Some(Ok(_)) => Ok(true),
+                    Some(Err(e)) => Err(self.error(prefix, e).into()),
+                }
+            }
+        }
+    }
+
+    /// Deletes `key` (gone already is fine).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(root) => match tokio::fs::remove_file(root.join(key)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(self.error(key, e)),
+            },
+            Store::Object { store, .. } => match store.delete(&self.key(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.error(key, e)),
+            },
+        }
+    }
+
+    /// The row count in the Parquet footer of `key`, reading only the footer; `None` if there is
+    /// no object or it is not a whole Parquet file.
+    pub async fn footer_rows(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        let Some(size) = self.size(key).await? else {
+            return Ok(None);
+        };
+        if size < 8 {
+            return Ok(None);
+        }
+        let tail = self.range(key, size - 8..size).await?;
+        let Ok(tail) = <[u8; 8]>::try_from(&tail[..]) else {
+            return Ok(None);
+        };
+        let Ok(footer) = parquet::file::metadata::FooterTail::try_new(&tail) else {
+            return Ok(None);
+        };
+        let length = footer.metadata_length() as u64;
+        if length + 8 > size {
+            return Ok(None);
+        }
+        let meta = self.range(key, size - 8 - length..size - 8).await?;
+        Ok(
+            parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
+                .ok()
+                .map(|m| m.file_metadata().num_rows()),
+        )
+    }
+
+    async fn range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let path = root.join(key);
+                tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                    use std::io::{Read, Seek, SeekFrom};
+                    let mut f = std::fs::File::open(path)?;
+                    f.seek(SeekFrom::Start(range.start))?;
+                    let mut buf = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
+                    f.read_exact(&mut buf)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| self.error(key, e))?
+                .map_err(|e| self.error(key, e))
+            }
+            Store::Object { store, .. } => store
+                .get_range(&self.key(key), range)
+                .await
+                .map_err(|e| self.error(key, e)),
         }
     }
 

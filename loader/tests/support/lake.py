@@ -8,8 +8,8 @@ ENGINE is one of:
     deltalake   the `deltalake` package (delta-rs): DeltaTable(TABLE).to_pyarrow_table()
     polars      polars.read_delta(TABLE)
     spark       Spark with delta-spark: spark.read.format("delta").load(TABLE)
-    spark-parquet  Spark reading the table's Parquet files as plain Parquet (no Delta log):
-                the files must be readable on their own (types Spark accepts)
+    spark-parquet  Spark reading the table's live files (from deltalake's file list) as plain
+                Parquet, no Delta log: the files must be readable on their own
     duckdb      DuckDB reading the table's live files (from deltalake's file list) as Parquet,
                 hive-partitioned (its `delta` extension is a download this machine cannot make)
 
@@ -124,10 +124,9 @@ def spark():
 def read_spark(table, columns, plain=False):
     s = spark()
     if plain:
-        paths = []
-        for root, dirs, names in os.walk(table):
-            dirs[:] = [d for d in dirs if not d.startswith("_")]
-            paths += [os.path.join(root, n) for n in names if n.endswith(".parquet")]
+        from deltalake import DeltaTable
+
+        paths = DeltaTable(table, storage_options=storage_options()).file_uris()
         if not paths:
             return {"rows": 0, "columns": {c: [] for c in columns}, "schema": {}, "files": 0}
         df = s.read.option("basePath", table).parquet(*paths)
@@ -170,3 +169,7 @@ def main(argv):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    sys.stdout.flush()
+    # The answer is out: skip the interpreter's teardown, where deltalake's runtime can abort
+    # the process ("terminate called without an active exception") after a bucket read.
+    os._exit(0)

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bucket;
+pub mod engines;
 
 use arrow::array::{Array, AsArray};
 use loader::{RunConfig, RunSummary};
@@ -272,8 +273,16 @@ where
     }
 }
 
-/// Every `*.parquet` file under `dir`, recursively.
+/// Every Parquet file of the lake under `dir`: a Delta table's live files (read from its log
+/// with the kernel), anything else's `*.parquet` files, recursively; `_`-prefixed directories
+/// (`_delta_log`, `_staging`) are not data.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    if dir.is_file() {
+        return vec![dir.to_path_buf()];
+    }
+    if dir.join("_delta_log").is_dir() {
+        return table_files(dir);
+    }
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -281,13 +290,40 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            out.extend(parquet_files(&p));
+            if !e.file_name().to_string_lossy().starts_with('_') {
+                out.extend(parquet_files(&p));
+            }
         } else if p.extension().is_some_and(|x| x == "parquet") {
             out.push(p);
         }
     }
     out.sort();
     out
+}
+
+/// The live files of the Delta table at `dir`, at its latest version.
+pub fn table_files(dir: &Path) -> Vec<PathBuf> {
+    use delta_kernel::Snapshot;
+    use delta_kernel::scan::state::ScanFile;
+    let url = url::Url::from_directory_path(dir).expect("an absolute table path");
+    let engine = delta_kernel_default_engine::DefaultEngineBuilder::new(std::sync::Arc::new(
+        object_store::local::LocalFileSystem::new(),
+    ))
+    .build();
+    let snapshot = Snapshot::builder_for(url.as_str())
+        .build(&engine)
+        .unwrap_or_else(|e| panic!("the Delta table {url}: {e}"));
+    let scan = snapshot.scan_builder().build().expect("a scan");
+    let mut paths: Vec<String> = Vec::new();
+    for meta in scan.scan_metadata(&engine).expect("scan metadata") {
+        paths = meta
+            .expect("scan metadata")
+            .visit_scan_files(paths, |acc: &mut Vec<String>, f: ScanFile| acc.push(f.path))
+            .expect("scan files");
+    }
+    let mut files: Vec<PathBuf> = paths.iter().map(|p| dir.join(p)).collect();
+    files.sort();
+    files
 }
 
 /// The string columns `cols` of every row of every Parquet file under `dir`.

@@ -3,7 +3,8 @@ pyarrow's own S3 filesystem and Parquet reader to read what the loader wrote. No
 shares code with the loader.
 
     s3.py ENDPOINT mkbucket BUCKET
-    s3.py ENDPOINT read BUCKET PREFIX   -> JSON: every object under PREFIX with its rows
+    s3.py ENDPOINT read BUCKET PREFIX   -> JSON: every data object under PREFIX with its rows
+                                          (live in its Delta table or not; the log is skipped)
 
 Credentials are moto's: any key is accepted.
 """
@@ -50,7 +51,9 @@ def main(endpoint, command, bucket, prefix=""):
     selector = pyarrow.fs.FileSelector(f"{bucket}/{prefix}".rstrip("/"), recursive=True, allow_not_found=True)
     out = []
     for info in fs.get_file_info(selector):
-        if info.type != pyarrow.fs.FileType.File:
+        if info.type != pyarrow.fs.FileType.File or "/_delta_log/" in f"/{info.path}":
+            # Data objects only: a Delta table's log (JSON commits, checkpoints) is read by the
+            # engines (lake.py), not here.
             continue
         table = pq.read_table(info.path, filesystem=fs)
         meta = pq.read_metadata(info.path, filesystem=fs)

@@ -91,6 +91,8 @@ pub struct FileWriter {
     dataset: super::Dataset,
     writer: ArrowWriter<Vec<u8>>,
     rows: usize,
+    /// The file's statistics for its table's add action, a row group at a time.
+    stats: crate::sink::table::Stats,
 }
 
 impl FileWriter {
@@ -106,6 +108,7 @@ impl FileWriter {
             dataset,
             writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
             rows: 0,
+            stats: crate::sink::table::Stats::new(dataset),
         })
     }
 
@@ -118,10 +121,17 @@ impl FileWriter {
             super::Dataset::Processed => vec![processed_batch(records)?],
         };
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            self.writer.write(batch)?;
-            self.writer.flush()?;
-            self.rows += batch.num_rows();
+            self.push_batch(batch)?;
         }
+        Ok(())
+    }
+
+    /// Appends one row group of rows already in this dataset's schema.
+    pub fn push_batch(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        self.stats.merge(batch)?;
+        self.writer.write(batch)?;
+        self.writer.flush()?;
+        self.rows += batch.num_rows();
         Ok(())
     }
 
@@ -130,10 +140,69 @@ impl FileWriter {
         self.rows
     }
 
-    /// The finished file.
-    pub fn finish(self) -> parquet::errors::Result<bytes::Bytes> {
-        Ok(bytes::Bytes::from(self.writer.into_inner()?))
+    /// The finished file, and its statistics for the table.
+    pub fn finish(self) -> anyhow::Result<(bytes::Bytes, arrow::array::StructArray)> {
+        let stats = self.stats.finish()?;
+        Ok((bytes::Bytes::from(self.writer.into_inner()?), stats))
     }
+}
+
+/// A file written before the tables (raw_id as 16 bytes, or text) rebuilt with today's schema:
+/// each column taken by name and cast to its type, ids as their canonical text. Returns the
+/// file, its rows and its statistics; an error if a column is missing or will not cast.
+pub fn convert(
+    dataset: super::Dataset,
+    old: bytes::Bytes,
+) -> anyhow::Result<(bytes::Bytes, usize, arrow::array::StructArray)> {
+    use anyhow::Context;
+    use arrow::array::{Array, AsArray, StringArray};
+    use arrow::datatypes::DataType;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(old)?.build()?;
+    let schema = match dataset {
+        super::Dataset::Raw => raw_schema(),
+        super::Dataset::Processed => processed_schema(),
+    };
+    let mut writer = FileWriter::new(dataset)?;
+    for batch in reader {
+        let batch = batch?;
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let old = batch
+                .column_by_name(field.name())
+                .with_context(|| format!("the old file has no column {}", field.name()))?;
+            let new: arrow::array::ArrayRef = match old.data_type() {
+                DataType::FixedSizeBinary(16) => {
+                    let ids: StringArray = old
+                        .as_fixed_size_binary()
+                        .iter()
+                        .map(|v| {
+                            v.map(|b| uuid::Uuid::from_slice(b).map(|u| u.to_string()))
+                                .transpose()
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Arc::new(ids)
+                }
+                t if t == field.data_type() => old.clone(),
+                _ => arrow::compute::cast(old, field.data_type()).with_context(|| {
+                    format!("casting {} to {}", field.name(), field.data_type())
+                })?,
+            };
+            anyhow::ensure!(
+                field.is_nullable() || new.null_count() == 0,
+                "{} holds nulls",
+                field.name()
+            );
+            columns.push(new);
+        }
+        let rows = RecordBatch::try_new(schema.clone(), columns)?;
+        if rows.num_rows() > 0 {
+            writer.push_batch(&rows)?;
+        }
+    }
+    let rows = writer.rows();
+    let (bytes, stats) = writer.finish()?;
+    Ok((bytes, rows, stats))
 }
 
 /// Rows in the Parquet file `bytes`, from its footer; an error if it is not a whole file.

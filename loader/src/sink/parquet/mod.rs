@@ -9,8 +9,8 @@
 mod encode;
 
 pub use encode::{
-    FileWriter, RAW_ROW_GROUP_BYTES, chunks_by_bytes, processed_batch, processed_schema, raw_batch,
-    raw_schema, rows_in, writer_properties,
+    FileWriter, RAW_ROW_GROUP_BYTES, chunks_by_bytes, convert, processed_batch, processed_schema,
+    raw_batch, raw_schema, rows_in, writer_properties,
 };
 
 use crate::batch::LoadRecord;
@@ -74,11 +74,22 @@ pub fn path_of(dataset: Dataset, date: NaiveDate, name: &str) -> String {
     )
 }
 
+/// The object that holds the file `path` at rewrite generation `generation`: `path` itself at
+/// first, `…-g<generation>.parquet` after a rewrite. Objects are never overwritten: a rewrite is
+/// a new object, and the table's commit swaps the old for the new.
+pub fn object_of(path: &str, generation: i64) -> String {
+    if generation == 0 {
+        return path.to_string();
+    }
+    let stem = path.strip_suffix(".parquet").unwrap_or(path);
+    format!("{stem}-g{generation}.parquet")
+}
+
 /// The Parquet file of `dataset` holding `records`, whole, in memory.
 pub fn encode_file(dataset: Dataset, records: &[&LoadRecord]) -> anyhow::Result<bytes::Bytes> {
     let mut w = FileWriter::new(dataset)?;
     w.push(records)?;
-    Ok(w.finish()?)
+    Ok(w.finish()?.0)
 }
 
 #[cfg(test)]

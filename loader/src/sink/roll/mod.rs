@@ -22,7 +22,9 @@ use super::ledger::{self, Claim, Unpublished};
 use super::parquet::{self, Dataset, FileWriter};
 use super::postgres;
 use super::store::{Created, Store};
+use super::table::{AddFile, Commit, Operation, TableState, Tables};
 use crate::batch::LoadRecord;
+use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -101,12 +103,45 @@ impl RollReport {
     }
 }
 
-/// What writing one file came to.
-enum Outcome {
-    Written { bytes: u64, rows: u64 },
-    AlreadyPublished,
-    Busy,
-    Missing,
+/// How long a writer's lease on a file lasts: long enough for a large file on a slow link,
+/// short enough that a crashed writer's files are taken over soon. Correctness does not rest on
+/// it (the commit protocol fences writers, [`Rolls::publish`]); it saves duplicated work.
+const LEASE: Duration = Duration::from_secs(600);
+
+/// Attempts at a commit whose outcome was unknown or lost a race, before the roll gives up
+/// (and its files wait for the next roll or sweep).
+const COMMIT_ATTEMPTS: usize = 20;
+
+/// One file built, uploaded and ready to enter its table.
+struct Prepared {
+    /// The ledger's file.
+    path: String,
+    /// Its generation when built.
+    generation: i64,
+    /// The object holding it now (relative to `PARQUET_URL`).
+    object: String,
+    /// An object that held it before and is in no table (an adopted file's), deleted once the
+    /// new one is in.
+    stale: Option<String>,
+    /// Rows in it.
+    rows: i64,
+    /// What the commit adds.
+    add: AddFile,
+}
+
+/// What preparing one file came to.
+enum Prepare {
+    /// Built and uploaded.
+    Ready(Prepared),
+    /// Already in the table (a commit before a crash, or another writer's).
+    InTable {
+        path: String,
+        generation: i64,
+        object: String,
+        rows: i64,
+    },
+    /// Its records no longer transform, or none names it: it cannot be built.
+    Unbuildable(String),
 }
 
 /// Claims, writes and recovers Parquet files.
@@ -114,22 +149,33 @@ enum Outcome {
 pub struct Rolls {
     pool: PgPool,
     store: Store,
+    tables: Tables,
     policy: RollPolicy,
+    /// This process, as a lease owner.
+    owner: uuid::Uuid,
 }
 
 impl Rolls {
-    /// Rolls into `store` by `policy`.
-    pub fn new(pool: PgPool, store: Store, policy: RollPolicy) -> Self {
-        Self {
+    /// Rolls into `store`'s Delta tables by `policy`. Inside the Tokio runtime.
+    pub fn new(pool: PgPool, store: Store, policy: RollPolicy) -> anyhow::Result<Self> {
+        let tables = Tables::new(&store)?;
+        Ok(Self {
             pool,
             store,
+            tables,
             policy,
-        }
+            owner: uuid::Uuid::new_v4(),
+        })
     }
 
     /// Where files go.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The lake's Delta tables.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
     /// The roll policy.
@@ -165,15 +211,11 @@ impl Rolls {
 
     /// Writes every file of `topic`'s `partition` that is claimed and not yet published.
     pub async fn finish(&self, topic: &str, partition: i32) -> Result<RollReport, SinkError> {
-        let mut report = RollReport::default();
         let pending = {
             let mut conn = self.pool.acquire().await?;
             ledger::unpublished(&mut conn, Some((topic, partition))).await?
         };
-        for file in pending {
-            report.add(self.write(&file).await?);
-        }
-        Ok(report)
+        self.publish(&pending).await
     }
 
     /// Fixes the files of the waiting records and registers them; returns how many files
@@ -205,115 +247,313 @@ impl Rolls {
         Ok(claims.len() * 2)
     }
 
-    /// Writes the pending file `file` from its rows and marks it published. The file's advisory
-    /// lock keeps a roll and a sweep from building it at once; it is a transaction's, so a
-    /// writer that dies or is dropped mid-write frees it with its connection or its rollback.
-    async fn write(&self, file: &Unpublished) -> Result<RollReport, SinkError> {
-        let mut tx = self.pool.begin().await?;
-        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
-            .bind(ledger::FILE_LOCK)
-            .bind(&file.path)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !mine {
-            return Ok(RollReport {
-                busy: 1,
-                ..RollReport::default()
+    /// Builds, uploads and commits `files` into their tables: per table, the files prepared go in
+    /// one commit. One file that fails does not hold the others up: they are committed, and the
+    /// first failure is returned after (the failed file waits for the next roll or sweep).
+    ///
+    /// Exactly once, whoever else is writing: a file's object name is fixed by its records and
+    /// its generation, and before every commit attempt the table is read and then the ledger, in
+    /// that order. A file already in the table is not added again (a crash after the commit, a
+    /// commit whose outcome was lost, another replica that got there first); a file the ledger
+    /// has moved past (a newer `--reprocess`) is dropped; anything committed by someone else
+    /// after the table was read makes the put-if-absent of the next log entry fail, and the
+    /// attempt starts over. A rewrite removes whatever object of the file is live and adds the
+    /// new one in the same commit.
+    pub async fn publish(&self, files: &[Unpublished]) -> Result<RollReport, SinkError> {
+        let mut report = RollReport::default();
+        let mut failure: Option<SinkError> = None;
+        for dataset in [Dataset::Raw, Dataset::Processed] {
+            let mine: Vec<&Unpublished> = files
+                .iter()
+                .filter(|f| Dataset::of_path(&f.path) == dataset)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.publish_to(dataset, &mine, &mut report).await {
+                tracing::warn!(dataset = dataset.as_str(), error = %e, "could not publish Parquet files");
+                failure.get_or_insert(e);
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    async fn publish_to(
+        &self,
+        dataset: Dataset,
+        files: &[&Unpublished],
+        report: &mut RollReport,
+    ) -> Result<(), SinkError> {
+        let lake = |e: anyhow::Error| SinkError::Parquet(e);
+        // The table first, the ledger after (see `publish`).
+        let table = self.tables.state(dataset).await.map_err(lake)?;
+        let mut ready = Vec::new();
+        let mut failure = None;
+        for file in files {
+            let leased = {
+                let mut conn = self.pool.acquire().await?;
+                ledger::lease(&mut conn, &file.path, self.owner, LEASE).await?
+            };
+            let Some(leased) = leased else {
+                report.busy += 1;
+                continue;
+            };
+            match self.prepare(&table, &leased).await {
+                Ok(Prepare::Ready(p)) => ready.push(p),
+                Ok(Prepare::InTable {
+                    path,
+                    generation,
+                    object,
+                    rows,
+                }) => {
+                    let mut conn = self.pool.acquire().await?;
+                    ledger::mark_published(
+                        &mut conn,
+                        &path,
+                        generation,
+                        &object,
+                        table.version(),
+                        rows,
+                    )
+                    .await?;
+                }
+                Ok(Prepare::Unbuildable(reason)) => {
+                    let mut conn = self.pool.acquire().await?;
+                    ledger::mark_failed(&mut conn, &leased.path, leased.generation, &reason)
+                        .await?;
+                    report.missing += 1;
+                }
+                Err(e) => {
+                    let mut conn = self.pool.acquire().await?;
+                    ledger::release(&mut conn, &leased.path, self.owner).await?;
+                    tracing::warn!(path = %file.path, error = %e, "could not write a Parquet file; the others go on");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if !ready.is_empty() {
+            self.commit(dataset, table, ready, report).await?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits `ready` files into `dataset`'s table, starting from `table` (read before the
+    /// ledger was), re-reading both after every conflict or unknown outcome.
+    async fn commit(
+        &self,
+        dataset: Dataset,
+        mut table: TableState,
+        mut ready: Vec<Prepared>,
+        report: &mut RollReport,
+    ) -> Result<(), SinkError> {
+        let lake = |e: anyhow::Error| SinkError::Parquet(e);
+        let mut last_error = None;
+        for attempt in 0..COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                table = self.tables.state(dataset).await.map_err(lake)?;
+                // The ledger after the table: a file moved on by then is not ours to add.
+                let paths: Vec<String> = ready.iter().map(|p| p.path.clone()).collect();
+                let now = {
+                    let mut conn = self.pool.acquire().await?;
+                    ledger::generations(&mut conn, &paths).await?
+                };
+                ready.retain(|p| now.get(&p.path) == Some(&p.generation));
+            }
+            let (done, todo): (Vec<Prepared>, Vec<Prepared>) = ready
+                .into_iter()
+                .partition(|p| table.is_live(&in_table(&p.object)));
+            self.published(&done, table.version(), report).await?;
+            ready = todo;
+            if ready.is_empty() {
+                return Ok(());
+            }
+            let adds: Vec<AddFile> = ready.iter().map(|p| p.add.clone()).collect();
+            // Every other live object of a file being written: an older generation's.
+            let mut removes = Vec::new();
+            for p in &ready {
+                let stem = in_table(p.path.trim_end_matches(".parquet"));
+                let mine = in_table(&p.object);
+                removes.extend(
+                    table
+                        .live_with_prefix(&stem)
+                        .filter(|o| *o != mine && is_object_of(o, &stem))
+                        .map(str::to_string),
+                );
+            }
+            let operation = if removes.is_empty() {
+                Operation::Append
+            } else {
+                Operation::Rewrite
+            };
+            match self
+                .tables
+                .commit(dataset, &table, adds, removes, operation)
+                .await
+            {
+                Ok(Commit::Committed(version)) => {
+                    crate::failpoint::hit("after-table-commit");
+                    return self.published(&ready, version, report).await;
+                }
+                Ok(Commit::Conflicted) => {
+                    tracing::debug!(
+                        dataset = dataset.as_str(),
+                        "another writer committed first; reading the table again"
+                    );
+                }
+                Err(e) => {
+                    // The commit may have landed: the next attempt reads the table and sees.
+                    tracing::warn!(dataset = dataset.as_str(), error = %format!("{e:#}"), "a table commit failed; reading the table again");
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                }
+            }
+        }
+        Err(SinkError::Parquet(last_error.unwrap_or_else(|| {
+            anyhow::anyhow!(
+                "{COMMIT_ATTEMPTS} commit attempts to the {} table lost to other writers",
+                dataset.as_str()
+            )
+        })))
+    }
+
+    /// Marks `files` published at table `version` and deletes the stale objects they leave.
+    async fn published(
+        &self,
+        files: &[Prepared],
+        version: u64,
+        report: &mut RollReport,
+    ) -> Result<(), SinkError> {
+        for p in files {
+            let marked = {
+                let mut conn = self.pool.acquire().await?;
+                ledger::mark_published(&mut conn, &p.path, p.generation, &p.object, version, p.rows)
+                    .await?
+            };
+            if marked {
+                report.written += 1;
+                report.bytes += p.add.size;
+                match Dataset::of_path(&p.path) {
+                    Dataset::Raw => report.raw_rows += p.rows as u64,
+                    Dataset::Processed => report.processed_rows += p.rows as u64,
+                }
+            }
+            if let Some(stale) = &p.stale
+                && let Err(e) = self.store.delete(stale).await
+            {
+                tracing::warn!(object = %stale, error = %e, "could not delete an adopted file's old object; vacuum will");
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds and uploads `file`, unless the table has it already.
+    async fn prepare(&self, table: &TableState, file: &Unpublished) -> Result<Prepare, SinkError> {
+        let parquet = |e: anyhow::Error| SinkError::Parquet(e);
+        let object = parquet::object_of(&file.path, file.generation);
+        if table.is_live(&in_table(&object)) {
+            let rows = {
+                let mut conn = self.pool.acquire().await?;
+                ledger::row_count(&mut conn, &file.path).await?
+            };
+            return Ok(Prepare::InTable {
+                path: file.path.clone(),
+                generation: file.generation,
+                object,
+                rows,
             });
         }
-        let outcome = self.write_locked(&mut tx, file).await?;
-        tx.commit().await?;
-        Ok(match outcome {
-            Outcome::Written { bytes, rows } => {
-                let mut r = RollReport {
-                    written: 1,
-                    bytes,
-                    ..RollReport::default()
-                };
-                match Dataset::of_path(&file.path) {
-                    Dataset::Raw => r.raw_rows = rows,
-                    Dataset::Processed => r.processed_rows = rows,
+        let mut stale = None;
+        let built = if file.state == "adopt" {
+            match self.adopt(file).await? {
+                Some(built) => {
+                    stale = Some(file.path.clone());
+                    Some(built)
                 }
-                r
+                None => None,
             }
-            Outcome::AlreadyPublished => RollReport::default(),
-            Outcome::Busy => RollReport {
-                busy: 1,
-                ..RollReport::default()
-            },
-            Outcome::Missing => RollReport {
-                missing: 1,
-                ..RollReport::default()
-            },
-        })
-    }
-
-    async fn write_locked(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        file: &Unpublished,
-    ) -> Result<Outcome, SinkError> {
-        // Look again under the lock: another writer may have finished it meanwhile.
-        let Some(now) = ledger::file_state(conn, &file.path).await? else {
-            return Ok(Outcome::Missing);
-        };
-        if now.state == "published" {
-            return Ok(Outcome::AlreadyPublished);
-        }
-        let Some((bytes, rows)) = self.build(conn, &file.path).await? else {
-            return Ok(Outcome::Missing);
-        };
-        let size = bytes.len() as u64;
-        if now.state == "rewrite" {
-            self.store
-                .replace(&file.path, bytes)
-                .await
-                .map_err(|e| SinkError::Parquet(e.into()))?;
         } else {
-            let created = self
-                .store
-                .create(&file.path, bytes.clone())
-                .await
-                .map_err(|e| SinkError::Parquet(e.into()))?;
-            crate::failpoint::hit("after-object-write");
-            if created == Created::Existed {
-                // Written before a crash, or by a writer whose lock we outlived: keep it if it
-                // is whole and holds what the ledger says; otherwise it is not ours to keep.
-                let found = self
-                    .store
-                    .read(&file.path)
-                    .await
-                    .map_err(|e| SinkError::Parquet(e.into()))?;
-                if parquet::rows_in(found).ok() != Some(rows as i64) {
-                    tracing::warn!(path = %file.path, "an object under a pending file's name is torn or holds other rows; replacing it");
-                    self.store
-                        .replace(&file.path, bytes)
-                        .await
-                        .map_err(|e| SinkError::Parquet(e.into()))?;
+            None
+        };
+        let built = match built {
+            Some(b) => b,
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                match self.build(&mut conn, &file.path).await? {
+                    Ok(b) => b,
+                    Err(reason) => return Ok(Prepare::Unbuildable(reason)),
                 }
             }
+        };
+        let Built { bytes, rows, stats } = built;
+        let mut size = bytes.len() as u64;
+        let created = self
+            .store
+            .create(&object, bytes.clone())
+            .await
+            .map_err(|e| parquet(e.into()))?;
+        crate::failpoint::hit("after-object-write");
+        if created == Created::Existed {
+            // Written before a crash, or by another writer of this generation: the name fixes
+            // the records, so a whole object with their row count holds them (its size is what
+            // the table must say). Anything else under the name (a torn copy, other rows) is in
+            // no table (the table was read before) and is replaced.
+            let found = self
+                .store
+                .footer_rows(&object)
+                .await
+                .map_err(|e| parquet(e.into()))?;
+            if found == Some(rows as i64) {
+                if let Some(existing) = self
+                    .store
+                    .size(&object)
+                    .await
+                    .map_err(|e| parquet(e.into()))?
+                {
+                    size = existing;
+                }
+            } else {
+                tracing::warn!(%object, ?found, rows, "an object under a pending file's name is torn or holds other rows; replacing it");
+                self.store
+                    .replace(&object, bytes)
+                    .await
+                    .map_err(|e| parquet(e.into()))?;
+            }
         }
-        if !ledger::mark_published(conn, &file.path, now.generation, rows as i64).await? {
-            // A newer rewrite was asked for while this one ran: the next write does it.
-            return Ok(Outcome::Busy);
-        }
-        Ok(Outcome::Written {
-            bytes: size,
-            rows: rows as u64,
-        })
+        let date = date_of(&file.path).map_err(parquet)?;
+        Ok(Prepare::Ready(Prepared {
+            path: file.path.clone(),
+            generation: file.generation,
+            stale,
+            rows: rows as i64,
+            add: AddFile {
+                path: in_table(&object),
+                date,
+                size,
+                modified_ms: chrono::Utc::now().timestamp_millis(),
+                stats,
+            },
+            object,
+        }))
     }
 
-    /// The Parquet bytes of `path` from the rows that name it, read a few MB at a time, and
-    /// its row count; `None` if no record names it or one no longer transforms.
+    /// The Parquet bytes of `path` from the rows that name it, read a few MB at a time, with its
+    /// row count and statistics; the reason it cannot be built if no record names it or one no
+    /// longer transforms.
     async fn build(
         &self,
         conn: &mut sqlx::PgConnection,
         path: &str,
-    ) -> Result<Option<(bytes::Bytes, usize)>, SinkError> {
+    ) -> Result<Result<Built, String>, SinkError> {
         let dataset = Dataset::of_path(path);
         let mut writer = FileWriter::new(dataset).map_err(|e| SinkError::Parquet(e.into()))?;
         let mut after = (i64::MIN, uuid::Uuid::nil());
-        let mut limit: i64 = 64;
+        let mut limit: i64 = 16;
         let mut records = 0usize;
         loop {
             let page = postgres::records_in(conn, dataset, path, after, limit).await?;
@@ -330,8 +570,12 @@ impl Rolls {
             // The stored payloads are what the first load stored: no stripping, no size limit.
             let (decoded, poison) = crate::batch::decode(sources, usize::MAX, Utc::now(), false);
             if let Some(p) = poison.first() {
-                tracing::error!(path, offset = p.source.offset, error = %p.error, "cannot write a Parquet file: a stored record no longer transforms");
-                return Ok(None);
+                let reason = format!(
+                    "the record at offset {} no longer transforms: {}",
+                    p.source.offset, p.error
+                );
+                tracing::error!(path, %reason, "cannot write a Parquet file");
+                return Ok(Err(reason));
             }
             let decoded: Vec<LoadRecord> = decoded
                 .into_iter()
@@ -344,29 +588,47 @@ impl Rolls {
             if !full {
                 break;
             }
+            // Pages of about READ_BYTES, judged by what this one held per record.
             let per_record = (bytes / refs.len().max(1)).max(1);
-            limit = i64::try_from((READ_BYTES / per_record).clamp(1, 10_000)).unwrap_or(64);
+            limit = i64::try_from((READ_BYTES / per_record).clamp(1, 10_000)).unwrap_or(16);
         }
         if records == 0 {
             tracing::error!(path, "the ledger names a Parquet file that no record names");
-            return Ok(None);
+            return Ok(Err("no record names this file".into()));
         }
         let rows = writer.rows();
-        let bytes = writer.finish().map_err(|e| SinkError::Parquet(e.into()))?;
-        Ok(Some((bytes, rows)))
+        let (bytes, stats) = writer.finish().map_err(SinkError::Parquet)?;
+        Ok(Ok(Built { bytes, rows, stats }))
     }
 
-    /// Writes every file not yet published (a crashed roll's, a failed rewrite's, or those of a
-    /// loader of the previous version that staged files and died), and clears leftovers.
+    /// An adopted file rebuilt from its old object (a file published before the tables): the
+    /// same rows, with the types every engine reads; `None` if the old object cannot be read
+    /// (then it is built from PostgreSQL).
+    async fn adopt(&self, file: &Unpublished) -> Result<Option<Built>, SinkError> {
+        let old = match self.store.read(&file.path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(path = %file.path, error = %e, "an adopted file's old object cannot be read; rebuilding it from PostgreSQL");
+                return Ok(None);
+            }
+        };
+        match parquet::convert(Dataset::of_path(&file.path), old) {
+            Ok((bytes, rows, stats)) => Ok(Some(Built { bytes, rows, stats })),
+            Err(e) => {
+                tracing::warn!(path = %file.path, error = %format!("{e:#}"), "an adopted file's old object cannot be converted; rebuilding it from PostgreSQL");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes every file not yet published (a crashed roll's, a failed rewrite's, an adopted
+    /// one's), and clears leftovers.
     pub async fn recover(&self) -> Result<RollReport, SinkError> {
         let files = {
             let mut conn = self.pool.acquire().await?;
             ledger::unpublished(&mut conn, None).await?
         };
-        let mut report = RollReport::default();
-        for file in &files {
-            report.add(self.write(file).await?);
-        }
+        let mut report = self.publish(&files).await?;
         report.removed = self
             .store
             .remove_stale_temporaries(STALE_TEMPORARY)
@@ -376,18 +638,51 @@ impl Rolls {
 
     /// Writes the files `paths` asked to be rewritten (`--reprocess`).
     pub async fn rewrite(&self, paths: &[String]) -> Result<RollReport, SinkError> {
-        let mut report = RollReport::default();
-        for path in paths {
-            let file = {
-                let mut conn = self.pool.acquire().await?;
-                ledger::file_state(&mut conn, path).await?
-            };
-            if let Some(file) = file.filter(|f| f.state != "published") {
-                report.add(self.write(&file).await?);
+        let files = {
+            let mut conn = self.pool.acquire().await?;
+            let mut files = Vec::new();
+            for path in paths {
+                if let Some(f) = ledger::file_state(&mut conn, path).await?
+                    && f.state != "published"
+                {
+                    files.push(f);
+                }
             }
-        }
-        Ok(report)
+            files
+        };
+        self.publish(&files).await
     }
+}
+
+/// A file built in memory.
+struct Built {
+    bytes: bytes::Bytes,
+    rows: usize,
+    stats: arrow::array::StructArray,
+}
+
+/// `raw/date=…/name` relative to its table: `date=…/name`.
+fn in_table(path: &str) -> String {
+    path.split_once('/')
+        .map_or(path, |(_, rest)| rest)
+        .to_string()
+}
+
+/// Whether `object` (relative to the table) is one of the objects of the file whose stem (path
+/// without `.parquet`, relative to the table) is `stem`: the first generation's or a rewrite's.
+fn is_object_of(object: &str, stem: &str) -> bool {
+    object.strip_prefix(stem).is_some_and(|rest| {
+        rest == ".parquet" || (rest.starts_with("-g") && rest.ends_with(".parquet"))
+    })
+}
+
+/// The fetch date in a ledger path (`raw/date=YYYY-MM-DD/…`).
+fn date_of(path: &str) -> anyhow::Result<NaiveDate> {
+    let part = path
+        .split('/')
+        .find_map(|p| p.strip_prefix("date="))
+        .with_context(|| format!("{path}: no date= directory"))?;
+    NaiveDate::parse_from_str(part, "%Y-%m-%d").with_context(|| format!("{path}: date={part}"))
 }
 
 /// Cuts a partition's waiting records (in offset order) into files of about `max_bytes` of
