@@ -479,3 +479,222 @@ async fn migrate_check_reports_pending_then_up_to_date() {
     assert!(changed[0].contains("different contents"), "{changed:?}");
     db.drop_db().await;
 }
+
+/// `records` of `topic` at `offsets`, as if read from partition `partition`.
+fn records_in(
+    topic: &str,
+    partition: i32,
+    offsets: std::ops::Range<i64>,
+) -> Vec<loader::batch::LoadRecord> {
+    let payload = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    let recs = offsets
+        .map(|o| SourceRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: o,
+            key: Some(format!("fetch-{partition}-{o}")),
+            fetch_id: Some(format!("{topic}-{partition}-{o}")),
+            payload: Some(payload.to_vec()),
+            fetched_at: Utc::now(),
+        })
+        .collect();
+    let (good, bad) = decode(recs, 1 << 24, Utc::now(), false);
+    assert!(bad.is_empty());
+    good
+}
+
+/// A roll a commit: past the checkpoint interval, the table has a checkpoint (and
+/// `_last_checkpoint`), and readers (the kernel, the `deltalake` package) read it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_keeps_the_log_short() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    for offset in 0..12 {
+        s.write(&records("t", offset..offset + 1)).await.unwrap();
+        s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    }
+    for dataset in ["raw", "processed"] {
+        let log = dir.path().join(dataset).join("_delta_log");
+        assert!(
+            log.join("00000000000000000010.checkpoint.parquet")
+                .is_file(),
+            "{dataset}: {:?}",
+            std::fs::read_dir(&log)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        let last: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+        assert_eq!(last["version"], 10, "{dataset}");
+        assert_eq!(
+            parquet_files(&dir.path().join(dataset)).len(),
+            12,
+            "{dataset}"
+        );
+    }
+    let read = support::engines::read(
+        "deltalake",
+        &dir.path().join("raw").to_string_lossy(),
+        &["raw_id"],
+    );
+    assert_eq!((read.rows, read.files), (12, Some(12)));
+    db.drop_db().await;
+}
+
+/// Two replicas, each with its own view of the tables, roll at the same moment, again and again:
+/// the table is created once, the commits that lose a race are retried, and every file is in the
+/// table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_committing_at_once_add_each_file_once() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = sinks(&db, dir.path()).await;
+    let b = sinks(&db, dir.path()).await;
+    for round in 0..6 {
+        a.write(&records_in("t", 0, round..round + 1))
+            .await
+            .unwrap();
+        b.write(&records_in("t", 1, round..round + 1))
+            .await
+            .unwrap();
+        let (ra, rb) = tokio::join!(
+            a.rolls().roll("t", 0, Cut::All),
+            b.rolls().roll("t", 1, Cut::All)
+        );
+        assert_eq!(
+            (ra.unwrap().written, rb.unwrap().written),
+            (2, 2),
+            "round {round}"
+        );
+    }
+    for dataset in ["raw", "processed"] {
+        let table = dir.path().join(dataset);
+        let first =
+            std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+        assert_eq!(first.matches("\"metaData\"").count(), 1, "created once");
+        let files = parquet_files(&table);
+        assert_eq!(files.len(), 12, "{dataset}: {files:?}");
+    }
+    let read = support::engines::read(
+        "deltalake",
+        &dir.path().join("processed").to_string_lossy(),
+        &["raw_id", "user_index"],
+    );
+    let keys: std::collections::HashSet<(String, String)> = read
+        .values("raw_id")
+        .into_iter()
+        .zip(read.values("user_index"))
+        .collect();
+    assert_eq!((read.rows, keys.len()), (12 * 111, 12 * 111));
+    db.drop_db().await;
+}
+
+/// Files published before the tables existed (raw_id as a 16-byte Parquet UUID, in no table):
+/// migration 5 marks them for adoption and recovery rebuilds each into its table, raw_id as
+/// text, the same rows, the old object gone.
+#[tokio::test]
+async fn files_published_before_the_tables_are_adopted() {
+    use arrow::array::{Array, AsArray, FixedSizeBinaryArray, RecordBatch};
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..3)).await.unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let before = parquet_rows(&dir.path().join("processed"), &["raw_id", "user_uuid"]);
+    let old_files = parquet_files(dir.path());
+    assert_eq!(old_files.len(), 2);
+    // What the previous version left: no tables, raw_id as 16 bytes.
+    forget_tables(dir.path());
+    for file in &old_files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        let mut fields: Vec<_> = batches[0].schema().fields().iter().cloned().collect();
+        fields[0] = std::sync::Arc::new(arrow::datatypes::Field::new(
+            "raw_id",
+            arrow::datatypes::DataType::FixedSizeBinary(16),
+            false,
+        ));
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(file).unwrap(),
+            schema.clone(),
+            None,
+        )
+        .unwrap();
+        for b in batches {
+            let ids = b.column(0).as_string::<i32>();
+            let bytes = FixedSizeBinaryArray::try_from_iter(
+                ids.iter()
+                    .map(|v| uuid::Uuid::parse_str(v.unwrap()).unwrap().into_bytes()),
+            )
+            .unwrap();
+            assert_eq!(bytes.len(), b.num_rows());
+            let mut columns = b.columns().to_vec();
+            columns[0] = std::sync::Arc::new(bytes);
+            w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+                .unwrap();
+        }
+        w.close().unwrap();
+    }
+    // Migration 5's own statements for the files it finds.
+    let migration = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../migrations/20261206000005_delta_tables.sql"
+    ))
+    .unwrap();
+    let updates: Vec<String> = migration
+        .split(';')
+        .map(str::trim)
+        .filter(|st| st.starts_with("UPDATE parquet_files"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(updates.len(), 2);
+    sqlx::query("UPDATE parquet_files SET object = NULL, table_version = NULL, generation = 0")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for st in updates {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(st))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'adopt'")
+            .await,
+        2
+    );
+
+    let s = sinks(&db, dir.path()).await;
+    let report = s.recover().await.unwrap();
+    assert_eq!(report.written, 2);
+    let adopted = parquet_files(dir.path());
+    assert!(
+        adopted
+            .iter()
+            .all(|p| p.to_string_lossy().ends_with("-g1.parquet")),
+        "{adopted:?}"
+    );
+    for old in &old_files {
+        assert!(!old.exists(), "the old object is gone: {}", old.display());
+    }
+    let mut after = parquet_rows(&dir.path().join("processed"), &["raw_id", "user_uuid"]);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "the same rows, raw_id as text");
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
+            .await,
+        0
+    );
+    db.drop_db().await;
+}

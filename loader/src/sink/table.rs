@@ -53,6 +53,8 @@ pub struct Tables {
     root: Url,
     /// The latest snapshot read of each table, updated incrementally.
     latest: Arc<[Mutex<Option<SnapshotRef>>; 2]>,
+    /// Whether this runtime can write checkpoints (see [`Tables::new`]).
+    checkpoints: bool,
 }
 
 impl std::fmt::Debug for Tables {
@@ -124,14 +126,17 @@ fn kernel(e: KernelError) -> anyhow::Error {
 
 impl Tables {
     /// The tables under `store`'s root. Must be called inside the Tokio runtime (the kernel's
-    /// engine runs its I/O there).
+    /// engine runs its I/O there); checkpoints are written on a multi-threaded one only (the
+    /// loader's; a single-threaded test runtime gets none).
     pub fn new(store: &Store) -> anyhow::Result<Self> {
         let (object_store, root) = store.table_access()?;
         let handle = tokio::runtime::Handle::try_current()
             .context("the Delta tables need a Tokio runtime")?;
         // The kernel blocks on its I/O: on the loader's multi-threaded runtime it runs there (its
         // calls are made from blocking threads); a single-threaded runtime (a test's) cannot be
-        // blocked on, so the kernel gets a runtime of its own.
+        // blocked on, so the kernel gets a thread of its own — where writing a checkpoint
+        // deadlocks (it blocks on that thread from that thread), so there are none there.
+        let checkpoints = handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
         let engine: Arc<Engine> = match handle.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => Arc::new(
                 DefaultEngineBuilder::new(object_store)
@@ -145,6 +150,7 @@ impl Tables {
             store: store.clone(),
             root,
             latest: Arc::new([Mutex::new(None), Mutex::new(None)]),
+            checkpoints,
         })
     }
 
@@ -317,7 +323,9 @@ impl Tables {
         };
         let version = committed.commit_version();
         if let Some(after) = committed.post_commit_snapshot() {
-            if committed.post_commit_stats().commits_since_checkpoint >= CHECKPOINT_INTERVAL {
+            if self.checkpoints
+                && committed.post_commit_stats().commits_since_checkpoint >= CHECKPOINT_INTERVAL
+            {
                 // Best effort: a failed checkpoint costs readers time, never data.
                 match after.checkpoint(engine, None) {
                     Ok(_) => tracing::info!(table = %url, version, "wrote a Delta checkpoint"),
