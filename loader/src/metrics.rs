@@ -44,10 +44,13 @@ pub struct Metrics {
     pub sink_bytes: IntCounterVec,
     /// Parquet files written (created or rewritten) and marked published.
     pub parquet_files: IntCounter,
-    /// Payload bytes in PostgreSQL waiting for a Parquet roll, on this replica's partitions.
+    /// Payload bytes in PostgreSQL waiting for a Parquet roll, on every partition (owned by a
+    /// replica or not: what waits is what nobody has written yet).
     pub parquet_waiting_bytes: IntGauge,
-    /// How long the oldest record waiting for a roll has waited (on this replica's partitions).
+    /// How long the oldest record waiting for a roll has waited, on every partition.
     pub parquet_waiting_age: IntGauge,
+    /// Files that cannot be built (their records no longer transform): left for an operator.
+    pub parquet_files_failed: IntGauge,
 }
 
 impl Metrics {
@@ -152,14 +155,19 @@ impl Metrics {
         )?;
         let parquet_waiting_bytes = IntGauge::new(
             "etl_loader_parquet_waiting_bytes",
-            "Payload bytes loaded into PostgreSQL and waiting for a Parquet roll (not Kafka backlog)",
+            "Payload bytes loaded into PostgreSQL and waiting for a Parquet roll, on every partition (not Kafka backlog)",
         )?;
         let parquet_waiting_age = IntGauge::new(
             "etl_loader_parquet_waiting_age_seconds",
-            "Age of the oldest record waiting for a Parquet roll",
+            "Age of the oldest record waiting for a Parquet roll, on every partition",
+        )?;
+        let parquet_files_failed = IntGauge::new(
+            "etl_loader_parquet_files_failed",
+            "Parquet files that cannot be built (their records no longer transform), left for an operator",
         )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(parquet_files_failed.clone()),
             Box::new(topic_partitions.clone()),
             Box::new(sink_bytes.clone()),
             Box::new(parquet_files.clone()),
@@ -202,6 +210,7 @@ impl Metrics {
             parquet_files,
             parquet_waiting_bytes,
             parquet_waiting_age,
+            parquet_files_failed,
         })
     }
 }

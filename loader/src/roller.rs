@@ -66,7 +66,8 @@ impl Roller {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(self.sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.tick().await; // immediate; start-up recovery just ran
+        // The first tick is immediate: start-up recovery is the first sweep, here rather than
+        // before consuming, so a store that is down at start never holds PostgreSQL up.
         loop {
             tokio::select! {
                 biased;
@@ -151,6 +152,13 @@ impl Roller {
         }
     }
 
+    /// Rolls what is due: this replica's partitions by the policy (everything when `closing`),
+    /// and any partition whose records have waited past the interval and a grace as long again
+    /// (at least [`ORPHAN_GRACE`]) whoever owns it — a partition nobody owns any more (the whole
+    /// group stopped, the topic shrunk or renamed, a backfill stopped while the store was down)
+    /// is rolled all the same; an owner that is merely slow loses nothing to it (claims are
+    /// exclusive). A partition that fails does not stop the others: the first error is returned
+    /// after them.
     async fn roll_once(
         &self,
         closing: bool,
@@ -158,32 +166,49 @@ impl Roller {
     ) -> Result<RollReport, SinkError> {
         let rolls = self.sinks.rolls();
         let now = chrono::Utc::now();
-        let mine =
-            |w: &crate::sink::ledger::Waiting| owned.contains(&(w.topic.clone(), w.partition));
-        let waiting: Vec<_> = rolls.waiting().await?.into_iter().filter(mine).collect();
+        let policy = rolls.policy();
+        let orphaned_after = policy.interval + policy.interval.max(ORPHAN_GRACE);
+        let waiting = rolls.waiting().await?;
         let mut report = RollReport::default();
+        let mut failure = None;
         for w in &waiting {
-            let cut = if closing {
+            let mine = owned.contains(&(w.topic.clone(), w.partition));
+            let cut = if mine && closing {
+                Some(Cut::All)
+            } else if mine {
+                policy.due(w, now)
+            } else if (now - w.oldest).to_std().unwrap_or_default() >= orphaned_after {
                 Some(Cut::All)
             } else {
-                rolls.policy().due(w, now)
+                None
             };
             if let Some(cut) = cut {
-                report.add(rolls.roll(&w.topic, w.partition, cut).await?);
+                match rolls.roll(&w.topic, w.partition, cut).await {
+                    Ok(r) => report.add(r),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
             }
         }
         // Files a failed attempt claimed and could not write: until they are written the roll
         // has not succeeded, whether or not new records wait.
         for (topic, partition) in rolls.unfinished().await? {
             if owned.contains(&(topic.clone(), partition)) {
-                report.add(rolls.finish(&topic, partition).await?);
+                match rolls.finish(&topic, partition).await {
+                    Ok(r) => report.add(r),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
             }
         }
-        let left: Vec<_> = if report.claimed > 0 {
-            rolls.waiting().await?.into_iter().filter(mine).collect()
+        let left = if report.claimed > 0 {
+            rolls.waiting().await?
         } else {
             waiting
         };
+        // What waits, whoever owns it.
         let metrics = self.telemetry.metrics();
         metrics
             .parquet_waiting_bytes
@@ -194,9 +219,19 @@ impl Roller {
                 .max()
                 .unwrap_or(0),
         );
-        Ok(report)
+        metrics
+            .parquet_files_failed
+            .set(rolls.failed_files().await?);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 }
+
+/// The least a partition's records wait past the roll interval before a replica that does not
+/// own the partition rolls them.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 /// The running roller; aborted if dropped (the shutdown grace ran out mid-run).
 pub struct RollerTask(tokio::task::JoinHandle<()>);

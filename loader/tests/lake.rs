@@ -205,3 +205,74 @@ async fn every_engine_reads_the_tables_exactly_once_after_a_rewrite() {
     assert_eq!(spark[3].rows, 6);
     db.drop_db().await;
 }
+
+/// Records waiting on a partition no replica owns — a topic the group no longer reads (a changed
+/// `KAFKA_TOPIC`; the same as a whole group stopped at once, or a topic recreated with fewer
+/// partitions) — are rolled by a replica that does not own them, once they have waited past the
+/// roll interval and a grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_nobody_owns_are_rolled_all_the_same() {
+    use loader::batch::{SourceRecord, decode};
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    loader::migrate::apply(&db.pool).await.unwrap();
+    // Loaded from the topic the group used to read, never rolled.
+    let old = unique("old");
+    let payload = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
+    let sources = (0..3)
+        .map(|o| SourceRecord {
+            topic: old.clone(),
+            partition: 2,
+            offset: o,
+            key: Some(format!("{old}-{o}")),
+            fetch_id: Some(format!("{old}-{o}")),
+            payload: Some(payload.to_vec()),
+            fetched_at: chrono::Utc::now(),
+        })
+        .collect();
+    let (records, poison) = decode(sources, 1 << 24, chrono::Utc::now(), false);
+    assert!(poison.is_empty());
+    let store = loader::sink::store::Store::Local(data.path().to_path_buf());
+    store.prepare().unwrap();
+    let policy = loader::sink::RollPolicy {
+        max_bytes: 1 << 30,
+        interval: Duration::from_secs(3600),
+    };
+    let sinks = loader::sink::Sinks::new(
+        db.pool.clone(),
+        loader::sink::Rolls::new(db.pool.clone(), store, policy).unwrap(),
+    );
+    sinks.write(&records).await.unwrap();
+    // They have waited an hour.
+    sqlx::query("UPDATE raw_data SET created_at = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // The group now reads another topic.
+    let topic = unique("new");
+    create_topic(&topic, 1).await;
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.parquet.roll_interval = Duration::from_secs(2);
+    let loader = RunningLoader::start(config).await;
+    eventually(Duration::from_secs(30), "the orphans rolled", || async {
+        db.count("SELECT count(*) FROM raw_data WHERE parquet_pending")
+            .await
+            == 0
+            && db
+                .count("SELECT count(*) FROM parquet_files WHERE state = 'published'")
+                .await
+                == 2
+    })
+    .await;
+    assert_eq!(loader.metric("etl_loader_parquet_waiting_bytes").await, 0.0);
+    loader.shutdown().await;
+    let read = engines::read(
+        "deltalake",
+        &data.path().join("processed").to_string_lossy(),
+        &["source_topic"],
+    );
+    assert_eq!(read.rows, 60);
+    assert!(read.values("source_topic").iter().all(|t| *t == old));
+    db.drop_db().await;
+}

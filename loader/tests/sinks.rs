@@ -698,3 +698,91 @@ async fn files_published_before_the_tables_are_adopted() {
     );
     db.drop_db().await;
 }
+
+/// One file that cannot be written (its date directory is blocked by a file of that name: a
+/// store that refuses that one key) does not hold the others up: they are written and committed,
+/// the roll reports the failure, and the blocked file waits (an outage, not poison) until the
+/// store takes it.
+#[tokio::test]
+async fn one_failing_file_does_not_block_the_others() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    let mut old = records_in("t", 0, 0..1);
+    let day = chrono::DateTime::parse_from_rfc3339("2020-01-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    old[0].source.fetched_at = day;
+    s.write(&old).await.unwrap();
+    s.write(&records_in("t", 0, 1..2)).await.unwrap();
+    for dataset in ["raw", "processed"] {
+        std::fs::create_dir_all(dir.path().join(dataset)).unwrap();
+        std::fs::write(
+            dir.path().join(dataset).join("date=2020-01-01"),
+            b"in the way",
+        )
+        .unwrap();
+    }
+    let err = s.rolls().roll("t", 0, Cut::All).await.unwrap_err();
+    assert_eq!(err.sink(), loader::events::Sink::Parquet, "{err}");
+    for dataset in ["raw", "processed"] {
+        let files = parquet_files(&dir.path().join(dataset));
+        assert_eq!(
+            files.len(),
+            1,
+            "{dataset}: the good file is in the table: {files:?}"
+        );
+        assert!(!files[0].to_string_lossy().contains("2020-01-01"));
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE state = 'pending'")
+            .await,
+        2,
+        "the blocked pair waits"
+    );
+    for dataset in ["raw", "processed"] {
+        std::fs::remove_file(dir.path().join(dataset).join("date=2020-01-01")).unwrap();
+    }
+    let report = s.recover().await.unwrap();
+    assert_eq!(report.written, 2);
+    assert_eq!(parquet_files(&dir.path().join("processed")).len(), 2);
+    db.drop_db().await;
+}
+
+/// A file whose records no longer transform (here: a stored payload the transform refuses) is
+/// marked `failed` with its reason, counted, and not retried forever; the other files are
+/// written.
+#[tokio::test]
+async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records_in("t", 0, 0..1)).await.unwrap();
+    s.write(&records_in("t", 1, 0..1)).await.unwrap();
+    sqlx::query("UPDATE raw_data SET payload_text = '{\"results\": []}' WHERE kafka_partition = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let report = s.rolls().roll("t", 1, Cut::All).await.unwrap();
+    assert_eq!(report.missing, 2, "{report:?}");
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT path, failed_reason FROM parquet_files WHERE state = 'failed' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed
+            .iter()
+            .all(|(p, why)| p.contains("-p1-") && why.contains("no longer transforms")),
+        "{failed:?}"
+    );
+    assert_eq!(s.rolls().failed_files().await.unwrap(), 2);
+    assert_eq!(parquet_files(&dir.path().join("processed")).len(), 1);
+    // Not retried by the sweep: nothing pending.
+    let again = s.recover().await.unwrap();
+    assert_eq!((again.written, again.missing), (0, 0));
+    db.drop_db().await;
+}

@@ -17,8 +17,7 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::events::{
     BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
-    LeftGroup, OffsetsCommitted, ParquetLeftOpen, ParquetWritten, RecordConsumed,
-    RevokedRecordsDropped, Telemetry,
+    LeftGroup, OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
 };
 use crate::migrate;
 use crate::roller::Roller;
@@ -208,7 +207,7 @@ impl Pipeline {
         self.range.as_ref().is_some_and(Range::is_done)
     }
 
-    /// Waits for PostgreSQL, applies migrations (unless skipped), runs Parquet recovery.
+    /// Waits for PostgreSQL and applies migrations (unless skipped).
     /// False when shutdown came first.
     async fn prepare_database(&mut self) -> bool {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
@@ -226,11 +225,8 @@ impl Pipeline {
             } else {
                 migrate::apply(sinks.pool()).await?;
             }
-            let report = sinks.recover().await?;
-            telemetry.emit(ParquetWritten {
-                report: &report,
-                what: "Parquet files recovered",
-            });
+            // Parquet recovery is the roller's first sweep: a store that is down at start must
+            // not hold PostgreSQL up.
             anyhow::Ok(())
         };
         let prepared = retry(&self.shutdown, backoff, attempt, |error, retry_in| {

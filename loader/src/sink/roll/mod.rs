@@ -1,4 +1,4 @@
-//! Parquet files of a useful size, rolled from PostgreSQL.
+//! Parquet files of a useful size, rolled from PostgreSQL into the lake's Delta tables.
 //!
 //! A batch writes only PostgreSQL; its records wait in `raw_data` (`parquet_pending`) until a
 //! partition's waiting records reach `PARQUET_ROLL_MAX_BYTES` or the oldest has waited
@@ -6,16 +6,19 @@
 //!
 //! 1. **claims** them, in one transaction: each file's name is fixed (from its partition,
 //!    offsets and records) and registered `pending`, and its records name it;
-//! 2. **writes** each pending file from the rows that name it, as one object that appears
-//!    whole (a single PUT, or a link/rename of a fsynced file), with a conditional create;
-//! 3. marks it `published`.
+//! 2. **writes** each pending file from the rows that name it, under a lease, as one immutable
+//!    object that appears whole (a single conditional PUT, or a link of a fsynced file);
+//! 3. **commits** the roll's files into their table, one commit per table ([`Rolls::publish`]
+//!    says how that stays exactly once whoever else is writing);
+//! 4. marks them `published`.
 //!
 //! A crash before 1 commits leaves the records waiting; after it, the files are pending and
 //! any replica writes them again from the same rows under the same names (an object already
-//! there from before the crash is checked whole and kept). So nothing is lost, nothing is
-//! written twice, and a half-written object is never visible. Offsets are committed once the
-//! records are in PostgreSQL: the rows are the roll's durable buffer, so a crash re-reads
-//! nothing from Kafka, and consumer lag never counts an open roll as backlog.
+//! there from before the crash is checked by its footer and kept; a file already in its table
+//! is not added again). So nothing is lost, nothing is in a table twice, and a half-written
+//! object is never visible. Offsets are committed once the records are in PostgreSQL: the rows
+//! are the roll's durable buffer, so a crash re-reads nothing from Kafka, and consumer lag never
+//! counts an open roll as backlog.
 
 use super::SinkError;
 use super::ledger::{self, Claim, Unpublished};
@@ -187,6 +190,12 @@ impl Rolls {
     pub async fn waiting(&self) -> Result<Vec<ledger::Waiting>, SinkError> {
         let mut conn = self.pool.acquire().await?;
         Ok(ledger::waiting(&mut conn).await?)
+    }
+
+    /// Files marked as ones that cannot be built (their records no longer transform).
+    pub async fn failed_files(&self) -> Result<i64, SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(ledger::failed_files(&mut conn).await?)
     }
 
     /// The partitions with claimed files not yet written (a failed or crashed roll's).
