@@ -1,4 +1,5 @@
-//! `loader replay`, `loader status` and `loader backfill`: the operator's offset tools.
+//! `loader replay`, `loader status` and `loader backfill`: the operator's offset tools; and
+//! `loader vacuum`, the tables' upkeep.
 
 use crate::app::Application;
 use crate::config::{BackfillArgs, ReplayArgs, StatusArgs};
@@ -140,4 +141,42 @@ pub async fn backfill_app(args: BackfillArgs) -> anyhow::Result<Application> {
     let total: i64 = starts.iter().map(|(p, s)| (ends[p] - s).max(0)).sum();
     tracing::info!(group = %config.group_id, topic = %config.topic, ?starts, ?ends, records = total, "backfill range resolved");
     Application::build_range(config, starts, ends).await
+}
+
+/// Deletes the data files no live table version holds once past the retention (`--dry-run`:
+/// lists them), and prints what it did.
+pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    args.retention.validate()?;
+    let store = args.parquet.store(&args.data_dir)?;
+    let tables = crate::sink::table::Tables::new(&store)?;
+    let report =
+        crate::sink::vacuum::vacuum(&store, &tables, args.retention.retention, args.dry_run)
+            .await
+            .with_context(|| format!("vacuuming {}", store.describe()))?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for key in &report.deleted {
+        println!("{verb} {key}");
+    }
+    println!(
+        "{}: {verb} {} files ({} bytes); {} in the tables; {} younger than the retention kept",
+        store.describe(),
+        report.deleted.len(),
+        report.bytes,
+        report.live,
+        report.kept_recent
+    );
+    tracing::info!(
+        deleted = report.deleted.len(),
+        bytes = report.bytes,
+        live = report.live,
+        kept_recent = report.kept_recent,
+        dry_run = args.dry_run,
+        "vacuum finished"
+    );
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod parquet;
-pub use parquet::ParquetArgs;
+pub use parquet::{ParquetArgs, VacuumRetention, VacuumSchedule};
 
 /// Loads raw randomuser responses from Kafka into PostgreSQL and Parquet.
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +32,33 @@ pub enum Command {
     Status(StatusArgs),
     /// Load exactly a range of the topic, with its own consumer group, then exit.
     Backfill(Box<BackfillArgs>),
+    /// Delete the lake's data files that no live table version holds, once past the retention.
+    Vacuum(VacuumArgs),
+}
+
+/// `loader vacuum`.
+#[derive(Debug, Clone, Args)]
+pub struct VacuumArgs {
+    /// Root of the tables when `PARQUET_URL` is not set.
+    #[arg(
+        long = "data-dir",
+        env = "DATA_DIR",
+        value_name = "DATA_DIR",
+        default_value = "data"
+    )]
+    pub data_dir: PathBuf,
+    /// Where the tables are.
+    #[command(flatten)]
+    pub parquet: ParquetArgs,
+    /// What is kept.
+    #[command(flatten)]
+    pub retention: VacuumRetention,
+    /// List what would be deleted; delete nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Where and how to log.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// The loaders' consumer group: `--group` / `KAFKA_GROUP_ID`, the same flag for `run`, `replay`
@@ -247,6 +274,9 @@ pub struct RunConfig {
     /// Where and how Parquet files are written.
     #[command(flatten)]
     pub parquet: ParquetArgs,
+    /// The tables' vacuum.
+    #[command(flatten)]
+    pub vacuum: VacuumSchedule,
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = etl_common::contract::MAX_PAYLOAD_BYTES)]
     pub max_record_bytes: usize,
@@ -340,6 +370,7 @@ impl RunConfig {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
         }
         self.parquet.url(&self.data_dir)?;
+        self.vacuum.retention.validate()?;
         self.health.validate()
     }
 

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Replay(c) => &c.log,
         Command::Status(c) => &c.log,
         Command::Backfill(c) => &c.run.log,
+        Command::Vacuum(c) => &c.log,
     };
     let _guard = match etl_common::telemetry::init("loader", log) {
         Ok(g) => g,
@@ -28,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Replay(args) => blocking(move || loader::commands::replay(&args)).await,
         Command::Status(args) => blocking(move || loader::commands::status(&args)).await,
         Command::Backfill(args) => backfill(*args).await,
+        Command::Vacuum(args) => loader::commands::vacuum(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ pub struct Roller {
     telemetry: Telemetry,
     backoff: (Duration, Duration),
     sweep_every: Duration,
+    vacuum: Option<(Duration, Duration)>,
     wake: Arc<Notify>,
 }
 
@@ -42,8 +43,15 @@ impl Roller {
             telemetry,
             backoff,
             sweep_every,
+            vacuum: None,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Also vacuums the tables every `every`, keeping files younger than `retention`.
+    pub fn with_vacuum(mut self, every: Duration, retention: Duration) -> Self {
+        self.vacuum = (!every.is_zero()).then_some((every, retention));
+        self
     }
 
     /// Runs [`Roller::run`] as a task until `stop`, or until the handle is stopped or dropped.
@@ -66,6 +74,12 @@ impl Roller {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(self.sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (vacuum_every, retention) = self.vacuum.unwrap_or((Duration::MAX, Duration::MAX));
+        let mut vacuum = tokio::time::interval_at(
+            tokio::time::Instant::now() + vacuum_every.min(Duration::from_secs(86400 * 365)),
+            vacuum_every.min(Duration::from_secs(86400 * 365)),
+        );
+        vacuum.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: start-up recovery is the first sweep, here rather than
         // before consuming, so a store that is down at start never holds PostgreSQL up.
         loop {
@@ -76,6 +90,13 @@ impl Roller {
                     Ok(report) => self.telemetry.emit(ParquetWritten { report: &report, what: "Parquet sweep wrote unpublished files" }),
                     Err(error) => self.telemetry.emit(ParquetRollFailed { error: &error, retry_in: None }),
                 },
+                _ = vacuum.tick(), if self.vacuum.is_some() => {
+                    let rolls = self.sinks.rolls();
+                    match crate::sink::vacuum::vacuum(rolls.store(), rolls.tables(), retention, false).await {
+                        Ok(r) => tracing::info!(deleted = r.deleted.len(), bytes = r.bytes, live = r.live, "tables vacuumed"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "vacuum failed; the next one tries again"),
+                    }
+                }
                 _ = self.wake.notified() => {
                     self.roll_until_done(&stop, false).await;
                 }

@@ -17,7 +17,7 @@ fn every_env_var_is_documented_in_the_readme() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let mut vars = env_vars(&mut extractor::Config::command());
     let mut loader = loader::Cli::command();
-    for sub in ["run", "migrate", "replay", "status", "backfill"] {
+    for sub in ["run", "migrate", "replay", "status", "backfill", "vacuum"] {
         vars.extend(env_vars(loader.find_subcommand_mut(sub).unwrap()));
     }
     vars.sort();

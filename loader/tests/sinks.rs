@@ -786,3 +786,82 @@ async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
     assert_eq!((again.written, again.missing), (0, 0));
     db.drop_db().await;
 }
+
+/// Vacuum deletes what no live table version holds once past the retention — here a rewrite's
+/// old file — and nothing else: not the table's files, not the log, not a file younger than the
+/// retention (an upload not yet committed). `--dry-run` deletes nothing; the command refuses a
+/// retention under an hour by its variable's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_deletes_only_old_files_no_version_holds() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..2)).await.unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let old = parquet_files(&dir.path().join("processed")).remove(0);
+    sqlx::query(
+        "UPDATE parquet_files SET state = 'rewrite', generation = generation + 1 WHERE dataset = 'processed'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(s.recover().await.unwrap().written, 1);
+    let live = parquet_files(dir.path());
+    assert_eq!(live.len(), 2);
+    assert!(
+        !live.contains(&old) && old.exists(),
+        "replaced, still on disk"
+    );
+    // An hour and a half old; and an upload of a moment ago that is in no table yet.
+    let then = std::time::SystemTime::now() - Duration::from_secs(5400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    let fresh = old.with_file_name("t-p0-o9-o9-00000000.parquet");
+    std::fs::copy(&old, &fresh).unwrap();
+
+    let vacuum = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+            .arg("vacuum")
+            .args(args)
+            .env("DATA_DIR", dir.path())
+            .env("LOG_DIR", "")
+            .env_remove("PARQUET_URL")
+            .output()
+            .unwrap()
+    };
+    let refused = vacuum(&["--vacuum-retention", "10m"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("LAKE_VACUUM_RETENTION")
+            || String::from_utf8_lossy(&refused.stdout).contains("LAKE_VACUUM_RETENTION"),
+        "{refused:?}"
+    );
+    let dry = vacuum(&["--vacuum-retention", "1h", "--dry-run"]);
+    assert!(dry.status.success(), "{dry:?}");
+    let out = String::from_utf8_lossy(&dry.stdout);
+    let name = old.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        out.contains("would delete processed/") && out.contains(&name),
+        "{out}"
+    );
+    assert!(old.exists(), "a dry run deletes nothing");
+
+    let done = vacuum(&["--vacuum-retention", "1h"]);
+    assert!(done.status.success(), "{done:?}");
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(out.contains("deleted 1 files"), "{out}");
+    assert!(!old.exists(), "the replaced file is gone");
+    assert!(fresh.exists(), "a file younger than the retention stays");
+    assert_eq!(parquet_files(dir.path()), live, "the tables' files stay");
+    let read = support::engines::read(
+        "deltalake",
+        &dir.path().join("processed").to_string_lossy(),
+        &["raw_id"],
+    );
+    assert_eq!(read.rows, 222, "the table reads whole");
+    db.drop_db().await;
+}

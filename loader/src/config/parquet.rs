@@ -1,5 +1,5 @@
-//! `PARQUET_URL`, the roll policy and the store's `_FILE` secrets: the Parquet side of
-//! `loader run`'s config.
+//! `PARQUET_URL`, the roll policy, the store's `_FILE` secrets and the tables' vacuum: the lake
+//! side of `loader run`'s config.
 
 use anyhow::Context;
 use clap::Args;
@@ -122,4 +122,39 @@ impl ParquetArgs {
             interval: self.roll_interval,
         }
     }
+}
+
+/// How long a data file that is in no live table version is kept before a vacuum deletes it.
+#[derive(Debug, Clone, Args)]
+pub struct VacuumRetention {
+    /// Data files that left their table (a rewrite's old file, an adopted file's leftover) or
+    /// never entered it (a crashed roll's upload) are deleted by a vacuum once older than this:
+    /// readers of older table versions, and a writer between its upload and its commit, need
+    /// them until then. At least 1h; Delta's own default is 7 days.
+    #[arg(long = "vacuum-retention", env = "LAKE_VACUUM_RETENTION", value_name = "LAKE_VACUUM_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub retention: Duration,
+}
+
+impl VacuumRetention {
+    /// Refuses a retention under an hour, naming the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.retention < Duration::from_secs(3600) {
+            anyhow::bail!(
+                "LAKE_VACUUM_RETENTION must be at least 1h: a shorter one can delete a file a writer has uploaded and not yet committed"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Table upkeep while loading.
+#[derive(Debug, Clone, Args)]
+pub struct VacuumSchedule {
+    /// Vacuum the tables this often from every loader (`0s`, the default: never; run
+    /// `loader vacuum` instead). Replicas vacuuming at once delete the same files harmlessly.
+    #[arg(long = "vacuum-interval", env = "LAKE_VACUUM_INTERVAL", value_name = "LAKE_VACUUM_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// What a vacuum keeps.
+    #[command(flatten)]
+    pub retention: VacuumRetention,
 }

@@ -63,6 +63,10 @@ impl Pipeline {
             self.telemetry.clone(),
             (self.config.backoff_base, self.config.backoff_max),
             self.config.recovery_interval,
+        )
+        .with_vacuum(
+            self.config.vacuum.interval,
+            self.config.vacuum.retention.retention,
         );
         if !self.prepare_database().await {
             return Ok(());

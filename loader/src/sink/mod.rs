@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod roll;
 pub mod store;
 pub mod table;
+pub mod vacuum;
 
 use crate::batch::LoadRecord;
 use anyhow::Context;

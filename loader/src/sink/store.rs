@@ -26,6 +26,17 @@ pub enum Created {
     Existed,
 }
 
+/// An object a listing found.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its key, relative to the store's root.
+    pub key: String,
+    /// When it was last written.
+    pub modified: chrono::DateTime<chrono::Utc>,
+    /// Its size.
+    pub size: u64,
+}
+
 /// A Parquet destination.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -276,6 +287,50 @@ impl Store {
         }
     }
 
+    /// Every object under `prefix` (a directory, ending in `/`), recursively.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        match self {
+            Store::Local(root) => {
+                let (root, prefix_owned) = (root.clone(), prefix.to_string());
+                tokio::task::spawn_blocking(move || list_local(&root, &prefix_owned))
+                    .await
+                    .map_err(|e| self.error(prefix, e))?
+                    .map_err(|e| self.error(prefix, e))
+            }
+            Store::Object {
+                store,
+                prefix: base,
+                ..
+            } => {
+                use futures::TryStreamExt;
+                let at = self.key(prefix.trim_end_matches('/'));
+                let found: Vec<object_store::ObjectMeta> = store
+                    .list(Some(&at))
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.error(prefix, e))?;
+                let strip = if base.is_empty() {
+                    String::new()
+                } else {
+                    format!("{base}/")
+                };
+                Ok(found
+                    .into_iter()
+                    .map(|m| Listed {
+                        key: m
+                            .location
+                            .as_ref()
+                            .strip_prefix(&strip)
+                            .unwrap_or(m.location.as_ref())
+                            .to_string(),
+                        modified: m.last_modified,
+                        size: m.size,
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// Deletes `key` (gone already is fine).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
@@ -389,6 +444,34 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// The files under `root/prefix`, recursively, with keys relative to `root`.
+fn list_local(root: &Path, prefix: &str) -> io::Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.join(prefix)];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let path = entry.path();
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(Listed {
+                    key: rel.to_string_lossy().into_owned(),
+                    modified: meta.modified()?.into(),
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Bounded requests, unless the environment says otherwise (`AWS_TIMEOUT`, ...): a store that

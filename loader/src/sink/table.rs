@@ -177,6 +177,21 @@ impl Tables {
             .context("the table read was cancelled")?
     }
 
+    /// The table as it is now, or `None` if it does not exist (nothing is created).
+    pub async fn existing_state(&self, dataset: Dataset) -> anyhow::Result<Option<TableState>> {
+        let log = format!("{}/_delta_log/", dataset.as_str());
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if this.store.any_under_blocking(&log)? {
+                this.state_blocking(dataset).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await
+        .context("the table read was cancelled")?
+    }
+
     fn state_blocking(&self, dataset: Dataset) -> anyhow::Result<TableState> {
         let snapshot = self.latest_blocking(dataset)?;
         let live = live_files(&*self.engine, &snapshot)?;
