@@ -749,9 +749,10 @@ async fn one_failing_file_does_not_block_the_others() {
     db.drop_db().await;
 }
 
-/// A file whose records no longer transform (here: a stored payload the transform refuses) is
+/// A raw file whose records no longer decode (here: a stored payload the transform refuses) is
 /// marked `failed` with its reason, counted, and not retried forever; the other files are
-/// written.
+/// written — the processed file of the same records too, since it is built from the rows
+/// PostgreSQL holds, not from a new transform.
 #[tokio::test]
 async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
     let db = TestDb::new().await;
@@ -765,25 +766,67 @@ async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
         .unwrap();
     s.rolls().roll("t", 0, Cut::All).await.unwrap();
     let report = s.rolls().roll("t", 1, Cut::All).await.unwrap();
-    assert_eq!(report.missing, 2, "{report:?}");
+    assert_eq!((report.missing, report.written), (1, 1), "{report:?}");
     let failed: Vec<(String, String)> = sqlx::query_as(
         "SELECT path, failed_reason FROM parquet_files WHERE state = 'failed' ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(failed.len(), 2);
+    assert_eq!(failed.len(), 1);
     assert!(
-        failed
-            .iter()
-            .all(|(p, why)| p.contains("-p1-") && why.contains("no longer transforms")),
+        failed[0].0.starts_with("raw/") && failed[0].0.contains("-p1-"),
         "{failed:?}"
     );
-    assert_eq!(s.rolls().failed_files().await.unwrap(), 2);
-    assert_eq!(parquet_files(&dir.path().join("processed")).len(), 1);
+    assert!(failed[0].1.contains("no longer decodes"), "{failed:?}");
+    assert_eq!(s.rolls().failed_files().await.unwrap(), 1);
+    assert_eq!(parquet_files(&dir.path().join("raw")).len(), 1);
+    assert_eq!(parquet_files(&dir.path().join("processed")).len(), 2);
     // Not retried by the sweep: nothing pending.
     let again = s.recover().await.unwrap();
     assert_eq!((again.written, again.missing), (0, 0));
+    db.drop_db().await;
+}
+
+/// A processed file holds `processed_data`'s rows as PostgreSQL holds them when it is built
+/// (what a `--reprocess` recomputed, or a correction an operator made), not a new transform of
+/// the payloads.
+#[tokio::test]
+async fn processed_files_hold_the_rows_postgres_holds() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..2)).await.unwrap();
+    sqlx::query("UPDATE processed_data SET full_name = 'as stored' WHERE user_index < 5")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    s.rolls().roll("t", 0, Cut::All).await.unwrap();
+    let mut in_file = parquet_rows(
+        &dir.path().join("processed"),
+        &["raw_id", "user_index", "full_name", "processed_at"],
+    );
+    let mut in_db: Vec<Vec<Option<String>>> =
+        sqlx::query_as::<_, (uuid::Uuid, i32, String, chrono::DateTime<Utc>)>(
+            "SELECT raw_id, user_index, full_name, processed_at FROM processed_data",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, i, name, at)| {
+            vec![
+                Some(id.to_string()),
+                Some(i.to_string()),
+                Some(name),
+                Some(at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+            ]
+        })
+        .collect();
+    in_file.sort();
+    in_db.sort();
+    assert_eq!(in_file.len(), 222);
+    assert_eq!(in_file, in_db);
     db.drop_db().await;
 }
 

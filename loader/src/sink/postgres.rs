@@ -267,3 +267,107 @@ pub async fn records_in(
         })
         .collect()
 }
+
+/// The records (at most `limit`, after `after` in (offset, raw id) order) of the processed file
+/// `path` with their users exactly as `processed_data` holds them: a processed file is built
+/// from the rows PostgreSQL holds, not recomputed at roll time, so the two sinks agree and a
+/// transform change cannot make a file unbuildable. Only the fields the processed columns read
+/// are filled (no payload).
+pub async fn processed_rows_in(
+    conn: &mut PgConnection,
+    path: &str,
+    after: (i64, Uuid),
+    limit: i64,
+) -> sqlx::Result<Vec<LoadRecord>> {
+    let rows = sqlx::query(
+        "WITH recs AS (
+             SELECT raw_id, record_key, topic, kafka_partition, kafka_offset, fetch_id, fetched_at
+             FROM raw_data WHERE processed_file = $1 AND (kafka_offset, raw_id) > ($2, $3)
+             ORDER BY kafka_offset, raw_id LIMIT $4)
+         SELECT r.raw_id, r.record_key, r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id, r.fetched_at,
+                p.user_index, p.user_uuid, p.full_name, p.title, p.first_name, p.last_name, p.email,
+                p.gender, p.nationality, p.city, p.state, p.country, p.postcode, p.date_of_birth,
+                p.registered_date, p.processed_at
+         FROM recs r LEFT JOIN processed_data p USING (raw_id)
+         ORDER BY r.kafka_offset, r.raw_id, p.user_index",
+    )
+    .bind(path)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<LoadRecord> = Vec::new();
+    for r in &rows {
+        let raw_id: Uuid = r.try_get(0)?;
+        if out.last().is_none_or(|l| l.raw_id != raw_id) {
+            let fetch_id: Option<String> = r.try_get(5)?;
+            out.push(LoadRecord {
+                raw_id,
+                record_key: r.try_get(1)?,
+                digest: [0; 32],
+                source: SourceRecord {
+                    topic: r.try_get(2)?,
+                    partition: r.try_get(3)?,
+                    offset: r.try_get(4)?,
+                    key: fetch_id.clone(),
+                    fetch_id,
+                    payload: None,
+                    fetched_at: r.try_get(6)?,
+                },
+                payload_text: String::new(),
+                users: Vec::new(),
+            });
+        }
+        let Some(user_index) = r.try_get::<Option<i32>, _>(7)? else {
+            continue;
+        };
+        if let Some(record) = out.last_mut() {
+            record.users.push(crate::rows::ProcessedUser {
+                raw_id,
+                user_index,
+                user_uuid: r.try_get(8)?,
+                full_name: r.try_get(9)?,
+                title: r.try_get(10)?,
+                first_name: r.try_get(11)?,
+                last_name: r.try_get(12)?,
+                email: r.try_get(13)?,
+                gender: r.try_get(14)?,
+                nationality: r.try_get(15)?,
+                city: r.try_get(16)?,
+                state: r.try_get(17)?,
+                country: r.try_get(18)?,
+                postcode: r.try_get(19)?,
+                date_of_birth: r.try_get(20)?,
+                registered_date: r.try_get(21)?,
+                processed_at: r.try_get(22)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How many records of the `dataset` file `path` to read per page so that a page holds about
+/// `bytes` of payload (raw) or `rows` users (processed), judged by the file's largest record —
+/// never a fixed count whatever their size (64 records of 5.5 MB were a whole file at once).
+pub async fn page_size(
+    conn: &mut PgConnection,
+    dataset: Dataset,
+    path: &str,
+    bytes: i64,
+    rows: i64,
+) -> sqlx::Result<i64> {
+    let (sql, budget) = match dataset {
+        // Rows loaded before payload_bytes existed count as the largest response the API makes.
+        Dataset::Raw => (
+            "SELECT coalesce(max(coalesce(payload_bytes, 6000000)), 1)::int8 FROM raw_data WHERE raw_file = $1",
+            bytes,
+        ),
+        Dataset::Processed => (
+            "SELECT coalesce(max(user_count), 1)::int8 FROM raw_data WHERE processed_file = $1",
+            rows,
+        ),
+    };
+    let largest: i64 = sqlx::query_scalar(sql).bind(path).fetch_one(conn).await?;
+    Ok((budget / largest.max(1)).clamp(1, 10_000))
+}

@@ -422,9 +422,9 @@ pub struct Stats(FileStatsAccumulator);
 
 impl Stats {
     /// For a file of `dataset`: every column but the payload (statistics on a JSON document
-    /// skip nothing and cost a comparison of kilobytes per row) and `processed_at` (the time of
-    /// a build: two writers of one file may build it at different times, and the table must
-    /// describe whichever object it got).
+    /// skip nothing and cost a comparison of kilobytes per row). A file's rows come from
+    /// PostgreSQL as they are, so two writers of one file build the same rows and the same
+    /// statistics, whichever object the table gets.
     pub fn new(dataset: Dataset) -> Self {
         let arrow = match dataset {
             Dataset::Raw => super::parquet::raw_schema(),
@@ -434,7 +434,7 @@ impl Stats {
         let columns: Vec<ColumnName> = arrow
             .fields()
             .iter()
-            .filter(|f| f.name() != "payload" && f.name() != "processed_at")
+            .filter(|f| f.name() != "payload")
             .map(|f| ColumnName::new([f.name().as_str()]))
             .collect();
         Self(FileStatsAccumulator::new(&columns, &physical))

@@ -33,8 +33,12 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Records read from PostgreSQL per row group while a file is built: about this many bytes.
-const READ_BYTES: usize = 4 << 20;
+/// Records read from PostgreSQL per row group while a raw file is built: about this many
+/// payload bytes.
+const READ_BYTES: i64 = 4 << 20;
+
+/// Users read per row group while a processed file is built.
+const READ_USERS: i64 = 20_000;
 
 /// Temporary files older than this in the local store's staging directory are a crash's leftovers.
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
@@ -551,9 +555,10 @@ impl Rolls {
         }))
     }
 
-    /// The Parquet bytes of `path` from the rows that name it, read a few MB at a time, with its
-    /// row count and statistics; the reason it cannot be built if no record names it or one no
-    /// longer transforms.
+    /// The Parquet bytes of `path` from the rows that name it, read a few MB (raw) or a few
+    /// thousand users (processed) at a time, with its row count and statistics; the reason it
+    /// cannot be built if no record names it or (raw) one no longer decodes. A processed file
+    /// holds `processed_data`'s rows as they are, not a new transform's.
     async fn build(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -562,44 +567,44 @@ impl Rolls {
         let dataset = Dataset::of_path(path);
         let mut writer = FileWriter::new(dataset).map_err(|e| SinkError::Parquet(e.into()))?;
         let mut after = (i64::MIN, uuid::Uuid::nil());
-        let mut limit: i64 = 16;
+        let limit = postgres::page_size(conn, dataset, path, READ_BYTES, READ_USERS).await?;
         let mut records = 0usize;
         loop {
-            let page = postgres::records_in(conn, dataset, path, after, limit).await?;
-            let Some((last_id, last)) = page.last() else {
+            let page: Vec<LoadRecord> = match dataset {
+                Dataset::Processed => postgres::processed_rows_in(conn, path, after, limit).await?,
+                Dataset::Raw => {
+                    let page = postgres::records_in(conn, dataset, path, after, limit).await?;
+                    let (ids, sources): (Vec<uuid::Uuid>, Vec<_>) = page.into_iter().unzip();
+                    // The stored payloads are what the first load stored: no stripping, no
+                    // size limit.
+                    let (decoded, poison) =
+                        crate::batch::decode(sources, usize::MAX, Utc::now(), false);
+                    if let Some(p) = poison.first() {
+                        let reason = format!(
+                            "the record at offset {} no longer decodes: {}",
+                            p.source.offset, p.error
+                        );
+                        tracing::error!(path, %reason, "cannot write a Parquet file");
+                        return Ok(Err(reason));
+                    }
+                    decoded
+                        .into_iter()
+                        .zip(ids)
+                        .map(|(r, id)| super::with_raw_id(r, id))
+                        .collect()
+                }
+            };
+            let Some(last) = page.last() else {
                 break;
             };
-            after = (last.offset, *last_id);
+            after = (last.source.offset, last.raw_id);
             let full = page.len() as i64 == limit;
-            let bytes: usize = page
-                .iter()
-                .map(|(_, s)| s.payload.as_ref().map_or(0, Vec::len))
-                .sum();
-            let (ids, sources): (Vec<uuid::Uuid>, Vec<_>) = page.into_iter().unzip();
-            // The stored payloads are what the first load stored: no stripping, no size limit.
-            let (decoded, poison) = crate::batch::decode(sources, usize::MAX, Utc::now(), false);
-            if let Some(p) = poison.first() {
-                let reason = format!(
-                    "the record at offset {} no longer transforms: {}",
-                    p.source.offset, p.error
-                );
-                tracing::error!(path, %reason, "cannot write a Parquet file");
-                return Ok(Err(reason));
-            }
-            let decoded: Vec<LoadRecord> = decoded
-                .into_iter()
-                .zip(ids)
-                .map(|(r, id)| super::with_raw_id(r, id))
-                .collect();
-            records += decoded.len();
-            let refs: Vec<&LoadRecord> = decoded.iter().collect();
+            records += page.len();
+            let refs: Vec<&LoadRecord> = page.iter().collect();
             writer.push(&refs).map_err(SinkError::Parquet)?;
             if !full {
                 break;
             }
-            // Pages of about READ_BYTES, judged by what this one held per record.
-            let per_record = (bytes / refs.len().max(1)).max(1);
-            limit = i64::try_from((READ_BYTES / per_record).clamp(1, 10_000)).unwrap_or(16);
         }
         if records == 0 {
             tracing::error!(path, "the ledger names a Parquet file that no record names");
