@@ -9,7 +9,8 @@
 //! Points: `mid-batch` (rows inserted, transaction open), `after-db-commit` (rows and ledger
 //! committed, Parquet not yet moved into place), `after-sinks` (both sinks hold the batch,
 //! offsets not yet committed), `after-roll-claim` (a roll's files claimed in the ledger),
-//! `after-object-write` (a file's object in the store, not yet in its table),
+//! `after-object-write` (a file's object in the store, not yet in its table; and
+//! `after-processed-object-write`, the same for processed files only),
 //! `after-table-commit` (the table's commit made, the ledger not yet told), `before-roll-close` (shutting down: the group left, the open
 //! Parquet rolls not yet closed).
 

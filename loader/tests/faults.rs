@@ -1538,3 +1538,135 @@ async fn bucket_throttling_for_20_seconds() {
     assert_eq!((lost, duplicated), (0, 0));
     db.drop_db().await;
 }
+
+/// 15. A writer that lost its lease wakes up late: loader A stops itself (SIGSTOP) right after
+///     uploading a processed file, before its table commit. Its lease runs out; another replica
+///     writes and commits the file; a `--reprocess` rewrites it (a new generation, swapped in
+///     one commit). A is continued: its commit must neither add its stale object back nor remove
+///     the rewrite — the table holds the rewrite alone, every user once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_lost_its_lease_cannot_undo_a_rewrite() {
+    use loader::config::BackfillArgs;
+    use loader::replay::Position;
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let (topic, db, data) = setup(1).await;
+    let logs = data.path().join("logs");
+    let big = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    produce_as(&topic, &[(Some("f0".into()), &big[..])]).await;
+    let mut a = spawn_loader(
+        &db,
+        &topic,
+        &unique("g"),
+        data.path(),
+        &logs,
+        &[
+            ("ETL_FAILPOINTS", "after-processed-object-write=stop"),
+            ("PARQUET_ROLL_INTERVAL", "0s"),
+        ],
+    );
+    let pid = a.id().expect("A's pid").to_string();
+    let is_stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "A stops after uploading the processed file",
+        || async { is_stopped() },
+    )
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM parquet_files WHERE dataset = 'processed' AND state = 'pending' AND lease_owner IS NOT NULL")
+            .await,
+        1
+    );
+    // A's lease runs out; another replica (its own group: A still sits in A's) writes the file.
+    sqlx::query("UPDATE parquet_files SET lease_until = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let b = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    eventually(Duration::from_secs(60), "B publishes the file", || async {
+        db.count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
+            .await
+            == 0
+    })
+    .await;
+    b.shutdown().await;
+    // A transform change, and its --reprocess: the processed file's next generation.
+    sqlx::query("UPDATE processed_data SET full_name = 'stale'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut run = loader_config(&db, &topic, "ignored", data.path());
+    run.reprocess = true;
+    let summary = backfill(BackfillArgs {
+        from: Position::Earliest,
+        to: None,
+        group: None,
+        run,
+    })
+    .await;
+    assert_eq!(summary.reprocessed, 1);
+    let processed = data.path().join("processed");
+    let rewrite = parquet_files(&processed);
+    assert_eq!(rewrite.len(), 1);
+    assert!(
+        rewrite[0].to_string_lossy().ends_with("-g1.parquet"),
+        "{rewrite:?}"
+    );
+
+    // A goes on from its upload, with the table and the ledger moved on under it.
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    eventually(
+        Duration::from_secs(60),
+        "A sees the ledger moved past its generation",
+        || async {
+            std::fs::read_to_string(logs.join("loader.out"))
+                .unwrap_or_default()
+                .contains("the ledger moved past this file's generation")
+        },
+    )
+    .await;
+    sigterm(&mut a).await;
+    assert_eq!(parquet_files(&processed), rewrite, "the rewrite alone");
+    let table = support::engines::read(
+        "deltalake",
+        &processed.to_string_lossy(),
+        &["raw_id", "user_index", "full_name"],
+    );
+    let keys: HashSet<(String, String)> = table
+        .values("raw_id")
+        .into_iter()
+        .zip(table.values("user_index"))
+        .collect();
+    let duplicated = table.rows - keys.len();
+    let stale = table
+        .values("full_name")
+        .iter()
+        .filter(|n| *n == "stale")
+        .count();
+    Outcome {
+        scenario: "15. a writer paused between its upload and its table commit past its lease, while the file was written by another and rewritten by --reprocess",
+        records: 1,
+        users: table.rows,
+        kills: 0,
+        lost: 111usize.saturating_sub(keys.len()),
+        duplicated,
+        seconds: started.elapsed().as_secs(),
+        ..Outcome::default()
+    }
+    .report();
+    assert_eq!((table.rows, keys.len()), (111, 111), "every user once");
+    assert_eq!(stale, 0, "the rewrite's rows");
+    db.drop_db().await;
+}

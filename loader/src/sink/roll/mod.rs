@@ -376,7 +376,13 @@ impl Rolls {
                     let mut conn = self.pool.acquire().await?;
                     ledger::generations(&mut conn, &paths).await?
                 };
-                ready.retain(|p| now.get(&p.path) == Some(&p.generation));
+                ready.retain(|p| {
+                    let current = now.get(&p.path) == Some(&p.generation);
+                    if !current {
+                        tracing::info!(path = %p.path, generation = p.generation, "the ledger moved past this file's generation while it was written; leaving it to the newer writer");
+                    }
+                    current
+                });
             }
             let (done, todo): (Vec<Prepared>, Vec<Prepared>) = ready
                 .into_iter()
@@ -511,6 +517,9 @@ impl Rolls {
             .await
             .map_err(|e| parquet(e.into()))?;
         crate::failpoint::hit("after-object-write");
+        if Dataset::of_path(&file.path) == Dataset::Processed {
+            crate::failpoint::hit("after-processed-object-write");
+        }
         if created == Created::Existed {
             // Written before a crash, or by another writer of this generation: the name fixes
             // the records, so a whole object with their row count holds them (its size is what
