@@ -129,6 +129,15 @@ impl Application {
     /// longer than `LOADER_SHUTDOWN_GRACE` — is left uncommitted (it will be re-delivered).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let status_task = tokio::spawn(self.status_server);
+        // Stopped by the caller, or by a store that cannot hold the tables (below).
+        let stop = shutdown.child_token();
+        let refused = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
+        let probe = tokio::spawn(refuse_a_store_without_conditional_writes(
+            self.sinks.rolls().store().clone(),
+            stop.clone(),
+            refused.clone(),
+        ));
+        let shutdown = stop;
         let grace = self.config.shutdown_grace;
         let grace_over = {
             let shutdown = shutdown.clone();
@@ -161,6 +170,45 @@ impl Application {
         };
         self.status_stop.cancel();
         let _ = status_task.await;
+        probe.abort();
+        if let Some(e) = refused.lock().ok().and_then(|mut r| r.take()) {
+            return Err(e);
+        }
         result.map(|()| pipeline.telemetry.snapshot())
+    }
+}
+
+/// Checks, beside the load and without holding it up, that the store honours conditional
+/// writes, which the tables' commits need to stay exactly once; a store that does not (`501`,
+/// the condition ignored, `AWS_S3_CONDITIONAL_PUT=disabled`) stops the loader with an error
+/// naming the setting. A store that cannot be reached decides nothing: asked again later.
+async fn refuse_a_store_without_conditional_writes(
+    store: crate::sink::store::Store,
+    stop: CancellationToken,
+    refused: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+) {
+    loop {
+        match store.honours_conditional_writes().await {
+            Ok(true) => return,
+            Ok(false) => {
+                let error = anyhow::anyhow!(
+                    "PARQUET_URL={}: the store does not honour conditional writes (a PUT with If-None-Match: *), which the Delta tables' commits need; use a store that does (AWS S3, MinIO, Cloudflare R2, GCS, Azure) and, for an S3-compatible one, leave AWS_S3_CONDITIONAL_PUT at etag",
+                    store.describe()
+                );
+                tracing::error!(error = %error, "refusing the Parquet store; stopping");
+                if let Ok(mut slot) = refused.lock() {
+                    *slot = Some(error);
+                }
+                stop.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not check the store's conditional writes yet");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                }
+            }
+        }
     }
 }

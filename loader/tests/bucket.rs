@@ -448,3 +448,43 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
     );
     db.drop_db().await;
 }
+
+/// A store that does not honour conditional writes (`501 Not Implemented` to `If-None-Match`,
+/// as some S3-compatible stores answer) cannot keep the tables exactly once: the loader refuses
+/// it at start — while PostgreSQL loads, never blocking on the store — with an error that
+/// names `PARQUET_URL` and the setting, instead of retrying the rolls forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_conditional_writes_is_refused_at_start() {
+    let topic = unique("s3nocond");
+    create_topic(&topic, 1).await;
+    let db = TestDb::new().await;
+    let bucket = bucket();
+    let data = tempfile::tempdir().unwrap();
+    let proxy = Throttle::without_conditional_writes().await;
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.parquet.parquet_url = Some(format!("s3://{bucket}"));
+    config.parquet.store_settings = secrets(
+        settings()
+            .into_iter()
+            .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+            .chain([("AWS_ENDPOINT_URL".to_string(), proxy.endpoint.clone())])
+            .collect(),
+    );
+    let app = loader::Application::build(config).await.unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        app.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the loader stops by itself");
+    let err = format!("{:#}", run.expect_err("refused"));
+    assert!(proxy.refused() >= 1);
+    assert!(
+        err.contains("conditional writes")
+            && err.contains("PARQUET_URL")
+            && err.contains("AWS_S3_CONDITIONAL_PUT"),
+        "{err}"
+    );
+    assert!(!err.contains("test"), "no credential in the error: {err}");
+    db.drop_db().await;
+}

@@ -187,8 +187,7 @@ impl Store {
         }
     }
 
-    /// Writes `key` unless it exists. Where the store supports conditional writes (S3, GCS,
-    /// Azure, a local filesystem) the check and the write are one step.
+    /// Writes `key` unless it exists, in one step (a conditional PUT; a link on a filesystem).
     pub async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, StoreError> {
         match self {
             Store::Local(root) => {
@@ -211,22 +210,61 @@ impl Store {
                     Ok(_) => Ok(Created::New),
                     Err(object_store::Error::AlreadyExists { .. })
                     | Err(object_store::Error::Precondition { .. }) => Ok(Created::Existed),
-                    Err(
-                        object_store::Error::NotImplemented { .. }
-                        | object_store::Error::NotSupported { .. },
-                    ) => {
-                        // A store without conditional writes: look, then write. Names are
-                        // claimed in the ledger first, so only a retry of ours can race here.
-                        if self.size(key).await?.is_some() {
-                            return Ok(Created::Existed);
-                        }
-                        self.replace(key, bytes).await?;
-                        Ok(Created::New)
-                    }
+                    // A store without conditional writes is refused at start
+                    // (`honours_conditional_writes`); here it is an error like any other.
                     Err(e) => Err(self.error(key, e)),
                 }
             }
         }
+    }
+
+    /// Whether the store honours conditional writes (a PUT with `If-None-Match: *` creates an
+    /// object and refuses to replace one), which the tables' commits rest on: a probe object
+    /// under `_staging/` is created twice, the second must be refused, then deleted. `false`
+    /// for a store that answers `501 Not Implemented`, is configured without them, or ignores
+    /// the condition; an error when the store cannot be reached (nothing is decided).
+    pub async fn honours_conditional_writes(&self) -> Result<bool, StoreError> {
+        let Store::Object { store, .. } = self else {
+            return Ok(true);
+        };
+        let key = format!(
+            "{STAGING_DIR}/conditional-write-probe-{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        let at = self.key(&key);
+        let create = || {
+            store.put_opts(
+                &at,
+                PutPayload::from_static(b"probe"),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+        };
+        let unsupported = |e: &object_store::Error| {
+            matches!(
+                e,
+                object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }
+            ) || format!("{e}").contains("501")
+        };
+        let verdict = match create().await {
+            Err(e) if unsupported(&e) => Ok(false),
+            Err(e) => Err(self.error(&key, e)),
+            Ok(_) => match create().await {
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(true),
+                Err(e) if unsupported(&e) => Ok(false),
+                // The second create replaced the first: the condition was ignored.
+                Ok(_) => Ok(false),
+                Err(e) => Err(self.error(&key, e)),
+            },
+        };
+        let _ = store.delete(&at).await;
+        verdict
     }
 
     /// Writes `key`, replacing what is there in one step.

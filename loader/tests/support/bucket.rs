@@ -113,9 +113,28 @@ pub struct Throttle {
     refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// What the proxy refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refuse {
+    /// Every write, `503 SlowDown`.
+    Writes,
+    /// Conditional writes (`If-None-Match`), `501 Not Implemented`, as a store without them.
+    Conditional,
+}
+
 impl Throttle {
     /// Starts the proxy, throttling.
     pub async fn start() -> Throttle {
+        Self::start_refusing(Refuse::Writes).await
+    }
+
+    /// A store without conditional writes: `501 Not Implemented` to any PUT with
+    /// `If-None-Match`, everything else passed through.
+    pub async fn without_conditional_writes() -> Throttle {
+        Self::start_refusing(Refuse::Conditional).await
+    }
+
+    async fn start_refusing(refuse: Refuse) -> Throttle {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize};
         let upstream = endpoint()
@@ -131,7 +150,7 @@ impl Throttle {
             while let Ok((client, _)) = listener.accept().await {
                 let (o, r, upstream) = (o.clone(), r.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &o, &r).await;
+                    let _ = serve(client, &upstream, &o, &r, refuse).await;
                 });
             }
         });
@@ -191,6 +210,7 @@ async fn serve(
     upstream: &str,
     on: &std::sync::atomic::AtomicBool,
     refused: &std::sync::atomic::AtomicUsize,
+    refuse: Refuse,
 ) -> std::io::Result<()> {
     use std::sync::atomic::Ordering;
     use tokio::io::AsyncWriteExt;
@@ -200,7 +220,20 @@ async fn serve(
             return Ok(());
         };
         let write = request.starts_with(b"PUT ") || request.starts_with(b"POST ");
-        if write && on.load(Ordering::SeqCst) {
+        let conditional = String::from_utf8_lossy(&request)
+            .to_ascii_lowercase()
+            .contains("\r\nif-none-match:");
+        if refuse == Refuse::Conditional && write && conditional && on.load(Ordering::SeqCst) {
+            refused.fetch_add(1, Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
+            let answer = format!(
+                "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(answer.as_bytes()).await?;
+            continue;
+        }
+        if refuse == Refuse::Writes && write && on.load(Ordering::SeqCst) {
             refused.fetch_add(1, Ordering::SeqCst);
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
             let answer = format!(
