@@ -151,7 +151,7 @@ async fn a_load_through_s3_is_exactly_once_in_the_bucket() {
         .collect();
     assert_eq!(raw_ids.into_iter().collect::<HashSet<_>>(), in_db);
     let ledger: HashSet<String> =
-        sqlx::query_scalar("SELECT 'lake/' || path FROM parquet_files WHERE state = 'published'")
+        sqlx::query_scalar("SELECT 'lake/' || object FROM parquet_files WHERE state = 'published'")
             .fetch_all(&db.pool)
             .await
             .unwrap()
@@ -404,10 +404,7 @@ async fn backfill_reprocess_and_replay_work_against_a_bucket() {
         keys.len(),
         "a new object per file: {new_keys:?}"
     );
-    assert!(
-        new_keys.iter().all(|k| k.ends_with("-g1.parquet")),
-        "{new_keys:?}"
-    );
+    assert!(new_keys.iter().all(|k| k.contains("-g1-")), "{new_keys:?}");
     let table = engines::read(
         "deltalake",
         &format!("s3://{bucket}/lake/processed"),

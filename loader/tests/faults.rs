@@ -1618,10 +1618,7 @@ async fn a_writer_that_lost_its_lease_cannot_undo_a_rewrite() {
     let processed = data.path().join("processed");
     let rewrite = parquet_files(&processed);
     assert_eq!(rewrite.len(), 1);
-    assert!(
-        rewrite[0].to_string_lossy().ends_with("-g1.parquet"),
-        "{rewrite:?}"
-    );
+    assert!(rewrite[0].to_string_lossy().contains("-g1-"), "{rewrite:?}");
 
     // A goes on from its upload, with the table and the ledger moved on under it.
     let _ = std::process::Command::new("kill")

@@ -138,8 +138,7 @@ async fn every_engine_reads_the_tables_exactly_once_after_a_rewrite() {
     assert_eq!(summary.reprocessed, 6);
     let live: Vec<_> = parquet_files(&processed);
     assert!(
-        live.iter()
-            .all(|p| p.to_string_lossy().ends_with("-g1.parquet")),
+        live.iter().all(|p| p.to_string_lossy().contains("-g1-")),
         "the table holds the rewrites only: {live:?}"
     );
 

@@ -231,14 +231,22 @@ async fn a_claimed_roll_that_died_is_written_by_recovery() {
         .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
         .collect();
     written.sort();
-    assert_eq!(written, pending, "the names the claim fixed");
+    assert_eq!(written.len(), pending.len());
+    for (object, path) in written.iter().zip(&pending) {
+        let stem = path.trim_end_matches(".parquet");
+        assert!(
+            object.starts_with(&format!("{stem}-g0-")),
+            "the names the claim fixed: {object} for {path}"
+        );
+    }
     db.drop_db().await;
 }
 
-/// An object already under a pending file's name is from a write a crash interrupted after the
-/// store took it (whole: kept) or from something else (torn or other rows: replaced).
+/// Objects a crash left behind before the commit (whole, or torn by something else) are never
+/// reused or overwritten: recovery writes each file as a new object, the table holds each file
+/// once, and the leftovers stay as they were, in no table, for vacuum.
 #[tokio::test]
-async fn an_object_from_before_a_crash_is_kept_if_whole_and_replaced_if_not() {
+async fn objects_from_before_a_crash_are_left_for_vacuum_not_reused() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let s = sinks(&db, dir.path()).await;
@@ -258,12 +266,27 @@ async fn an_object_from_before_a_crash_is_kept_if_whole_and_replaced_if_not() {
     let s = sinks(&db, dir.path()).await;
     let report = s.recover().await.unwrap();
     assert_eq!(report.written, 2);
+    let live = parquet_files(dir.path());
+    assert_eq!(live.len(), 2);
+    assert!(
+        !live.contains(&raw) && !live.contains(&processed),
+        "new objects: {live:?}"
+    );
     assert_eq!(
         std::fs::metadata(&raw).unwrap().modified().unwrap(),
         modified,
-        "the whole object is kept as it was"
+        "the leftover is untouched"
     );
-    assert_eq!(processed_rows(dir.path()), 222, "the torn one is replaced");
+    assert_eq!(
+        std::fs::read(&processed).unwrap().len(),
+        whole.len() / 2,
+        "the torn one too"
+    );
+    assert_eq!(
+        processed_rows(dir.path()),
+        222,
+        "each user once, from the table"
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM parquet_files WHERE state <> 'published'")
             .await,
@@ -363,7 +386,19 @@ async fn a_sweep_never_waits_behind_a_hung_writer() {
         (1, 1),
         "the raw file is written, the leased one left"
     );
-    assert!(!dir.path().join(&path).exists());
+    let objects_of = |path: &str| {
+        let stem = path.trim_end_matches(".parquet").to_string();
+        parquet_files(&dir.path().join("processed"))
+            .into_iter()
+            .filter(|f| {
+                f.strip_prefix(dir.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&stem)
+            })
+            .count()
+    };
+    assert_eq!(objects_of(&path), 0);
     let written = tokio::time::timeout(Duration::from_secs(10), s.write(&records("t", 0..1)))
         .await
         .expect("a batch is not held up by a hung writer")
@@ -379,7 +414,7 @@ async fn a_sweep_never_waits_behind_a_hung_writer() {
     .unwrap();
     let after = s.recover().await.unwrap();
     assert_eq!((after.busy, after.written), (0, 1));
-    assert!(dir.path().join(&path).exists());
+    assert_eq!(objects_of(&path), 1);
     db.drop_db().await;
 }
 
@@ -604,9 +639,18 @@ async fn files_published_before_the_tables_are_adopted() {
     s.write(&records("t", 0..3)).await.unwrap();
     s.rolls().roll("t", 0, Cut::All).await.unwrap();
     let before = parquet_rows(&dir.path().join("processed"), &["raw_id", "user_uuid"]);
-    let old_files = parquet_files(dir.path());
+    // What the previous version left: no tables, each file under its ledger name, raw_id as 16
+    // bytes.
+    let old_files: Vec<std::path::PathBuf> = parquet_files(dir.path())
+        .into_iter()
+        .map(|object| {
+            let name = object.to_string_lossy().to_string();
+            let legacy = format!("{}.parquet", &name[..name.rfind("-g0-").unwrap()]);
+            std::fs::rename(&object, &legacy).unwrap();
+            std::path::PathBuf::from(legacy)
+        })
+        .collect();
     assert_eq!(old_files.len(), 2);
-    // What the previous version left: no tables, raw_id as 16 bytes.
     forget_tables(dir.path());
     for file in &old_files {
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -678,9 +722,7 @@ async fn files_published_before_the_tables_are_adopted() {
     assert_eq!(report.written, 2);
     let adopted = parquet_files(dir.path());
     assert!(
-        adopted
-            .iter()
-            .all(|p| p.to_string_lossy().ends_with("-g1.parquet")),
+        adopted.iter().all(|p| p.to_string_lossy().contains("-g1-")),
         "{adopted:?}"
     );
     for old in &old_files {

@@ -6,7 +6,7 @@ use crate::batch::LoadRecord;
 use crate::rows::{Parquet, ProcessedColumns, RawColumns, Shape, parquet_columns};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -85,19 +85,24 @@ pub fn chunks_by_bytes<'a, 'r>(
     })
 }
 
-/// One Parquet file built in memory, a row group per pushed chunk: a roll is read from
-/// PostgreSQL a few MB at a time, so the only large buffer is the compressed output.
+/// One Parquet file written as it is built, a row group per pushed chunk, into a
+/// [`Sink`](crate::sink::store::Sink): a roll is read from PostgreSQL a page at a time, and each
+/// row group leaves for the store (a staging file, or an upload's next part) once encoded, so
+/// memory holds a page and a row group, never the file.
 pub struct FileWriter {
     dataset: super::Dataset,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: AsyncArrowWriter<crate::sink::store::Sink>,
     rows: usize,
     /// The file's statistics for its table's add action, a row group at a time.
     stats: crate::sink::table::Stats,
 }
 
 impl FileWriter {
-    /// An empty file of `dataset`.
-    pub fn new(dataset: super::Dataset) -> parquet::errors::Result<Self> {
+    /// An empty file of `dataset`, written into `sink`.
+    pub fn new(
+        dataset: super::Dataset,
+        sink: crate::sink::store::Sink,
+    ) -> parquet::errors::Result<Self> {
         let (schema, props) = match dataset {
             super::Dataset::Raw => (raw_schema(), writer_properties::<RawColumns>()),
             super::Dataset::Processed => {
@@ -106,14 +111,19 @@ impl FileWriter {
         };
         Ok(Self {
             dataset,
-            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+            writer: AsyncArrowWriter::try_new(sink, schema, Some(props))?,
             rows: 0,
             stats: crate::sink::table::Stats::new(dataset),
         })
     }
 
+    /// An empty file of `dataset` in memory.
+    pub fn in_memory(dataset: super::Dataset) -> parquet::errors::Result<Self> {
+        Self::new(dataset, crate::sink::store::Sink::Memory(Vec::new()))
+    }
+
     /// Appends `records` (raw: a row each, in row groups of a few MB; processed: a row per user).
-    pub fn push(&mut self, records: &[&LoadRecord]) -> anyhow::Result<()> {
+    pub async fn push(&mut self, records: &[&LoadRecord]) -> anyhow::Result<()> {
         let batches = match self.dataset {
             super::Dataset::Raw => chunks_by_bytes(records, RAW_ROW_GROUP_BYTES)
                 .map(raw_batch)
@@ -121,16 +131,16 @@ impl FileWriter {
             super::Dataset::Processed => vec![processed_batch(records)?],
         };
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            self.push_batch(batch)?;
+            self.push_batch(batch).await?;
         }
         Ok(())
     }
 
     /// Appends one row group of rows already in this dataset's schema.
-    pub fn push_batch(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+    pub async fn push_batch(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         self.stats.merge(batch)?;
-        self.writer.write(batch)?;
-        self.writer.flush()?;
+        self.writer.write(batch).await?;
+        self.writer.flush().await?;
         self.rows += batch.num_rows();
         Ok(())
     }
@@ -140,30 +150,35 @@ impl FileWriter {
         self.rows
     }
 
-    /// The finished file, and its statistics for the table.
-    pub fn finish(self) -> anyhow::Result<(bytes::Bytes, arrow::array::StructArray)> {
+    /// Writes the footer and finishes the sink (an upload completes); returns the sink, for
+    /// the store to make visible, and the file's statistics for the table.
+    pub async fn finish(
+        mut self,
+    ) -> anyhow::Result<(crate::sink::store::Sink, arrow::array::StructArray)> {
         let stats = self.stats.finish()?;
-        Ok((bytes::Bytes::from(self.writer.into_inner()?), stats))
+        self.writer.finish().await?;
+        Ok((self.writer.into_inner(), stats))
+    }
+
+    /// Gives the sink back unfinished (to be discarded).
+    pub fn abandon(self) -> crate::sink::store::Sink {
+        self.writer.into_inner()
     }
 }
 
-/// A file written before the tables (raw_id as 16 bytes, or text) rebuilt with today's schema:
-/// each column taken by name and cast to its type, ids as their canonical text. Returns the
-/// file, its rows and its statistics; an error if a column is missing or will not cast.
-pub fn convert(
-    dataset: super::Dataset,
-    old: bytes::Bytes,
-) -> anyhow::Result<(bytes::Bytes, usize, arrow::array::StructArray)> {
+/// A file written before the tables (raw_id as 16 bytes, or text) rebuilt with today's schema
+/// into `writer`: each column taken by name and cast to its type, ids as their canonical text.
+/// An error if a column is missing or will not cast.
+pub async fn convert(old: bytes::Bytes, writer: &mut FileWriter) -> anyhow::Result<()> {
     use anyhow::Context;
     use arrow::array::{Array, AsArray, StringArray};
     use arrow::datatypes::DataType;
     let reader =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(old)?.build()?;
-    let schema = match dataset {
+    let schema = match writer.dataset {
         super::Dataset::Raw => raw_schema(),
         super::Dataset::Processed => processed_schema(),
     };
-    let mut writer = FileWriter::new(dataset)?;
     for batch in reader {
         let batch = batch?;
         let mut columns = Vec::with_capacity(schema.fields().len());
@@ -197,12 +212,10 @@ pub fn convert(
         }
         let rows = RecordBatch::try_new(schema.clone(), columns)?;
         if rows.num_rows() > 0 {
-            writer.push_batch(&rows)?;
+            writer.push_batch(&rows).await?;
         }
     }
-    let rows = writer.rows();
-    let (bytes, stats) = writer.finish()?;
-    Ok((bytes, rows, stats))
+    Ok(())
 }
 
 /// Rows in the Parquet file `bytes`, from its footer; an error if it is not a whole file.

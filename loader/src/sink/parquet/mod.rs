@@ -74,22 +74,32 @@ pub fn path_of(dataset: Dataset, date: NaiveDate, name: &str) -> String {
     )
 }
 
-/// The object that holds the file `path` at rewrite generation `generation`: `path` itself at
-/// first, `…-g<generation>.parquet` after a rewrite. Objects are never overwritten: a rewrite is
-/// a new object, and the table's commit swaps the old for the new.
-pub fn object_of(path: &str, generation: i64) -> String {
-    if generation == 0 {
-        return path.to_string();
-    }
+/// A new object for the file `path` at rewrite generation `generation`, written by one writer:
+/// `<name>-g<generation>-<8 random hex>.parquet`. Objects are never overwritten — two writers of
+/// one file never share an object — and the table's commit decides which one is the file
+/// ([`crate::sink::roll::Rolls::publish`]); the others are left to vacuum.
+pub fn new_object(path: &str, generation: i64) -> String {
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{}{tag}.parquet", generation_prefix(path, generation))
+}
+
+/// What every object of the file `path` at `generation` starts with.
+pub fn generation_prefix(path: &str, generation: i64) -> String {
     let stem = path.strip_suffix(".parquet").unwrap_or(path);
-    format!("{stem}-g{generation}.parquet")
+    format!("{stem}-g{generation}-")
 }
 
 /// The Parquet file of `dataset` holding `records`, whole, in memory.
-pub fn encode_file(dataset: Dataset, records: &[&LoadRecord]) -> anyhow::Result<bytes::Bytes> {
-    let mut w = FileWriter::new(dataset)?;
-    w.push(records)?;
-    Ok(w.finish()?.0)
+pub async fn encode_file(
+    dataset: Dataset,
+    records: &[&LoadRecord],
+) -> anyhow::Result<bytes::Bytes> {
+    let mut w = FileWriter::in_memory(dataset)?;
+    w.push(records).await?;
+    match w.finish().await?.0 {
+        crate::sink::store::Sink::Memory(bytes) => Ok(bytes::Bytes::from(bytes)),
+        other => anyhow::bail!("an in-memory file ended in {other:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -118,8 +128,8 @@ mod tests {
         assert_eq!(chunks_by_bytes(&[], 10).count(), 0);
     }
 
-    #[test]
-    fn raw_files_get_a_row_group_per_few_megabytes() {
+    #[tokio::test]
+    async fn raw_files_get_a_row_group_per_few_megabytes() {
         let recs = records();
         let refs: Vec<&LoadRecord> = recs.iter().collect();
         let big: Vec<&LoadRecord> = std::iter::repeat_n(refs[0], 600).collect();
@@ -127,7 +137,7 @@ mod tests {
             .map(raw_batch)
             .collect::<Result<_, _>>()
             .unwrap();
-        let bytes = encode_file(Dataset::Raw, &big).unwrap();
+        let bytes = encode_file(Dataset::Raw, &big).await.unwrap();
         let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
         use parquet::file::reader::FileReader;
         let groups = reader.metadata().num_row_groups();
@@ -166,11 +176,11 @@ mod tests {
         good
     }
 
-    #[test]
-    fn files_are_readable_snappy_with_utc_timestamps() {
+    #[tokio::test]
+    async fn files_are_readable_snappy_with_utc_timestamps() {
         let recs = records();
         let refs: Vec<&LoadRecord> = recs.iter().collect();
-        let bytes = encode_file(Dataset::Processed, &refs).unwrap();
+        let bytes = encode_file(Dataset::Processed, &refs).await.unwrap();
         assert_eq!(rows_in(bytes.clone()).unwrap(), 60);
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         assert_eq!(
@@ -199,8 +209,8 @@ mod tests {
     /// Spark refuses Parquet's UUID logical type and Delta has no UUID type: ids are their
     /// canonical text, and no column is of a type some engine cannot read (unsigned integers,
     /// nanosecond or zone-less timestamps, fixed-length binary).
-    #[test]
-    fn every_column_has_a_type_every_engine_reads() {
+    #[tokio::test]
+    async fn every_column_has_a_type_every_engine_reads() {
         use arrow::array::AsArray;
         use arrow::datatypes::{DataType, TimeUnit};
         use parquet::basic::{LogicalType, Type};
@@ -218,7 +228,7 @@ mod tests {
                     .collect(),
             ),
         ] {
-            let bytes = encode_file(dataset, &refs).unwrap();
+            let bytes = encode_file(dataset, &refs).await.unwrap();
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
             let descr = builder.metadata().file_metadata().schema_descr_ptr();
             for column in descr.columns() {
@@ -273,8 +283,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn dictionaries_only_for_few_distinct_values() {
+    #[tokio::test]
+    async fn dictionaries_only_for_few_distinct_values() {
         use parquet::basic::Encoding;
         let recs = records();
         let refs: Vec<&LoadRecord> = recs.iter().collect();
@@ -290,7 +300,7 @@ mod tests {
                 &["gender", "nationality", "country", "source_topic"][..],
             ),
         ] {
-            let bytes = encode_file(dataset, &refs).unwrap();
+            let bytes = encode_file(dataset, &refs).await.unwrap();
             let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
             use parquet::file::reader::FileReader;
             let group = reader.metadata().row_group(0);

@@ -24,7 +24,7 @@ use super::SinkError;
 use super::ledger::{self, Claim, Unpublished};
 use super::parquet::{self, Dataset, FileWriter};
 use super::postgres;
-use super::store::{Created, Store};
+use super::store::Store;
 use super::table::{AddFile, Commit, Operation, TableState, Tables};
 use crate::batch::LoadRecord;
 use anyhow::Context;
@@ -384,24 +384,34 @@ impl Rolls {
                     current
                 });
             }
-            let (done, todo): (Vec<Prepared>, Vec<Prepared>) = ready
-                .into_iter()
-                .partition(|p| table.is_live(&in_table(&p.object)));
+            // A file with an object of its generation in the table is in: ours, from an attempt
+            // whose answer was lost, or another writer's (ours is then left to vacuum).
+            let mut done = Vec::new();
+            let mut todo = Vec::new();
+            for mut p in ready {
+                let prefix = in_table(&parquet::generation_prefix(&p.path, p.generation));
+                match table.live_with_prefix(&prefix).next() {
+                    Some(live) => {
+                        p.object = format!("{}/{live}", dataset.as_str());
+                        done.push(p);
+                    }
+                    None => todo.push(p),
+                }
+            }
             self.published(&done, table.version(), report).await?;
             ready = todo;
             if ready.is_empty() {
                 return Ok(());
             }
             let adds: Vec<AddFile> = ready.iter().map(|p| p.add.clone()).collect();
-            // Every other live object of a file being written: an older generation's.
+            // Every live object of a file being written is an older generation's: replaced.
             let mut removes = Vec::new();
             for p in &ready {
                 let stem = in_table(p.path.trim_end_matches(".parquet"));
-                let mine = in_table(&p.object);
                 removes.extend(
                     table
                         .live_with_prefix(&stem)
-                        .filter(|o| *o != mine && is_object_of(o, &stem))
+                        .filter(|o| is_object_of(o, &stem))
                         .map(str::to_string),
                 );
             }
@@ -471,11 +481,13 @@ impl Rolls {
         Ok(())
     }
 
-    /// Builds and uploads `file`, unless the table has it already.
+    /// Builds and uploads `file` as a new object, unless an object of its generation is in the
+    /// table already.
     async fn prepare(&self, table: &TableState, file: &Unpublished) -> Result<Prepare, SinkError> {
         let parquet = |e: anyhow::Error| SinkError::Parquet(e);
-        let object = parquet::object_of(&file.path, file.generation);
-        if table.is_live(&in_table(&object)) {
+        let dataset = Dataset::of_path(&file.path);
+        let prefix = in_table(&parquet::generation_prefix(&file.path, file.generation));
+        if let Some(live) = table.live_with_prefix(&prefix).next() {
             let rows = {
                 let mut conn = self.pool.acquire().await?;
                 ledger::row_count(&mut conn, &file.path).await?
@@ -483,69 +495,37 @@ impl Rolls {
             return Ok(Prepare::InTable {
                 path: file.path.clone(),
                 generation: file.generation,
-                object,
+                object: format!("{}/{live}", dataset.as_str()),
                 rows,
             });
         }
-        let mut stale = None;
-        let built = if file.state == "adopt" {
-            match self.adopt(file).await? {
-                Some(built) => {
-                    stale = Some(file.path.clone());
-                    Some(built)
-                }
-                None => None,
-            }
-        } else {
-            None
-        };
-        let built = match built {
-            Some(b) => b,
-            None => {
-                let mut conn = self.pool.acquire().await?;
-                match self.build(&mut conn, &file.path).await? {
-                    Ok(b) => b,
-                    Err(reason) => return Ok(Prepare::Unbuildable(reason)),
-                }
-            }
-        };
-        let Built { bytes, rows, stats } = built;
-        let mut size = bytes.len() as u64;
-        let created = self
+        let object = parquet::new_object(&file.path, file.generation);
+        let sink = self
             .store
-            .create(&object, bytes.clone())
+            .begin(&object)
             .await
             .map_err(|e| parquet(e.into()))?;
-        crate::failpoint::hit("after-object-write");
-        if Dataset::of_path(&file.path) == Dataset::Processed {
-            crate::failpoint::hit("after-processed-object-write");
-        }
-        if created == Created::Existed {
-            // Written before a crash, or by another writer of this generation: the name fixes
-            // the records, so a whole object with their row count holds them (its size is what
-            // the table must say). Anything else under the name (a torn copy, other rows) is in
-            // no table (the table was read before) and is replaced.
-            let found = self
-                .store
-                .footer_rows(&object)
-                .await
-                .map_err(|e| parquet(e.into()))?;
-            if found == Some(rows as i64) {
-                if let Some(existing) = self
-                    .store
-                    .size(&object)
-                    .await
-                    .map_err(|e| parquet(e.into()))?
-                {
-                    size = existing;
-                }
-            } else {
-                tracing::warn!(%object, ?found, rows, "an object under a pending file's name is torn or holds other rows; replacing it");
-                self.store
-                    .replace(&object, bytes)
-                    .await
-                    .map_err(|e| parquet(e.into()))?;
+        let mut writer = FileWriter::new(dataset, sink).map_err(|e| parquet(e.into()))?;
+        let stale = match self.fill(&mut writer, file).await {
+            Ok(Ok(stale)) => stale,
+            Ok(Err(reason)) => {
+                self.store.discard(writer.abandon()).await;
+                return Ok(Prepare::Unbuildable(reason));
             }
+            Err(e) => {
+                self.store.discard(writer.abandon()).await;
+                return Err(e);
+            }
+        };
+        let rows = writer.rows();
+        let (sink, stats) = writer.finish().await.map_err(parquet)?;
+        let size = match self.store.complete(&object, sink).await {
+            Ok(size) => size,
+            Err(e) => return Err(parquet(e.into())),
+        };
+        crate::failpoint::hit("after-object-write");
+        if dataset == Dataset::Processed {
+            crate::failpoint::hit("after-processed-object-write");
         }
         let date = date_of(&file.path).map_err(parquet)?;
         Ok(Prepare::Ready(Prepared {
@@ -564,17 +544,46 @@ impl Rolls {
         }))
     }
 
-    /// The Parquet bytes of `path` from the rows that name it, read a few MB (raw) or a few
-    /// thousand users (processed) at a time, with its row count and statistics; the reason it
-    /// cannot be built if no record names it or (raw) one no longer decodes. A processed file
-    /// holds `processed_data`'s rows as they are, not a new transform's.
+    /// Writes `file`'s rows into `writer`: an adopted file's from its old object (returned, to
+    /// delete once the new one is in) or, failing that, from PostgreSQL like any other file;
+    /// the reason it cannot be built, if it cannot.
+    async fn fill(
+        &self,
+        writer: &mut FileWriter,
+        file: &Unpublished,
+    ) -> Result<Result<Option<String>, String>, SinkError> {
+        if file.state == "adopt" {
+            match self.store.read(&file.path).await {
+                Ok(old) => match parquet::convert(old, writer).await {
+                    Ok(()) => return Ok(Ok(Some(file.path.clone()))),
+                    Err(e) if writer.rows() == 0 => {
+                        tracing::warn!(path = %file.path, error = %format!("{e:#}"), "an adopted file's old object cannot be converted; rebuilding it from PostgreSQL");
+                    }
+                    Err(e) => return Err(SinkError::Parquet(e)),
+                },
+                Err(e) => {
+                    tracing::warn!(path = %file.path, error = %e, "an adopted file's old object cannot be read; rebuilding it from PostgreSQL");
+                }
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        Ok(self
+            .build(&mut conn, writer, &file.path)
+            .await?
+            .map(|()| None))
+    }
+
+    /// Writes the rows that name `path` into `writer`, read a page at a time — pages of about
+    /// 4 MiB of payload (raw) or 20,000 users (processed), sized by the file's largest record;
+    /// the reason it cannot be built if no record names it or (raw) one no longer decodes. A
+    /// processed file holds `processed_data`'s rows as they are, not a new transform's.
     async fn build(
         &self,
         conn: &mut sqlx::PgConnection,
+        writer: &mut FileWriter,
         path: &str,
-    ) -> Result<Result<Built, String>, SinkError> {
+    ) -> Result<Result<(), String>, SinkError> {
         let dataset = Dataset::of_path(path);
-        let mut writer = FileWriter::new(dataset).map_err(|e| SinkError::Parquet(e.into()))?;
         let mut after = (i64::MIN, uuid::Uuid::nil());
         let limit = postgres::page_size(conn, dataset, path, READ_BYTES, READ_USERS).await?;
         let mut records = 0usize;
@@ -610,7 +619,7 @@ impl Rolls {
             let full = page.len() as i64 == limit;
             records += page.len();
             let refs: Vec<&LoadRecord> = page.iter().collect();
-            writer.push(&refs).map_err(SinkError::Parquet)?;
+            writer.push(&refs).await.map_err(SinkError::Parquet)?;
             if !full {
                 break;
             }
@@ -619,29 +628,7 @@ impl Rolls {
             tracing::error!(path, "the ledger names a Parquet file that no record names");
             return Ok(Err("no record names this file".into()));
         }
-        let rows = writer.rows();
-        let (bytes, stats) = writer.finish().map_err(SinkError::Parquet)?;
-        Ok(Ok(Built { bytes, rows, stats }))
-    }
-
-    /// An adopted file rebuilt from its old object (a file published before the tables): the
-    /// same rows, with the types every engine reads; `None` if the old object cannot be read
-    /// (then it is built from PostgreSQL).
-    async fn adopt(&self, file: &Unpublished) -> Result<Option<Built>, SinkError> {
-        let old = match self.store.read(&file.path).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!(path = %file.path, error = %e, "an adopted file's old object cannot be read; rebuilding it from PostgreSQL");
-                return Ok(None);
-            }
-        };
-        match parquet::convert(Dataset::of_path(&file.path), old) {
-            Ok((bytes, rows, stats)) => Ok(Some(Built { bytes, rows, stats })),
-            Err(e) => {
-                tracing::warn!(path = %file.path, error = %format!("{e:#}"), "an adopted file's old object cannot be converted; rebuilding it from PostgreSQL");
-                Ok(None)
-            }
-        }
+        Ok(Ok(()))
     }
 
     /// Writes every file not yet published (a crashed roll's, a failed rewrite's, an adopted
@@ -675,13 +662,6 @@ impl Rolls {
         };
         self.publish(&files).await
     }
-}
-
-/// A file built in memory.
-struct Built {
-    bytes: bytes::Bytes,
-    rows: usize,
-    stats: arrow::array::StructArray,
 }
 
 /// `raw/date=…/name` relative to its table: `date=…/name`.
