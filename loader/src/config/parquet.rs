@@ -17,7 +17,8 @@ pub struct ParquetArgs {
     #[arg(long = "parquet-url", env = "PARQUET_URL", value_name = "PARQUET_URL")]
     pub parquet_url: Option<String>,
     /// A Parquet file closes at this many bytes of input (payload JSON; the Snappy file is a
-    /// few times smaller). It is built in memory and sent in one PUT, hence the 1 GiB cap.
+    /// few times smaller), at most 1 GiB. Files are streamed to the store as they are built, so
+    /// the size costs no memory; it bounds how much one commit publishes at once.
     #[arg(long = "parquet-roll-max-bytes", env = "PARQUET_ROLL_MAX_BYTES", value_name = "PARQUET_ROLL_MAX_BYTES", default_value_t = 128 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     pub roll_max_bytes: u64,
     /// ...or once its oldest record has waited this long (0s: after every batch).

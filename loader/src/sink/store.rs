@@ -529,57 +529,6 @@ impl Store {
         }
     }
 
-    /// The row count in the Parquet footer of `key`, reading only the footer; `None` if there is
-    /// no object or it is not a whole Parquet file.
-    pub async fn footer_rows(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        let Some(size) = self.size(key).await? else {
-            return Ok(None);
-        };
-        if size < 8 {
-            return Ok(None);
-        }
-        let tail = self.range(key, size - 8..size).await?;
-        let Ok(tail) = <[u8; 8]>::try_from(&tail[..]) else {
-            return Ok(None);
-        };
-        let Ok(footer) = parquet::file::metadata::FooterTail::try_new(&tail) else {
-            return Ok(None);
-        };
-        let length = footer.metadata_length() as u64;
-        if length + 8 > size {
-            return Ok(None);
-        }
-        let meta = self.range(key, size - 8 - length..size - 8).await?;
-        Ok(
-            parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
-                .ok()
-                .map(|m| m.file_metadata().num_rows()),
-        )
-    }
-
-    async fn range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
-        match self {
-            Store::Local(root) => {
-                let path = root.join(key);
-                tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                    use std::io::{Read, Seek, SeekFrom};
-                    let mut f = std::fs::File::open(path)?;
-                    f.seek(SeekFrom::Start(range.start))?;
-                    let mut buf = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
-                    f.read_exact(&mut buf)?;
-                    Ok(Bytes::from(buf))
-                })
-                .await
-                .map_err(|e| self.error(key, e))?
-                .map_err(|e| self.error(key, e))
-            }
-            Store::Object { store, .. } => store
-                .get_range(&self.key(key), range)
-                .await
-                .map_err(|e| self.error(key, e)),
-        }
-    }
-
     /// The whole object.
     pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
         match self {
