@@ -186,6 +186,7 @@ impl Roller {
         owned: &HashSet<(String, i32)>,
     ) -> Result<RollReport, SinkError> {
         let rolls = self.sinks.rolls();
+        rolls.new_attempt();
         let now = chrono::Utc::now();
         let policy = rolls.policy();
         let orphaned_after = policy.interval + policy.interval.max(ORPHAN_GRACE);
@@ -193,6 +194,9 @@ impl Roller {
         let mut report = RollReport::default();
         let mut failure = None;
         for w in &waiting {
+            if failure.is_some() && rolls.store_is_failing() {
+                break;
+            }
             let mine = owned.contains(&(w.topic.clone(), w.partition));
             let cut = if mine && closing {
                 Some(Cut::All)
@@ -215,6 +219,9 @@ impl Roller {
         // Files a failed attempt claimed and could not write: until they are written the roll
         // has not succeeded, whether or not new records wait.
         for (topic, partition) in rolls.unfinished().await? {
+            if failure.is_some() && rolls.store_is_failing() {
+                break;
+            }
             if owned.contains(&(topic.clone(), partition)) {
                 match rolls.finish(&topic, partition).await {
                     Ok(r) => report.add(r),

@@ -1454,6 +1454,11 @@ async fn bucket_frozen_for_30_seconds_mid_load() {
     let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
         c.parquet.parquet_url = Some(format!("s3://{bucket}/lake"));
         c.parquet.store_settings = support::bucket::secrets(env.clone());
+        // Noticed in seconds, not after the default 30 s request timeout (which the client
+        // retries before a request fails).
+        c.parquet
+            .store_settings
+            .push(("AWS_TIMEOUT".into(), etl_common::config::Secret::from("2s")));
     })
     .await;
     let frozen = support::bucket::Frozen::store();

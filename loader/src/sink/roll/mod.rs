@@ -115,6 +115,11 @@ impl RollReport {
 /// it (the commit protocol fences writers, [`Rolls::publish`]); it saves duplicated work.
 const LEASE: Duration = Duration::from_secs(600);
 
+/// Files failing one after another in one attempt before it stops: one failing file never holds
+/// the others up, but a store that is down fails them all, each after its timeouts, and the
+/// failure is reported only once the attempt ends.
+const FAILURES_IN_A_ROW: usize = 2;
+
 /// Attempts at a commit whose outcome was unknown or lost a race, before the roll gives up
 /// (and its files wait for the next roll or sweep).
 const COMMIT_ATTEMPTS: usize = 20;
@@ -160,6 +165,9 @@ pub struct Rolls {
     policy: RollPolicy,
     /// This process, as a lease owner.
     owner: uuid::Uuid,
+    /// Files (and table reads) that failed one after another in this attempt
+    /// ([`Rolls::new_attempt`]): past [`FAILURES_IN_A_ROW`] the store is out, not a file.
+    failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Rolls {
@@ -172,7 +180,32 @@ impl Rolls {
             tables,
             policy,
             owner: uuid::Uuid::new_v4(),
+            failing: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
+    }
+
+    /// Starts an attempt (a roller's pass over what is due, a sweep): failures counted afresh.
+    pub fn new_attempt(&self) {
+        self.failing.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this attempt has seen the store fail [`FAILURES_IN_A_ROW`] times in a row: the
+    /// rest of the attempt would only wait out the same timeouts.
+    pub fn store_is_failing(&self) -> bool {
+        self.failing() >= FAILURES_IN_A_ROW
+    }
+
+    fn failing(&self) -> usize {
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn failed(&self, failed: bool) {
+        use std::sync::atomic::Ordering;
+        if failed {
+            self.failing.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.failing.store(0, Ordering::SeqCst);
+        }
     }
 
     /// Where files go.
@@ -283,6 +316,15 @@ impl Rolls {
             if mine.is_empty() {
                 continue;
             }
+            if self.failing() >= FAILURES_IN_A_ROW {
+                // The store, not a file: the rest would wait out the same timeouts one by one,
+                // and the failure would be reported that much later.
+                failure.get_or_insert(SinkError::Parquet(anyhow::anyhow!(
+                    "the store failed {FAILURES_IN_A_ROW} times in a row; {} files wait for the next attempt",
+                    mine.len()
+                )));
+                continue;
+            }
             if let Err(e) = self.publish_to(dataset, &mine, &mut report).await {
                 tracing::warn!(dataset = dataset.as_str(), error = %e, "could not publish Parquet files");
                 failure.get_or_insert(e);
@@ -302,10 +344,22 @@ impl Rolls {
     ) -> Result<(), SinkError> {
         let lake = |e: anyhow::Error| SinkError::Parquet(e);
         // The table first, the ledger after (see `publish`).
-        let table = self.tables.state(dataset).await.map_err(lake)?;
+        let table = match self.tables.state(dataset).await {
+            Ok(table) => table,
+            Err(e) => {
+                self.failed(true);
+                return Err(lake(e));
+            }
+        };
         let mut ready = Vec::new();
         let mut failure = None;
         for file in files {
+            if self.failing() >= FAILURES_IN_A_ROW {
+                failure.get_or_insert(SinkError::Parquet(anyhow::anyhow!(
+                    "the store failed {FAILURES_IN_A_ROW} times in a row; the rest waits for the next attempt"
+                )));
+                break;
+            }
             let leased = {
                 let mut conn = self.pool.acquire().await?;
                 ledger::lease(&mut conn, &file.path, self.owner, LEASE).await?
@@ -314,7 +368,9 @@ impl Rolls {
                 report.busy += 1;
                 continue;
             };
-            match self.prepare(&table, &leased).await {
+            let prepared = self.prepare(&table, &leased).await;
+            self.failed(prepared.is_err());
+            match prepared {
                 Ok(Prepare::Ready(p)) => ready.push(p),
                 Ok(Prepare::InTable {
                     path,
@@ -634,6 +690,7 @@ impl Rolls {
     /// Writes every file not yet published (a crashed roll's, a failed rewrite's, an adopted
     /// one's), and clears leftovers.
     pub async fn recover(&self) -> Result<RollReport, SinkError> {
+        self.new_attempt();
         let files = {
             let mut conn = self.pool.acquire().await?;
             ledger::unpublished(&mut conn, None).await?
