@@ -151,6 +151,18 @@ async fn sigterm(child: &mut Child) {
     assert!(exit.success(), "loader exit status after SIGTERM: {exit:?}");
 }
 
+/// Whether process `pid` is stopped (SIGSTOP: state `T` in `/proc/<pid>/stat`).
+fn stopped(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
 async fn kill9(child: &mut Child) {
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -1029,16 +1041,7 @@ async fn a_replica_paused_inside_a_transaction_holds_nobody_up() {
         &[session[0], ("ETL_FAILPOINTS", "mid-batch=stop")],
     );
     let pid = paused.id().expect("the paused loader's pid").to_string();
-    let is_stopped = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false)
-    };
+    let is_stopped = || stopped(&pid);
     let producing = extractor(&stub.url(), &topic, 40, 50, "200ms");
     eventually(
         Duration::from_secs(60),
@@ -1571,16 +1574,7 @@ async fn a_writer_that_lost_its_lease_cannot_undo_a_rewrite() {
         ],
     );
     let pid = a.id().expect("A's pid").to_string();
-    let is_stopped = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false)
-    };
+    let is_stopped = || stopped(&pid);
     eventually(
         Duration::from_secs(60),
         "A stops after uploading the processed file",

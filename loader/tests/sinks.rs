@@ -11,21 +11,22 @@ use std::time::Duration;
 use support::*;
 
 fn records(topic: &str, offsets: std::ops::Range<i64>) -> Vec<loader::batch::LoadRecord> {
-    let payload = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
-    let recs = offsets
-        .map(|o| SourceRecord {
-            topic: topic.to_string(),
-            partition: 0,
-            offset: o,
-            key: Some(format!("fetch-{o}")),
-            fetch_id: Some(format!("{topic}-{o}")),
-            payload: Some(payload.to_vec()),
-            fetched_at: Utc::now(),
-        })
-        .collect();
-    let (good, bad) = decode(recs, 1 << 24, Utc::now(), false);
-    assert!(bad.is_empty());
-    good
+    records_in(topic, 0, offsets)
+}
+
+/// Rolls whose store is a file, not a directory: every write fails, claims succeed.
+fn broken_rolls(db: &TestDb, dir: &std::path::Path) -> Rolls {
+    let not_a_dir = dir.join("not-a-directory");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    Rolls::new(
+        db.pool.clone(),
+        Store::Local(not_a_dir),
+        RollPolicy {
+            max_bytes: 1 << 30,
+            interval: Duration::ZERO,
+        },
+    )
+    .unwrap()
 }
 
 /// Rolls into `dir`, closing files at `max_bytes` of input; nothing is due by age.
@@ -196,17 +197,7 @@ async fn a_claimed_roll_that_died_is_written_by_recovery() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     loader::migrate::apply(&db.pool).await.unwrap();
-    let not_a_dir = dir.path().join("not-a-directory");
-    std::fs::write(&not_a_dir, b"").unwrap();
-    let broken = Rolls::new(
-        db.pool.clone(),
-        Store::Local(not_a_dir),
-        RollPolicy {
-            max_bytes: 1 << 30,
-            interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
+    let broken = broken_rolls(&db, dir.path());
     let s = Sinks::new(db.pool.clone(), broken);
     s.write(&records("t", 0..2)).await.unwrap();
     let err = s.rolls().roll("t", 0, Cut::All).await.unwrap_err();
@@ -344,17 +335,7 @@ async fn a_sweep_never_waits_behind_a_hung_writer() {
     let s = sinks(&db, dir.path()).await;
     s.write(&records("t", 10..11)).await.unwrap();
     // Claimed by a roll whose writes failed (a store that is not a directory): both files pending.
-    let not_a_dir = dir.path().join("not-a-directory");
-    std::fs::write(&not_a_dir, b"").unwrap();
-    let broken = Rolls::new(
-        db.pool.clone(),
-        Store::Local(not_a_dir),
-        RollPolicy {
-            max_bytes: 1 << 30,
-            interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
+    let broken = broken_rolls(&db, dir.path());
     broken.roll("t", 0, Cut::All).await.unwrap_err();
     let path: String = sqlx::query_scalar(
         "SELECT path FROM parquet_files WHERE dataset = 'processed' AND state = 'pending'",
