@@ -15,11 +15,10 @@ use arrow::array::{
     Array, ArrayRef, Int64Array, MapBuilder, MapFieldNames, RecordBatch, StringArray,
     StringBuilder, StructArray,
 };
-use arrow::datatypes::{DataType as ArrowType, Field, Fields, Schema as ArrowSchema, TimeUnit};
+use arrow::datatypes::{DataType as ArrowType, Field, Fields, Schema as ArrowSchema};
 use chrono::NaiveDate;
 use delta_kernel::committer::FileSystemCommitter;
 use delta_kernel::engine::arrow_data::ArrowEngineData;
-use delta_kernel::expressions::ColumnName;
 use delta_kernel::scan::state::ScanFile;
 use delta_kernel::schema::{DataType, StructField, StructType};
 use delta_kernel::transaction::create_table::create_table;
@@ -28,7 +27,6 @@ use delta_kernel::transaction::{CommitResult, UpdateTableOperation};
 use delta_kernel::{FilteredEngineData, KernelError, Snapshot, SnapshotRef};
 use delta_kernel_default_engine::DefaultEngineBuilder;
 use delta_kernel_default_engine::executor::tokio::TokioMultiThreadExecutor;
-use delta_kernel_default_engine::stats::FileStatsAccumulator;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use url::Url;
@@ -394,64 +392,10 @@ pub fn table_schema(dataset: Dataset) -> Arc<StructType> {
         Dataset::Raw => super::parquet::raw_schema(),
         Dataset::Processed => super::parquet::processed_schema(),
     };
-    let mut fields: Vec<StructField> = data_fields(&arrow);
+    let mut fields: Vec<StructField> = super::parquet::delta_fields(&arrow);
     fields.push(StructField::not_null(PARTITION_COLUMN, DataType::DATE));
     #[allow(clippy::expect_used)]
     Arc::new(StructType::try_new(fields).expect("column names are unique"))
-}
-
-/// The Delta fields of the Parquet columns.
-fn data_fields(arrow: &ArrowSchema) -> Vec<StructField> {
-    arrow
-        .fields()
-        .iter()
-        .map(|f| {
-            let ty = match f.data_type() {
-                ArrowType::Int32 => DataType::INTEGER,
-                ArrowType::Int64 => DataType::LONG,
-                ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => DataType::TIMESTAMP,
-                _ => DataType::STRING,
-            };
-            StructField::new(f.name(), ty, f.is_nullable())
-        })
-        .collect()
-}
-
-/// Accumulates a file's statistics one row group at a time, as it is written.
-pub struct Stats(FileStatsAccumulator);
-
-impl Stats {
-    /// For a file of `dataset`: every column but the payload (statistics on a JSON document
-    /// skip nothing and cost a comparison of kilobytes per row). A file's rows come from
-    /// PostgreSQL as they are, so two writers of one file build the same rows and the same
-    /// statistics, whichever object the table gets.
-    pub fn new(dataset: Dataset) -> Self {
-        let arrow = match dataset {
-            Dataset::Raw => super::parquet::raw_schema(),
-            Dataset::Processed => super::parquet::processed_schema(),
-        };
-        let physical = StructType::new_unchecked(data_fields(&arrow));
-        let columns: Vec<ColumnName> = arrow
-            .fields()
-            .iter()
-            .filter(|f| f.name() != "payload")
-            .map(|f| ColumnName::new([f.name().as_str()]))
-            .collect();
-        Self(FileStatsAccumulator::new(&columns, &physical))
-    }
-
-    /// Adds one row group.
-    pub fn merge(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        self.0.merge(batch).map_err(kernel)
-    }
-
-    /// The file's statistics row.
-    pub fn finish(self) -> anyhow::Result<StructArray> {
-        self.0
-            .finish()
-            .map_err(kernel)?
-            .context("a Parquet file without a row group")
-    }
 }
 
 /// The add-files row the kernel takes for `add`.

@@ -94,7 +94,7 @@ pub struct FileWriter {
     writer: AsyncArrowWriter<crate::sink::store::Sink>,
     rows: usize,
     /// The file's statistics for its table's add action, a row group at a time.
-    stats: crate::sink::table::Stats,
+    stats: super::Stats,
 }
 
 impl FileWriter {
@@ -113,7 +113,7 @@ impl FileWriter {
             dataset,
             writer: AsyncArrowWriter::try_new(sink, schema, Some(props))?,
             rows: 0,
-            stats: crate::sink::table::Stats::new(dataset),
+            stats: super::Stats::new(dataset),
         })
     }
 

@@ -7,11 +7,13 @@
 //! where the bytes go is the store's ([`crate::sink::store`]).
 
 mod encode;
+mod stats;
 
 pub use encode::{
     FileWriter, RAW_ROW_GROUP_BYTES, chunks_by_bytes, convert, processed_batch, processed_schema,
     raw_batch, raw_schema, rows_in, writer_properties,
 };
+pub use stats::{Stats, delta_fields};
 
 use crate::batch::LoadRecord;
 use chrono::NaiveDate;
