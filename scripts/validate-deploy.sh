@@ -235,7 +235,7 @@ kv() {
     return 1
   fi
 }
-CHART=deploy/helm/randomuser-etl
+CHART=k8s/randomuser-etl
 NS=randomuser-etl
 render() { "$BIN/helm" template etl "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" "$@"; }
 "$BIN/helm" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict (defaults)"; }
@@ -273,12 +273,12 @@ ok "$CHART: migrate Job named per image (upgrades never hit an immutable Job); c
 mkdir -p "$WORK/prometheus"
 cp deploy/prometheus/prometheus.yml "$CHART/files/alerts.yml" "$WORK/prometheus/"
 "$PROMTOOL" check config "$WORK/prometheus/prometheus.yml" >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check config"; }
-"$PROMTOOL" check rules deploy/helm/randomuser-etl/files/alerts.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules"; }
+"$PROMTOOL" check rules k8s/randomuser-etl/files/alerts.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules"; }
 (cd deploy/prometheus && "$PROMTOOL" test rules alerts_test.yml) >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool test rules"; }
 # Every alert must appear in the unit tests, firing at least once.
 "$PY" - <<'PY' || fail "alert test coverage"
 import sys, yaml
-alerts = {r["alert"] for g in yaml.safe_load(open("deploy/helm/randomuser-etl/files/alerts.yml"))["groups"] for r in g["rules"] if "alert" in r}
+alerts = {r["alert"] for g in yaml.safe_load(open("k8s/randomuser-etl/files/alerts.yml"))["groups"] for r in g["rules"] if "alert" in r}
 fired, quiet = set(), set()
 for t in yaml.safe_load(open("deploy/prometheus/alerts_test.yml"))["tests"]:
     for a in t.get("alert_rule_test", []):
@@ -295,7 +295,7 @@ def anchor(heading):
     return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
 anchors = {anchor(h) for h in re.findall(r"^#+ (.*)$", readme, re.M)}
 errors = []
-for g in yaml.safe_load(open("deploy/helm/randomuser-etl/files/alerts.yml"))["groups"]:
+for g in yaml.safe_load(open("k8s/randomuser-etl/files/alerts.yml"))["groups"]:
     for r in g["rules"]:
         name, expr = r.get("alert", r.get("record")), r["expr"]
         for sel in re.findall(r"\bup\s*(\{[^}]*\})?", expr):
@@ -311,12 +311,12 @@ for e in errors:
     print("  -", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
-ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' deploy/helm/randomuser-etl/files/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
+ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' k8s/randomuser-etl/files/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
 
 # --- Grafana dashboard and metric names ---------------------------------------------------------
 "$PY" - "$WORK/dashboard-rules.yml" <<'PY' || fail "dashboard"
 import glob, json, re, sys, yaml
-dash = json.load(open("deploy/helm/randomuser-etl/files/dashboards/etl.json"))
+dash = json.load(open("k8s/randomuser-etl/files/dashboards/etl.json"))
 exprs, errors = [], []
 # Imported into any Grafana: the datasource is a variable, never a uid of ours; every query is
 # scoped to the pipeline's jobs and to the chosen namespaces (two installations, one Grafana).
@@ -366,7 +366,7 @@ for f in glob.glob("**/src/**/*.rs", recursive=True):
     if f.startswith("target/"):
         continue
     defined |= set(re.findall(r'"(etl_[a-z0-9_]+)"', open(f, encoding="utf-8", errors="replace").read()))
-used = set(re.findall(r"\betl_[a-z0-9_]+", " ".join(e for _, e in exprs) + open("deploy/helm/randomuser-etl/files/alerts.yml").read()))
+used = set(re.findall(r"\betl_[a-z0-9_]+", " ".join(e for _, e in exprs) + open("k8s/randomuser-etl/files/alerts.yml").read()))
 import os
 pending = set(os.environ.get("PENDING_METRICS", "").split())
 for m in sorted(used):
