@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Static validation of everything that ships the pipeline: Dockerfile, docker-compose.yml, the
-# Helm chart (every ci/*-values.yaml, rendered and held to scripts/validate-k8s.py), Prometheus
-# config, alerts and their unit tests, the Grafana dashboard.
+# Helm chart in k8s/ (every ci/*-values.yaml, rendered and held to scripts/validate-k8s.py; then
+# the checks across renders of scripts/validate-k8s-renders.py: Job names across value changes,
+# two releases side by side, pull secrets and scheduling on every pod, the guards), Prometheus
+# config, alerts and their unit tests (the chart's rendered rules too), the Grafana dashboard.
 # Offline except for package registries: the tools go into .tools/ (git-ignored) on first use
 # and are reused after that. No Docker engine or cluster is needed — nothing is built or run.
 #
@@ -238,8 +240,11 @@ kv() {
 CHART=k8s/randomuser-etl
 NS=randomuser-etl
 render() { "$BIN/helm" template etl "$CHART" --namespace "$NS" --kube-version "$K8S_VERSION" "$@"; }
-"$BIN/helm" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict (defaults)"; }
-render >"$WORK/default.yaml" || fail "helm template (defaults)"
+# The defaults name no bucket: an install that says neither parquet.url nor parquet.volume.enabled
+# is refused (scripts/validate-k8s-renders.py checks the message); the defaults are checked with one.
+BUCKET=(--set parquet.url=s3://example-bucket/parquet)
+"$BIN/helm" lint --strict "$CHART" "${BUCKET[@]}" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict (defaults)"; }
+render "${BUCKET[@]}" >"$WORK/default.yaml" || fail "helm template (defaults)"
 kv "$WORK/default.yaml" || fail "kubernetes-validate --strict (defaults)"
 "$PY" scripts/validate-k8s.py "$WORK/default.yaml" "$NS" "values.yaml" || fail "policy checks (defaults)"
 ok "$CHART: helm lint --strict | helm template | kubernetes-validate --strict ($K8S_VERSION) | policy — defaults"
@@ -260,13 +265,22 @@ kv "$WORK/ops.yaml" || fail "kubernetes-validate operations.yaml"
 ok "$CHART/templates/operations.yaml: replay and backfill Jobs render and validate"
 # 5. A new image gets a new migrate Job (a Job's template is immutable: a fixed name refuses the
 #    upgrade); the same image keeps its name, so re-applying changes nothing.
-job() { render "$@" | "$PY" -c 'import sys,yaml; print([d["metadata"]["name"] for d in yaml.safe_load_all(sys.stdin) if d and d["kind"]=="Job"][0])'; }
+job() { render "${BUCKET[@]}" "$@" | "$PY" -c 'import sys,yaml; print([d["metadata"]["name"] for d in yaml.safe_load_all(sys.stdin) if d and d["kind"]=="Job"][0])'; }
 a=$(job --set image.tag=1.0.0); b=$(job --set image.tag=1.0.1); a2=$(job --set image.tag=1.0.0)
 [ "$a" != "$b" ] && [ "$a" = "$a2" ] || fail "the migrate Job's name must follow the image ($a, $b, $a2)"
 # 8. A settings change rolls the pods: their checksum/config annotation changes with it.
 sum() { render "$@" | "$PY" -c 'import sys,yaml; print(sorted(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for d in yaml.safe_load_all(sys.stdin) if d and d["kind"]=="Deployment"))'; }
-[ "$(sum)" != "$(sum --set log.level=debug)" ] || fail "a ConfigMap change must change the pods' checksum/config"
+[ "$(sum "${BUCKET[@]}")" != "$(sum "${BUCKET[@]}" --set log.level=debug)" ] || fail "a ConfigMap change must change the pods' checksum/config"
 ok "$CHART: migrate Job named per image (upgrades never hit an immutable Job); config changes roll the pods"
+# Across renders (issue 21): a Job's name changes exactly when its pod template does (owner
+# secret, wait, pull secrets, pull policy, ...); two releases in one namespace share no name,
+# consumer group, selector or alert scope; pull secrets, scheduling and pod metadata reach every
+# pod (Jobs, exporter, operations, test); extraEnv/envFrom/volumes and store ports reach the
+# loaders; the metadata service only when asked; the guards refuse a typo (values.schema.json),
+# a missing bucket, maxReplicas above the partitions and an unknown SASL mechanism; alert
+# thresholds follow the intervals, and rules can be turned off.
+"$PY" scripts/validate-k8s-renders.py "$BIN/helm" "$CHART" "$NS" "$K8S_VERSION" || fail "checks across renders (scripts/validate-k8s-renders.py)"
+ok "$CHART: Job names follow their pod templates; two releases isolated; pull secrets and scheduling on every pod; extra env/volumes/egress; guards (schema, bucket, partitions, SASL); alert thresholds from values"
 
 # --- Prometheus ---------------------------------------------------------------------------------
 # Laid out as compose mounts them: the rules file beside prometheus.yml.
@@ -275,6 +289,17 @@ cp deploy/prometheus/prometheus.yml "$CHART/files/alerts.yml" "$WORK/prometheus/
 "$PROMTOOL" check config "$WORK/prometheus/prometheus.yml" >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check config"; }
 "$PROMTOOL" check rules k8s/randomuser-etl/files/alerts.yml >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules"; }
 (cd deploy/prometheus && "$PROMTOOL" test rules alerts_test.yml) >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool test rules"; }
+# The chart's own rules (scoped to one release of one namespace, thresholds from values), as the
+# Prometheus Operator gets them: another release's series in the same namespace neither hide nor
+# raise this release's alerts.
+render -f "$CHART/ci/prod-values.yaml" --show-only templates/monitoring.yaml | "$PY" -c '
+import sys, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d["kind"] == "PrometheusRule":
+        yaml.safe_dump(d["spec"], open(sys.argv[1], "w"))' "$WORK/prometheus/chart-rules.yml" || fail "extracting the chart's PrometheusRule"
+cp deploy/prometheus/chart_alerts_test.yml "$WORK/prometheus/"
+"$PROMTOOL" check rules "$WORK/prometheus/chart-rules.yml" >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool check rules (the chart's PrometheusRule)"; }
+(cd "$WORK/prometheus" && "$PROMTOOL" test rules chart_alerts_test.yml) >"$WORK/promtool.log" 2>&1 || { cat "$WORK/promtool.log" >&2; fail "promtool test rules (the chart's PrometheusRule: two releases in one namespace)"; }
 # Every alert must appear in the unit tests, firing at least once.
 "$PY" - <<'PY' || fail "alert test coverage"
 import sys, yaml
@@ -288,7 +313,8 @@ if missing or not quiet:
     print("  - alerts never tested firing:", missing, "| quiet cases:", sorted(quiet), file=sys.stderr)
     sys.exit(1)
 # Scoped and documented: `up` only for the pipeline's jobs, every aggregation keeps `namespace`
-# (two installations in one Prometheus alert apart), every runbook_url is a README section.
+# and `release` (two installations in one Prometheus, even in one namespace, alert apart), every
+# runbook_url is a README section.
 import re
 readme = open("README.md").read()
 def anchor(heading):
@@ -302,8 +328,11 @@ for g in yaml.safe_load(open("k8s/randomuser-etl/files/alerts.yml"))["groups"]:
             if not re.search(r'job=~?"etl-', sel):
                 errors.append(f"{name}: `up` must be scoped to the etl- jobs")
         for op, by in re.findall(r"\b(sum|max|min|count|avg)\s*(by\s*\([^)]*\))?\s*\(", expr):
-            if "namespace" not in by:
-                errors.append(f"{name}: `{op}` must aggregate by (namespace, ...)")
+            if "namespace" not in by or "release" not in by:
+                errors.append(f"{name}: `{op}` must aggregate by (namespace, release, ...)")
+        for on in re.findall(r"\bon\s*\(([^)]*)\)", expr):
+            if "namespace" not in on or "release" not in on:
+                errors.append(f"{name}: `on ({on})` must match on namespace and release")
         url = r.get("annotations", {}).get("runbook_url", "")
         if not url.startswith("README.md#") or url.split("#", 1)[1] not in anchors:
             errors.append(f"{name}: runbook_url {url!r} is not a README.md section")
@@ -311,7 +340,7 @@ for e in errors:
     print("  -", e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
-ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' k8s/randomuser-etl/files/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace; runbooks in README"
+ok "prometheus: promtool check config + check rules ($(grep -c '^      - alert:' k8s/randomuser-etl/files/alerts.yml) alerts) + test rules (every alert fires in a test; quiet cases too); scoped to the etl- jobs and by namespace and release; the chart's scoped rules tested with two releases in one namespace; runbooks in README"
 
 # --- Grafana dashboard and metric names ---------------------------------------------------------
 "$PY" - "$WORK/dashboard-rules.yml" <<'PY' || fail "dashboard"
