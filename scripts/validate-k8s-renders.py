@@ -270,6 +270,24 @@ if "EtlLoaderDataDirAlmostFull" in r:
 if any(x.get("labels", {}).get("team") != "data" or "severity" not in x.get("labels", {}) for x in r.values()):
     err("monitoring.prometheusRule.additionalLabels must reach every alert, beside its severity")
 
+# --- NOTES.txt renders (helm template skips it): through a copy that has it as a file ----------
+import os
+import shutil
+import tempfile
+
+with tempfile.TemporaryDirectory() as tmp:
+    copy = os.path.join(tmp, "chart")
+    shutil.copytree(chart, copy)
+    shutil.move(os.path.join(copy, "templates", "NOTES.txt"), os.path.join(copy, "files", "NOTES.txt"))
+    with open(os.path.join(copy, "templates", "notes.yaml"), "w") as f:
+        f.write('notes: {{ tpl (.Files.Get "files/NOTES.txt") . | toJson }}\n')
+    chart_saved, chart = chart, copy
+    for args in (["-f", f"{chart_saved}/ci/prod-sasl-values.yaml"], ["-f", f"{chart_saved}/ci/dev-values.yaml"]):
+        notes = [d["notes"] for d in render(*args, "--show-only", "templates/notes.yaml")]
+        if not notes or "helm test etl" not in notes[0] or "etl-loader" not in notes[0] or "rollback" not in notes[0]:
+            err(f"NOTES.txt {args}: must name the group, `helm test` and rollback: {notes}")
+    chart = chart_saved
+
 for e in errors:
     print(f"  - {e}", file=sys.stderr)
 sys.exit(1 if errors else 0)
