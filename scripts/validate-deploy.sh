@@ -348,12 +348,15 @@ import glob, json, re, sys, yaml
 dash = json.load(open("k8s/randomuser-etl/files/dashboards/etl.json"))
 exprs, errors = [], []
 # Imported into any Grafana: the datasource is a variable, never a uid of ours; every query is
-# scoped to the pipeline's jobs and to the chosen namespaces (two installations, one Grafana).
+# scoped to the pipeline's jobs and to the chosen namespaces and releases (two installations, one
+# Grafana, even in one namespace).
 variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
 if variables.get("datasource", {}).get("type") != "datasource" or variables["datasource"].get("query") != "prometheus":
     errors.append("the dashboard needs a `datasource` variable of type datasource (prometheus)")
 if "namespace" not in variables:
     errors.append("the dashboard needs a `namespace` variable")
+if variables.get("release", {}).get("allValue") != ".*":
+    errors.append("the dashboard needs a `release` variable (All = .*, which also matches compose's series without the label)")
 for v in ("extractor_job", "loader_job"):
     if not str(variables.get(v, {}).get("query", "")).startswith("etl-"):
         errors.append(f"variable {v} must name the pipeline's job (etl-...)")
@@ -369,8 +372,8 @@ for p in walk(dash["panels"]):
             errors.append(f"panel {p['title']!r}: datasource uid {uid!r} is not provisioned")
         exprs.append((p["title"], t["expr"]))
         for sel in re.findall(r"etl_[a-z0-9_]+\{([^}]*)\}", t["expr"]):
-            if "$namespace" not in sel or "_job" not in sel:
-                errors.append(f"panel {p['title']!r}: selector {{{sel}}} must match job and namespace")
+            if "$namespace" not in sel or "$release" not in sel or "_job" not in sel:
+                errors.append(f"panel {p['title']!r}: selector {{{sel}}} must match job, namespace and release")
 for v in dash.get("templating", {}).get("list", []):
     q = v.get("query")
     if isinstance(q, dict) and "label_values(" in q.get("query", ""):
@@ -379,7 +382,7 @@ for v in dash.get("templating", {}).get("list", []):
             exprs.append((f"variable {v['name']}", m.group(1)))
 # Grafana's variables, replaced by values PromQL accepts, so promtool can parse each query.
 subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "${__rate_interval}": "5m",
-         "$extractor_job": "etl-extractor", "$loader_job": "etl-loader", "$partition": ".*", "$namespace": ".*"}
+         "$extractor_job": "etl-extractor", "$loader_job": "etl-loader", "$partition": ".*", "$namespace": ".*", "$release": ".*"}
 rules = []
 for i, (title, e) in enumerate(exprs):
     for k, v in subst.items():

@@ -140,7 +140,6 @@ for mine, theirs, rel in ((a, b, "etl-a"), (b, a, "etl-b")):
             other = "etl-b" if rel == "etl-a" else "etl-a"
             if f'release=\\"{rel}\\"' not in text or f'release=\\"{other}\\"' in text:
                 err(f"two releases: {rel}'s PrometheusRule must select release={rel} only")
-            gnames = [g["name"] for g in d["spec"]["groups"]]
         if d["kind"] == "Deployment" and d["metadata"]["labels"].get("app.kubernetes.io/name") == "lag-exporter":
             args = " ".join(d["spec"]["template"]["spec"]["containers"][0]["args"])
             if f"--group.filter=^{rel}-loader$" not in args:

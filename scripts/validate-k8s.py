@@ -182,7 +182,7 @@ for j in migrate_jobs:
 # Defect 3. The consumer group is the release's own, never the shared default `loader`.
 group = effective_env(loader["spec"]["template"]["spec"]["containers"][0]).get("KAFKA_GROUP_ID") if loader.get("metadata", {}).get("name") else None
 release = loader["metadata"]["labels"].get("app.kubernetes.io/instance", "")
-if group in (None, "", "loader") or (release and release not in group and where in ("values.yaml",)):
+if group in (None, "", "loader") or (release and release not in group):
     err(f"loader: KAFKA_GROUP_ID {group!r} must default from the release ({release}-loader): two releases would share a group")
 
 # Defect 7. Pull secrets on every pod or none: Jobs and the exporter pull too.
