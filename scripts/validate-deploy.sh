@@ -279,7 +279,9 @@ ok "$CHART: migrate Job named per image (upgrades never hit an immutable Job); c
 # loaders; the metadata service only when asked; the guards refuse a typo (values.schema.json),
 # a missing bucket, maxReplicas above the partitions and an unknown SASL mechanism; alert
 # thresholds follow the intervals, and rules can be turned off.
-"$PY" scripts/validate-k8s-renders.py "$BIN/helm" "$CHART" "$NS" "$K8S_VERSION" || fail "checks across renders (scripts/validate-k8s-renders.py)"
+mkdir -p "$WORK/renders"
+"$PY" scripts/validate-k8s-renders.py "$BIN/helm" "$CHART" "$NS" "$K8S_VERSION" "$WORK/renders" || fail "checks across renders (scripts/validate-k8s-renders.py)"
+for f in "$WORK"/renders/*.yaml; do kv "$f" || fail "kubernetes-validate --strict $(basename "$f") (scripts/validate-k8s-renders.py)"; done
 ok "$CHART: Job names follow their pod templates; two releases isolated; pull secrets and scheduling on every pod; extra env/volumes/egress; guards (schema, bucket, partitions, SASL); alert thresholds from values"
 
 # --- Prometheus ---------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ per-file policy checks of scripts/validate-k8s.py): what only shows when values 
 second release shares the namespace, or when a platform's settings (pull secrets, tainted
 pools) are given. Each check is named for the defect of issue 21 it catches.
 
-    validate-k8s-renders.py HELM CHART NAMESPACE KUBE_VERSION
+    validate-k8s-renders.py HELM CHART NAMESPACE KUBE_VERSION [OUT_DIR]
+
+With OUT_DIR, the renders that set the most values (every pod with pull secrets and scheduling;
+the MinIO loaders with env and files from Secrets) are written there for kubernetes-validate.
 """
 import copy
 import json
@@ -15,6 +18,13 @@ import sys
 import yaml
 
 helm, chart, namespace, kube = sys.argv[1:5]
+out_dir = sys.argv[5] if len(sys.argv) > 5 else None
+
+
+def keep(name, docs):
+    if out_dir:
+        with open(f"{out_dir}/{name}.yaml", "w") as f:
+            yaml.safe_dump_all(docs, f)
 errors = []
 
 
@@ -161,6 +171,7 @@ everything = ["-f", f"{chart}/ci/prod-sasl-values.yaml", "--set", "topics.create
               "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
               "--set", "podAnnotations.team=data", "--set", "podLabels.cost=etl", "--set", "commonLabels.owner=platform"]
 docs = render(*everything)
+keep("all-pods", docs)
 seen = set()
 for kind, name, labels, spec in pods(docs):
     seen.add(labels.get("app.kubernetes.io/component"))
@@ -198,6 +209,7 @@ docs = render("-f", f"{chart}/ci/prod-values.yaml",
               "--set", "loader.storePorts={443,9000}",
               "--set", "networkPolicy.extraLoaderEgress[0].ports[0].port=8200",
               "--set", "parquet.env.AWS_ENDPOINT_URL=http://minio.minio.svc:9000")
+keep("minio", docs)
 for kind, name, labels, spec in pods(docs):
     if labels.get("app.kubernetes.io/component") not in ("run", "migrate"):
         continue
@@ -221,6 +233,16 @@ p = subprocess.run([sys.executable, "scripts/validate-k8s.py", "/dev/stdin", nam
                    input=yaml.safe_dump_all(docs), capture_output=True, text=True)
 if p.returncode:
     err("the MinIO render fails the policy checks:\n" + p.stderr)
+
+# --- Existing ServiceAccounts (serviceAccount.create: false) ---------------------------------------
+docs = render("-f", f"{chart}/ci/prod-values.yaml", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=shared",
+              "--set", "loader.serviceAccount.create=false", "--set", "loader.serviceAccount.name=etl-loader-irsa")
+if any(d["kind"] == "ServiceAccount" for d in docs):
+    err("serviceAccount.create=false and loader.serviceAccount.create=false: no ServiceAccount is created")
+for kind, name, labels, spec in pods(docs):
+    want = "etl-loader-irsa" if labels.get("app.kubernetes.io/component") in ("run", "backfill") else "shared"
+    if spec.get("serviceAccountName") != want:
+        err(f"{kind} {name}: serviceAccountName {spec.get('serviceAccountName')!r}, want {want!r}")
 
 # --- Defect 9: the metadata service only when asked; TriggerAuthentication never empty -----------
 docs = render("-f", f"{chart}/ci/prod-values.yaml", "--set", "networkPolicy.cloudMetadata=true")
