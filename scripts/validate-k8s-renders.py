@@ -9,11 +9,12 @@ pools) are given. Each check is named for the defect of issue 21 it catches.
 With OUT_DIR, the renders that set the most values (every pod with pull secrets and scheduling;
 the MinIO loaders with env and files from Secrets) are written there for kubernetes-validate.
 """
-import copy
 import json
-import re
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -154,8 +155,9 @@ for mine, theirs, rel in ((a, b, "etl-a"), (b, a, "etl-b")):
             args = " ".join(d["spec"]["template"]["spec"]["containers"][0]["args"])
             if f"--group.filter=^{rel}-loader$" not in args:
                 err(f"two releases: {rel}'s lag exporter must follow its own group ({rel}-loader): {args}")
-# Rule group names: Prometheus Operator merges rule files per namespace, so two releases' groups
-# must not collide.
+# Rule group names carry the release: the two releases' rules stay apart on Prometheus' rules page
+# and in the rule-group metrics (prometheus_rule_group_*), and a Thanos/Mimir ruler that keys
+# groups by namespace and name does not merge them.
 ga_ = {g["name"] for d in a if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"]}
 gb_ = {g["name"] for d in b if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"]}
 if not ga_ or ga_ & gb_:
@@ -292,22 +294,28 @@ if any(x.get("labels", {}).get("team") != "data" or "severity" not in x.get("lab
     err("monitoring.prometheusRule.additionalLabels must reach every alert, beside its severity")
 
 # --- NOTES.txt renders (helm template skips it): through a copy that has it as a file ----------
-import os
-import shutil
-import tempfile
+def render_notes(*args):
+    global chart
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "chart")
+        shutil.copytree(chart, copy)
+        shutil.move(os.path.join(copy, "templates", "NOTES.txt"), os.path.join(copy, "files", "NOTES.txt"))
+        with open(os.path.join(copy, "templates", "notes.yaml"), "w") as f:
+            f.write('notes: {{ tpl (.Files.Get "files/NOTES.txt") . | toJson }}\n')
+        saved, chart = chart, copy
+        try:
+            return [d["notes"] for d in render(*args, "--show-only", "templates/notes.yaml")]
+        finally:
+            chart = saved
 
-with tempfile.TemporaryDirectory() as tmp:
-    copy = os.path.join(tmp, "chart")
-    shutil.copytree(chart, copy)
-    shutil.move(os.path.join(copy, "templates", "NOTES.txt"), os.path.join(copy, "files", "NOTES.txt"))
-    with open(os.path.join(copy, "templates", "notes.yaml"), "w") as f:
-        f.write('notes: {{ tpl (.Files.Get "files/NOTES.txt") . | toJson }}\n')
-    chart_saved, chart = chart, copy
-    for args in (["-f", f"{chart_saved}/ci/prod-sasl-values.yaml"], ["-f", f"{chart_saved}/ci/dev-values.yaml"]):
-        notes = [d["notes"] for d in render(*args, "--show-only", "templates/notes.yaml")]
+
+if not os.path.exists(os.path.join(chart, "templates", "NOTES.txt")):
+    err("templates/NOTES.txt is missing")
+else:
+    for args in (["-f", f"{chart}/ci/prod-sasl-values.yaml"], ["-f", f"{chart}/ci/dev-values.yaml"]):
+        notes = render_notes(*args)
         if not notes or "helm test etl" not in notes[0] or "etl-loader" not in notes[0] or "rollback" not in notes[0]:
             err(f"NOTES.txt {args}: must name the group, `helm test` and rollback: {notes}")
-    chart = chart_saved
 
 for e in errors:
     print(f"  - {e}", file=sys.stderr)
