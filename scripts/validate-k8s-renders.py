@@ -246,6 +246,11 @@ for kind, name, labels, spec in pods(docs):
     if spec.get("serviceAccountName") != want:
         err(f"{kind} {name}: serviceAccountName {spec.get('serviceAccountName')!r}, want {want!r}")
 
+# --- tests.enabled: false leaves the test pod and what admits it out --------------------------------
+docs = render("-f", f"{chart}/ci/prod-values.yaml", "--set", "tests.enabled=false")
+if any(d["kind"] == "Pod" for d in docs) or '"test"' in json.dumps([d for d in docs if d["kind"] == "NetworkPolicy"]):
+    err("tests.enabled=false: no test Pod, and no network policy mentions it")
+
 # --- Defect 9: the metadata service only when asked; TriggerAuthentication never empty -----------
 docs = render("-f", f"{chart}/ci/prod-values.yaml", "--set", "networkPolicy.cloudMetadata=true")
 if "169.254.169.254/32" not in json.dumps(docs):
