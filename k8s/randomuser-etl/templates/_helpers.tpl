@@ -10,8 +10,8 @@ app.kubernetes.io/part-of: randomuser-etl
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
+{{- range $k, $v := .Values.commonLabels }}
+{{ $k }}: {{ $v | toString | quote }}
 {{- end }}
 {{- end -}}
 
