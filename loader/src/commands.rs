@@ -1,5 +1,5 @@
 //! `loader replay`, `loader status` and `loader backfill`: the operator's offset tools; and
-//! `loader vacuum`, the tables' upkeep.
+//! `loader vacuum` and `loader compact`, the tables' upkeep.
 
 use crate::app::Application;
 use crate::config::{BackfillArgs, ReplayArgs, StatusArgs};
@@ -177,6 +177,52 @@ pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
         kept_recent = report.kept_recent,
         dry_run = args.dry_run,
         "vacuum finished"
+    );
+    Ok(())
+}
+
+/// Compacts the tables' small files (`--dry-run`: lists the compactions), and prints what it
+/// did.
+pub async fn compact(args: &crate::config::CompactArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use secrecy::ExposeSecret;
+    let store = args.parquet.store(&args.data_dir)?;
+    let url = args.db.url()?;
+    let pool = crate::sink::lazy_pool(url.expose_secret(), args.db.max_connections)?;
+    let rolls = crate::sink::Rolls::new(pool, store.clone(), args.parquet.policy())?;
+    let report = rolls
+        .compact(args.dry_run)
+        .await
+        .with_context(|| format!("compacting {}", store.describe()))?;
+    let verb = if args.dry_run {
+        "would compact"
+    } else {
+        "compacted"
+    };
+    for plan in &report.planned {
+        println!("{verb} {} files into {}", plan.members.len(), plan.path);
+    }
+    println!(
+        "{}: {verb} {} files into {}; {} written ({} bytes); {} skipped (changed by another writer)",
+        store.describe(),
+        report
+            .planned
+            .iter()
+            .map(|p| p.members.len())
+            .sum::<usize>(),
+        report.planned.len(),
+        report.written,
+        report.bytes,
+        report.skipped
+    );
+    tracing::info!(
+        planned = report.planned.len(),
+        replaced = report.replaced,
+        written = report.written,
+        bytes = report.bytes,
+        skipped = report.skipped,
+        dry_run = args.dry_run,
+        "compaction finished"
     );
     Ok(())
 }

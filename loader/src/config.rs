@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod parquet;
-pub use parquet::{ParquetArgs, VacuumRetention, VacuumSchedule};
+pub use parquet::{ParquetArgs, Upkeep, VacuumRetention};
 
 /// Loads raw randomuser responses from Kafka into PostgreSQL and Parquet.
 #[derive(Debug, Clone, Parser)]
@@ -34,6 +34,35 @@ pub enum Command {
     Backfill(Box<BackfillArgs>),
     /// Delete the lake's data files that no live table version holds, once past the retention.
     Vacuum(VacuumArgs),
+    /// Rewrite the lake's small files as files of a roll's size (one commit each, no data
+    /// change), then exit.
+    Compact(CompactArgs),
+}
+
+/// `loader compact`.
+#[derive(Debug, Clone, Args)]
+pub struct CompactArgs {
+    /// The database (the Parquet ledger).
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Root of the tables when `PARQUET_URL` is not set.
+    #[arg(
+        long = "data-dir",
+        env = "DATA_DIR",
+        value_name = "DATA_DIR",
+        default_value = "data"
+    )]
+    pub data_dir: PathBuf,
+    /// Where the tables are, and the roll size a compacted file grows to
+    /// (`PARQUET_ROLL_MAX_BYTES`).
+    #[command(flatten)]
+    pub parquet: ParquetArgs,
+    /// List what would be compacted; change nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Where and how to log.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `loader vacuum`.
@@ -274,9 +303,9 @@ pub struct RunConfig {
     /// Where and how Parquet files are written.
     #[command(flatten)]
     pub parquet: ParquetArgs,
-    /// The tables' vacuum.
+    /// The tables' compaction and vacuum.
     #[command(flatten)]
-    pub vacuum: VacuumSchedule,
+    pub upkeep: Upkeep,
     /// Records larger than this are poison (dead-lettered as `too_large`).
     #[arg(long = "loader-max-record-bytes", env = "LOADER_MAX_RECORD_BYTES", value_name = "LOADER_MAX_RECORD_BYTES", default_value_t = etl_common::contract::MAX_PAYLOAD_BYTES)]
     pub max_record_bytes: usize,
@@ -370,7 +399,7 @@ impl RunConfig {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
         }
         self.parquet.url(&self.data_dir)?;
-        self.vacuum.retention.validate()?;
+        self.upkeep.retention.validate()?;
         self.health.validate()
     }
 

@@ -11,7 +11,8 @@
 //! offsets not yet committed), `after-roll-claim` (a roll's files claimed in the ledger),
 //! `after-object-write` (a file's object in the store, not yet in its table; and
 //! `after-processed-object-write`, the same for processed files only),
-//! `after-table-commit` (the table's commit made, the ledger not yet told), `before-roll-close` (shutting down: the group left, the open
+//! `after-table-commit` (the table's commit made, the ledger not yet told),
+//! `after-compaction-register` (a compaction's files registered in the ledger, nothing built), `before-roll-close` (shutting down: the group left, the open
 //! Parquet rolls not yet closed).
 
 use rand::Rng;

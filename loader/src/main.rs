@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Status(c) => &c.log,
         Command::Backfill(c) => &c.run.log,
         Command::Vacuum(c) => &c.log,
+        Command::Compact(c) => &c.log,
     };
     let _guard = match etl_common::telemetry::init("loader", log) {
         Ok(g) => g,
@@ -30,6 +31,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => blocking(move || loader::commands::status(&args)).await,
         Command::Backfill(args) => backfill(*args).await,
         Command::Vacuum(args) => loader::commands::vacuum(&args).await,
+        Command::Compact(args) => loader::commands::compact(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

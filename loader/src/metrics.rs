@@ -51,6 +51,8 @@ pub struct Metrics {
     pub parquet_waiting_age: IntGauge,
     /// Files that cannot be built (their records no longer transform): left for an operator.
     pub parquet_files_failed: IntGauge,
+    /// Small files a compaction replaced (with fewer, larger ones).
+    pub lake_files_compacted: IntCounter,
 }
 
 impl Metrics {
@@ -165,8 +167,13 @@ impl Metrics {
             "etl_loader_parquet_files_failed",
             "Parquet files that cannot be built (their records no longer transform), left for an operator",
         )?;
+        let lake_files_compacted = IntCounter::new(
+            "etl_loader_lake_files_compacted_total",
+            "Small files of the lake's tables that a compaction replaced with larger ones",
+        )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lake_files_compacted.clone()),
             Box::new(parquet_files_failed.clone()),
             Box::new(topic_partitions.clone()),
             Box::new(sink_bytes.clone()),
@@ -211,6 +218,7 @@ impl Metrics {
             parquet_waiting_bytes,
             parquet_waiting_age,
             parquet_files_failed,
+            lake_files_compacted,
         })
     }
 }

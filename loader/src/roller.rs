@@ -5,7 +5,10 @@
 //! roller waits the store out with backoff, naming the `parquet` check on `/ready` meanwhile.
 
 use crate::consumer::LoaderConsumer;
-use crate::events::{ParquetCaughtUp, ParquetRollFailed, ParquetWritten, Telemetry};
+use crate::events::{
+    CompactionFailed, ParquetCaughtUp, ParquetRollFailed, ParquetWritten, TablesCompacted,
+    Telemetry,
+};
 use crate::sink::{Cut, RollReport, SinkError, Sinks};
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Outage, retry};
@@ -25,6 +28,7 @@ pub struct Roller {
     backoff: (Duration, Duration),
     sweep_every: Duration,
     vacuum: Option<(Duration, Duration)>,
+    compact: Option<Duration>,
     wake: Arc<Notify>,
 }
 
@@ -44,13 +48,16 @@ impl Roller {
             backoff,
             sweep_every,
             vacuum: None,
+            compact: None,
             wake: Arc::new(Notify::new()),
         }
     }
 
-    /// Also vacuums the tables every `every`, keeping files younger than `retention`.
-    pub fn with_vacuum(mut self, every: Duration, retention: Duration) -> Self {
-        self.vacuum = (!every.is_zero()).then_some((every, retention));
+    /// Also compacts and vacuums the tables, as often as `upkeep` says (never, at zero).
+    pub fn with_upkeep(mut self, upkeep: &crate::config::Upkeep) -> Self {
+        let every = upkeep.vacuum_interval;
+        self.vacuum = (!every.is_zero()).then_some((every, upkeep.retention.retention));
+        self.compact = (!upkeep.compact_interval.is_zero()).then_some(upkeep.compact_interval);
         self
     }
 
@@ -80,6 +87,13 @@ impl Roller {
             vacuum_every.min(Duration::from_secs(86400 * 365)),
         );
         vacuum.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let compact_every = self
+            .compact
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(86400 * 365));
+        let mut compact =
+            tokio::time::interval_at(tokio::time::Instant::now() + compact_every, compact_every);
+        compact.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: start-up recovery is the first sweep, here rather than
         // before consuming, so a store that is down at start never holds PostgreSQL up.
         loop {
@@ -95,6 +109,12 @@ impl Roller {
                     match crate::sink::vacuum::vacuum(rolls.store(), rolls.tables(), retention, false).await {
                         Ok(r) => tracing::info!(deleted = r.deleted.len(), bytes = r.bytes, live = r.live, "tables vacuumed"),
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "vacuum failed; the next one tries again"),
+                    }
+                }
+                _ = compact.tick(), if self.compact.is_some() => {
+                    match self.sinks.rolls().compact(false).await {
+                        Ok(r) => self.telemetry.emit(TablesCompacted { report: &r }),
+                        Err(error) => self.telemetry.emit(CompactionFailed(&error)),
                     }
                 }
                 _ = self.wake.notified() => {

@@ -127,7 +127,7 @@ async fn described(topic: &str) -> (usize, Option<String>) {
 async fn the_charts_topic_script_creates_the_topics_over_plaintext_and_sasl_ssl() {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/helm/randomuser-etl/files/create-topics.sh"
+        "/../k8s/randomuser-etl/files/create-topics.sh"
     );
     let text = std::fs::read_to_string(script).unwrap();
     let limit = etl_common::contract::MAX_MESSAGE_BYTES.to_string();

@@ -4,7 +4,6 @@
 mod support;
 
 use chrono::Utc;
-use loader::batch::{SourceRecord, decode};
 use loader::sink::store::Store;
 use loader::sink::{Cut, RollPolicy, Rolls, Sinks};
 use std::time::Duration;
@@ -497,28 +496,6 @@ async fn migrate_check_reports_pending_then_up_to_date() {
 }
 
 /// `records` of `topic` at `offsets`, as if read from partition `partition`.
-fn records_in(
-    topic: &str,
-    partition: i32,
-    offsets: std::ops::Range<i64>,
-) -> Vec<loader::batch::LoadRecord> {
-    let payload = include_bytes!("../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
-    let recs = offsets
-        .map(|o| SourceRecord {
-            topic: topic.to_string(),
-            partition,
-            offset: o,
-            key: Some(format!("fetch-{partition}-{o}")),
-            fetch_id: Some(format!("{topic}-{partition}-{o}")),
-            payload: Some(payload.to_vec()),
-            fetched_at: Utc::now(),
-        })
-        .collect();
-    let (good, bad) = decode(recs, 1 << 24, Utc::now(), false);
-    assert!(bad.is_empty());
-    good
-}
-
 /// A roll a commit: past the checkpoint interval, the table has a checkpoint (and
 /// `_last_checkpoint`), and readers (the kernel, the `deltalake` package) read it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,10 +830,12 @@ async fn processed_files_hold_the_rows_postgres_holds() {
     db.drop_db().await;
 }
 
-/// Vacuum deletes what no live table version holds once past the retention — here a rewrite's
-/// old file — and nothing else: not the table's files, not the log, not a file younger than the
-/// retention (an upload not yet committed). `--dry-run` deletes nothing; the command refuses a
-/// retention under an hour by its variable's name.
+/// Vacuum deletes what no table version within the retention holds — here a rewrite's old file,
+/// once the retention has passed since the commit that removed it, not since it was written (a
+/// reader of the version before, or a time-travel query, still reads it until then) — and
+/// nothing else: not the table's files, not the log, not a file younger than the retention (an
+/// upload not yet committed). `--dry-run` deletes nothing; the command refuses a retention
+/// under an hour by its variable's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vacuum_deletes_only_old_files_no_version_holds() {
     let db = TestDb::new().await;
@@ -899,6 +878,34 @@ async fn vacuum_deletes_only_old_files_no_version_holds() {
             .output()
             .unwrap()
     };
+    let name = old.file_name().unwrap().to_string_lossy().to_string();
+    // Written 90 minutes ago, removed a moment ago: version 1 holds it, and it is recent.
+    let kept = vacuum(&["--vacuum-retention", "1h"]);
+    assert!(kept.status.success(), "{kept:?}");
+    let out = String::from_utf8_lossy(&kept.stdout);
+    assert!(out.contains("deleted 0 files"), "{out}");
+    assert!(old.exists(), "a file removed within the retention stays");
+    let before = support::engines::read(
+        "deltalake@1",
+        &dir.path().join("processed").to_string_lossy(),
+        &["raw_id"],
+    );
+    assert_eq!(
+        before.rows, 222,
+        "the version before the rewrite reads whole"
+    );
+    // Now the whole log is 90 minutes old: the removal too.
+    for entry in std::fs::read_dir(dir.path().join("processed/_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    }
     let refused = vacuum(&["--vacuum-retention", "10m"]);
     assert!(!refused.status.success());
     assert!(
@@ -909,7 +916,6 @@ async fn vacuum_deletes_only_old_files_no_version_holds() {
     let dry = vacuum(&["--vacuum-retention", "1h", "--dry-run"]);
     assert!(dry.status.success(), "{dry:?}");
     let out = String::from_utf8_lossy(&dry.stdout);
-    let name = old.file_name().unwrap().to_string_lossy().to_string();
     assert!(
         out.contains("would delete processed/") && out.contains(&name),
         "{out}"

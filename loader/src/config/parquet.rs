@@ -1,4 +1,4 @@
-//! `PARQUET_URL`, the roll policy, the store's `_FILE` secrets and the tables' vacuum: the lake
+//! `PARQUET_URL`, the roll policy, the store's `_FILE` secrets and the tables' upkeep: the lake
 //! side of `loader run`'s config.
 
 use anyhow::Context;
@@ -148,13 +148,18 @@ impl VacuumRetention {
     }
 }
 
-/// Table upkeep while loading.
+/// Table upkeep while loading: compaction and vacuum, each off unless given an interval.
 #[derive(Debug, Clone, Args)]
-pub struct VacuumSchedule {
+pub struct Upkeep {
     /// Vacuum the tables this often from every loader (`0s`, the default: never; run
     /// `loader vacuum` instead). Replicas vacuuming at once delete the same files harmlessly.
     #[arg(long = "vacuum-interval", env = "LAKE_VACUUM_INTERVAL", value_name = "LAKE_VACUUM_INTERVAL", default_value = "0s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub vacuum_interval: Duration,
+    /// Compact the tables' small files this often from every loader (`0s`, the default: never;
+    /// run `loader compact` instead). Replicas compacting at once share the work: a file being
+    /// compacted by one is skipped by the others.
+    #[arg(long = "compact-interval", env = "LAKE_COMPACT_INTERVAL", value_name = "LAKE_COMPACT_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub compact_interval: Duration,
     /// What a vacuum keeps.
     #[command(flatten)]
     pub retention: VacuumRetention,

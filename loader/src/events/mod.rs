@@ -25,7 +25,10 @@ pub use kafka::{
     BrokerStatistics, ConsumerFailed, DeadLetterFailed, LeftGroup, PartitionsAssigned,
     PartitionsRevoked, RecordConsumed, RevokedRecordsDropped,
 };
-pub use parquet::{ParquetCaughtUp, ParquetLeftOpen, ParquetRollFailed, ParquetWritten};
+pub use parquet::{
+    CompactionFailed, ParquetCaughtUp, ParquetLeftOpen, ParquetRollFailed, ParquetWritten,
+    TablesCompacted,
+};
 
 /// What a run did so far; [`Telemetry::summary`] hands out a receiver that sees every change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

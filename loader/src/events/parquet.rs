@@ -1,6 +1,7 @@
 //! Events of the Parquet roller: files written, rolls failed, the output caught up.
 
 use super::{Check, Event, Sink, Telemetry};
+use crate::sink::roll::CompactReport;
 use crate::sink::{RollReport, SinkError};
 use std::time::Duration;
 
@@ -75,5 +76,37 @@ impl Event for ParquetLeftOpen<'_> {
             error = %self.0,
             "open Parquet rolls left in PostgreSQL for the partitions' next owner"
         );
+    }
+}
+
+/// A compaction pass ended: small files replaced by larger ones.
+pub struct TablesCompacted<'a> {
+    /// What it did.
+    pub report: &'a CompactReport,
+}
+
+impl Event for TablesCompacted<'_> {
+    fn emit(self, t: &Telemetry) {
+        let r = self.report;
+        t.metrics.lake_files_compacted.inc_by(r.replaced as u64);
+        if r.written + r.skipped > 0 {
+            tracing::info!(
+                replaced = r.replaced,
+                written = r.written,
+                bytes = r.bytes,
+                skipped = r.skipped,
+                "tables compacted"
+            );
+        }
+    }
+}
+
+/// A compaction pass failed: the small files stay as they are (nothing is lost), and the next
+/// pass tries again.
+pub struct CompactionFailed<'a>(pub &'a SinkError);
+
+impl Event for CompactionFailed<'_> {
+    fn emit(self, _: &Telemetry) {
+        tracing::warn!(error = %self.0, "compaction failed; the next one tries again");
     }
 }

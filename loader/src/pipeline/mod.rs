@@ -64,10 +64,7 @@ impl Pipeline {
             (self.config.backoff_base, self.config.backoff_max),
             self.config.recovery_interval,
         )
-        .with_vacuum(
-            self.config.vacuum.interval,
-            self.config.vacuum.retention.retention,
-        );
+        .with_upkeep(&self.config.upkeep);
         if !self.prepare_database().await {
             return Ok(());
         }

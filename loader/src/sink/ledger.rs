@@ -12,16 +12,35 @@ use uuid::Uuid;
 /// one claim at a time per partition, so files never interleave offsets.
 pub const ROLL_LOCK: i32 = 0x726f_6c6c; // "roll"
 
-/// Asks for the published files `paths` to be written again from their rows (`--reprocess`).
-pub async fn mark_rewrite(tx: &mut PgConnection, paths: &[String]) -> sqlx::Result<()> {
+/// Asks for the files `paths` to be written again from their rows (`--reprocess`); returns the
+/// files marked. A file a compaction has replaced is followed to the file that holds its
+/// records now.
+pub async fn mark_rewrite(tx: &mut PgConnection, paths: &[String]) -> sqlx::Result<Vec<String>> {
     if paths.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query("UPDATE parquet_files SET state = 'rewrite', generation = generation + 1, published_at = NULL WHERE path = ANY($1)")
+    // The lease goes: a writer of the older generation (a compaction under way) is fenced at
+    // its commit, and the rewrite need not wait for its lease to run out.
+    // Locked first, and followed in a statement of its own: a compaction registering a file of
+    // these at this moment is waited for and then seen (a statement's snapshot is taken when
+    // it starts).
+    sqlx::query("SELECT 1 FROM parquet_files WHERE path = ANY($1) ORDER BY path FOR UPDATE")
         .bind(paths.to_vec())
-        .execute(tx)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    sqlx::query_scalar(
+        "WITH RECURSIVE holder(path) AS (
+             SELECT path FROM parquet_files WHERE path = ANY($1)
+             UNION SELECT f.compacted_into FROM parquet_files f JOIN holder h ON f.path = h.path
+             WHERE f.compacted_into IS NOT NULL)
+         UPDATE parquet_files SET state = 'rewrite', generation = generation + 1, published_at = NULL,
+             lease_owner = NULL, lease_until = NULL
+         WHERE path IN (SELECT path FROM holder) AND state <> 'compacted'
+         RETURNING path",
+    )
+    .bind(paths.to_vec())
+    .fetch_all(tx)
+    .await
 }
 
 /// A partition's records waiting for a roll.
@@ -121,6 +140,8 @@ pub struct Claim {
     pub records: Vec<Uuid>,
     /// Users (processed rows).
     pub users: i64,
+    /// Payload bytes of the records.
+    pub bytes: i64,
 }
 
 /// Registers `claim`'s two files as pending and takes its records off the waiting list; false
@@ -140,8 +161,8 @@ pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
         return Ok(false);
     }
     sqlx::query(
-        "INSERT INTO parquet_files (path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state)
-         VALUES ($1, 'raw', $3, $4, $5, $6, $7, 'pending'), ($2, 'processed', $3, $4, $5, $6, $8, 'pending')",
+        "INSERT INTO parquet_files (path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state, input_bytes)
+         VALUES ($1, 'raw', $3, $4, $5, $6, $7, 'pending', $9), ($2, 'processed', $3, $4, $5, $6, $8, 'pending', $9)",
     )
     .bind(&claim.raw_path)
     .bind(&claim.processed_path)
@@ -151,6 +172,7 @@ pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
     .bind(claim.last_offset)
     .bind(claim.records.len() as i64)
     .bind(claim.users)
+    .bind(claim.bytes)
     .execute(tx)
     .await?;
     Ok(true)
@@ -161,7 +183,7 @@ pub async fn claim(tx: &mut PgConnection, claim: &Claim) -> sqlx::Result<bool> {
 pub struct Unpublished {
     /// Its path.
     pub path: String,
-    /// `pending`, `rewrite`, `adopt` or `staged`.
+    /// `pending`, `rewrite`, `adopt`, `compact` or `staged`.
     pub state: String,
     /// Its rewrite generation.
     pub generation: i64,
@@ -174,7 +196,7 @@ pub async fn unpublished(
 ) -> sqlx::Result<Vec<Unpublished>> {
     let rows = sqlx::query(
         "SELECT path, state, generation FROM parquet_files
-         WHERE state NOT IN ('published', 'failed') AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
+         WHERE state NOT IN ('published', 'compacted', 'failed') AND ($1::text IS NULL OR (topic = $1 AND kafka_partition = $2))
          ORDER BY created_at, path",
     )
     .bind(only.map(|(t, _)| t))
@@ -195,7 +217,7 @@ pub async fn unpublished(
 /// The partitions with files not yet published.
 pub async fn unpublished_partitions(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, i32)>> {
     let rows = sqlx::query(
-        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state NOT IN ('published', 'failed') ORDER BY 1, 2",
+        "SELECT DISTINCT topic, kafka_partition FROM parquet_files WHERE state NOT IN ('published', 'compacted', 'failed') ORDER BY 1, 2",
     )
     .fetch_all(conn)
     .await?;
@@ -230,7 +252,7 @@ pub async fn lease(
 ) -> sqlx::Result<Option<Unpublished>> {
     let row = sqlx::query(
         "UPDATE parquet_files SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
-         WHERE path = $1 AND state NOT IN ('published', 'failed')
+         WHERE path = $1 AND state NOT IN ('published', 'compacted', 'failed')
            AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
          RETURNING path, state, generation",
     )
@@ -265,7 +287,7 @@ pub async fn generations(
     paths: &[String],
 ) -> sqlx::Result<std::collections::HashMap<String, i64>> {
     let rows = sqlx::query(
-        "SELECT path, generation FROM parquet_files WHERE path = ANY($1) AND state NOT IN ('published', 'failed')",
+        "SELECT path, generation FROM parquet_files WHERE path = ANY($1) AND state NOT IN ('published', 'compacted', 'failed')",
     )
     .bind(paths)
     .fetch_all(conn)
@@ -300,7 +322,7 @@ pub async fn mark_published(
     let done = sqlx::query(
         "UPDATE parquet_files SET state = 'published', published_at = now(), row_count = $3,
              object = $4, table_version = $5, lease_owner = NULL, lease_until = NULL, failed_reason = NULL
-         WHERE path = $1 AND generation = $2 AND state <> 'published'",
+         WHERE path = $1 AND generation = $2 AND state NOT IN ('published', 'compacted')",
     )
     .bind(path)
     .bind(generation)
@@ -328,7 +350,7 @@ pub async fn mark_failed(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE parquet_files SET state = 'failed', failed_reason = $3, lease_owner = NULL, lease_until = NULL
-         WHERE path = $1 AND generation = $2 AND state NOT IN ('published', 'failed')",
+         WHERE path = $1 AND generation = $2 AND state NOT IN ('published', 'compacted', 'failed')",
     )
     .bind(path)
     .bind(generation)
@@ -343,4 +365,135 @@ pub async fn failed_files(conn: &mut PgConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM parquet_files WHERE state = 'failed'")
         .fetch_one(conn)
         .await
+}
+
+/// A published file a compaction may take: smaller than a roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallFile {
+    /// Its path.
+    pub path: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Lowest offset.
+    pub first_offset: i64,
+    /// Highest offset.
+    pub last_offset: i64,
+    /// Rows in it.
+    pub rows: i64,
+    /// Payload bytes of its records.
+    pub input_bytes: i64,
+}
+
+/// The published `dataset` files under `below` payload bytes, in partition and offset order.
+pub async fn small_files(
+    conn: &mut PgConnection,
+    dataset: Dataset,
+    below: i64,
+) -> sqlx::Result<Vec<SmallFile>> {
+    let rows = sqlx::query(
+        "SELECT path, topic, kafka_partition, first_offset, last_offset, coalesce(row_count, 0)::int8, coalesce(input_bytes, 0)
+         FROM parquet_files WHERE state = 'published' AND dataset = $1 AND coalesce(input_bytes, 0) < $2
+         ORDER BY topic, kafka_partition, first_offset, path",
+    )
+    .bind(dataset.as_str())
+    .bind(below)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SmallFile {
+                path: r.try_get(0)?,
+                topic: r.try_get(1)?,
+                partition: r.try_get(2)?,
+                first_offset: r.try_get(3)?,
+                last_offset: r.try_get(4)?,
+                rows: r.try_get(5)?,
+                input_bytes: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Registers `path` as the compaction of `members` (published files of one dataset, topic and
+/// partition): the file is `compact`, the members `compacted` into it, and their records name
+/// it. False (nothing changed) when a member is no longer published or is being changed by
+/// someone else (a `--reprocess`, another compaction).
+pub async fn register_compaction(
+    tx: &mut PgConnection,
+    path: &str,
+    members: &[SmallFile],
+) -> sqlx::Result<bool> {
+    let (Some(first), Some(_)) = (members.first(), members.get(1)) else {
+        return Ok(false);
+    };
+    let dataset = Dataset::of_path(path);
+    let paths: Vec<String> = members.iter().map(|m| m.path.clone()).collect();
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT path FROM parquet_files WHERE path = ANY($1) AND state = 'published'
+         ORDER BY path FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&paths)
+    .fetch_all(&mut *tx)
+    .await?;
+    if locked.len() != paths.len() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO parquet_files (path, dataset, topic, kafka_partition, first_offset, last_offset, row_count, state, input_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'compact', $8)",
+    )
+    .bind(path)
+    .bind(dataset.as_str())
+    .bind(&first.topic)
+    .bind(first.partition)
+    .bind(members.iter().map(|m| m.first_offset).min().unwrap_or_default())
+    .bind(members.iter().map(|m| m.last_offset).max().unwrap_or_default())
+    .bind(members.iter().map(|m| m.rows).sum::<i64>())
+    .bind(members.iter().map(|m| m.input_bytes).sum::<i64>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE parquet_files SET state = 'compacted', compacted_into = $2 WHERE path = ANY($1)",
+    )
+    .bind(&paths)
+    .bind(path)
+    .execute(&mut *tx)
+    .await?;
+    let repoint = match dataset {
+        Dataset::Raw => "UPDATE raw_data SET raw_file = $2 WHERE raw_file = ANY($1)",
+        Dataset::Processed => {
+            "UPDATE raw_data SET processed_file = $2 WHERE processed_file = ANY($1)"
+        }
+    };
+    sqlx::query(repoint)
+        .bind(&paths)
+        .bind(path)
+        .execute(tx)
+        .await?;
+    Ok(true)
+}
+
+/// The objects (relative to `PARQUET_URL`) that held the files compacted into `path`, in offset
+/// order: what its object is built from, and what its commit removes.
+pub async fn members_of(conn: &mut PgConnection, path: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT coalesce(object, path) FROM parquet_files WHERE compacted_into = $1 ORDER BY first_offset, path",
+    )
+    .bind(path)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many files were compacted into `paths` that are now published (in their table).
+pub async fn published_members(conn: &mut PgConnection, paths: &[String]) -> sqlx::Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM parquet_files m JOIN parquet_files c ON c.path = m.compacted_into
+         WHERE c.path = ANY($1) AND c.state = 'published'",
+    )
+    .bind(paths)
+    .fetch_one(conn)
+    .await?;
+    Ok(usize::try_from(n).unwrap_or_default())
 }

@@ -283,7 +283,7 @@ impl Sinks {
             count += records.len();
             rewrite.push(path);
         }
-        ledger::mark_rewrite(tx, &rewrite).await?;
+        let rewrite = ledger::mark_rewrite(tx, &rewrite).await?;
         // Records not in a file yet (waiting for a roll, or loaded before files were linked to
         // records): rows only; a roll builds their files from the recomputed state.
         let rest: Vec<&LoadRecord> = known

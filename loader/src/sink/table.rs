@@ -190,6 +190,23 @@ impl Tables {
         .context("the table read was cancelled")?
     }
 
+    /// The table as it was at `version` (time travel): what a reader of that version needs.
+    pub async fn state_at(&self, dataset: Dataset, version: u64) -> anyhow::Result<TableState> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let url = this.url(dataset);
+            let snapshot = Snapshot::builder_for(url.as_str())
+                .at_version(version)
+                .build(&*this.engine)
+                .map_err(kernel)
+                .with_context(|| format!("reading version {version} of the Delta table {url}"))?;
+            let live = live_files(&*this.engine, &snapshot)?;
+            Ok(TableState { snapshot, live })
+        })
+        .await
+        .context("the table read was cancelled")?
+    }
+
     fn state_blocking(&self, dataset: Dataset) -> anyhow::Result<TableState> {
         let snapshot = self.latest_blocking(dataset)?;
         let live = live_files(&*self.engine, &snapshot)?;

@@ -66,7 +66,8 @@ fn command() -> Command {
     c
 }
 
-/// `engine` (`deltalake`, `polars`, `duckdb`) reads `table` (a directory or `s3://…`).
+/// `engine` (`deltalake`, `deltalake@<version>`, `polars`, `duckdb`) reads `table` (a directory
+/// or `s3://…`).
 pub fn read(engine: &str, table: &str, columns: &[&str]) -> Read {
     let out = command()
         .arg(engine)

@@ -60,10 +60,10 @@ def answer_from_arrow(table, columns, files):
     }
 
 
-def read_deltalake(table, columns):
+def read_deltalake(table, columns, version=None):
     from deltalake import DeltaTable
 
-    dt = DeltaTable(table, storage_options=storage_options())
+    dt = DeltaTable(table, version=version, storage_options=storage_options())
     return answer_from_arrow(dt.to_pyarrow_table(), columns, len(dt.file_uris()))
 
 
@@ -146,6 +146,9 @@ def read_spark(table, columns, plain=False):
 def read(engine, table, columns):
     if engine == "deltalake":
         return read_deltalake(table, columns)
+    if engine.startswith("deltalake@"):
+        # Time travel: the table as it was at that version.
+        return read_deltalake(table, columns, int(engine.split("@", 1)[1]))
     if engine == "polars":
         return read_polars(table, columns)
     if engine == "duckdb":

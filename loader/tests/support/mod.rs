@@ -662,3 +662,29 @@ pub fn headers(m: &rdkafka::message::OwnedMessage) -> HashMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// Records of `topic`'s `partition` at `offsets`, each the 111-user fixture response, decoded as
+/// a batch would be.
+pub fn records_in(
+    topic: &str,
+    partition: i32,
+    offsets: std::ops::Range<i64>,
+) -> Vec<loader::batch::LoadRecord> {
+    use loader::batch::{SourceRecord, decode};
+    let payload =
+        include_bytes!("../../../fixtures/randomuser/v1.4-all-nationalities-111-users.json");
+    let recs = offsets
+        .map(|o| SourceRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: o,
+            key: Some(format!("fetch-{partition}-{o}")),
+            fetch_id: Some(format!("{topic}-{partition}-{o}")),
+            payload: Some(payload.to_vec()),
+            fetched_at: chrono::Utc::now(),
+        })
+        .collect();
+    let (good, bad) = decode(recs, 1 << 24, chrono::Utc::now(), false);
+    assert!(bad.is_empty());
+    good
+}

@@ -67,6 +67,26 @@ pub fn file_name(
     format!("{topic}-p{partition}-o{first}-o{last}-{tag}.parquet")
 }
 
+/// The name of the file that compacts the files `members` of `topic`'s `partition` (offsets
+/// `first` to `last`): told apart from a roll's by `-compact-`, and fixed by its members.
+pub fn compacted_name<'a>(
+    topic: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+    members: impl Iterator<Item = &'a str>,
+) -> String {
+    let mut members: Vec<&str> = members.collect();
+    members.sort_unstable();
+    let mut h = Sha256::new();
+    for m in members {
+        h.update(m.as_bytes());
+        h.update([0]);
+    }
+    let tag = hex::encode(&h.finalize()[..4]);
+    format!("{topic}-p{partition}-o{first}-o{last}-compact-{tag}.parquet")
+}
+
 /// Where the `dataset` file `name` of fetch date `date` goes.
 pub fn path_of(dataset: Dataset, date: NaiveDate, name: &str) -> String {
     format!(

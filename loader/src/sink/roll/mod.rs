@@ -338,13 +338,17 @@ pub fn plan(
                 last_offset: last,
                 records: ids,
                 users: recs.iter().map(|r| r.users).sum(),
+                bytes: recs.iter().map(|r| r.bytes).sum(),
             });
         }
     }
     claims
 }
 
+mod compact;
 mod publish;
+
+pub use compact::{CompactReport, Compaction};
 
 #[cfg(test)]
 mod tests;

@@ -28,12 +28,17 @@ struct Prepared {
     rows: i64,
     /// What the commit adds.
     add: AddFile,
+    /// The objects (relative to the table) of the files compacted into it: the commit removes
+    /// those still live.
+    replaces: Vec<String>,
+    /// Whether it is a compaction (the same rows rearranged: `dataChange: false`).
+    compaction: bool,
 }
 
 /// What preparing one file came to.
 enum Prepare {
     /// Built and uploaded.
-    Ready(Prepared),
+    Ready(Box<Prepared>),
     /// Already in the table (a commit before a crash, or another writer's).
     InTable {
         path: String,
@@ -124,7 +129,7 @@ impl Rolls {
             let prepared = self.prepare(&table, &leased).await;
             self.failed(prepared.is_err());
             match prepared {
-                Ok(Prepare::Ready(p)) => ready.push(p),
+                Ok(Prepare::Ready(p)) => ready.push(*p),
                 Ok(Prepare::InTable {
                     path,
                     generation,
@@ -156,8 +161,18 @@ impl Rolls {
                 }
             }
         }
-        if !ready.is_empty() {
-            self.commit(dataset, table, ready, report).await?;
+        // A compaction commits apart: its commit changes no data (`dataChange: false`), which a
+        // roll's does.
+        let (compactions, data): (Vec<Prepared>, Vec<Prepared>) =
+            ready.into_iter().partition(|p| p.compaction);
+        match (data.is_empty(), compactions.is_empty()) {
+            (true, true) => {}
+            (false, true) => self.commit(dataset, table, data, report).await?,
+            (true, false) => self.commit(dataset, table, compactions, report).await?,
+            (false, false) => {
+                self.commit(dataset, table.clone(), data, report).await?;
+                self.commit(dataset, table, compactions, report).await?;
+            }
         }
         match failure {
             Some(e) => Err(e),
@@ -213,9 +228,11 @@ impl Rolls {
                 return Ok(());
             }
             let adds: Vec<AddFile> = ready.iter().map(|p| p.add.clone()).collect();
-            // Every live object of a file being written is an older generation's: replaced.
+            // Every live object of a file being written is an older generation's, or one of the
+            // files compacted into it: replaced.
             let mut removes = Vec::new();
             for p in &ready {
+                removes.extend(p.replaces.iter().filter(|o| table.is_live(o)).cloned());
                 let stem = in_table(p.path.trim_end_matches(".parquet"));
                 removes.extend(
                     table
@@ -224,7 +241,9 @@ impl Rolls {
                         .map(str::to_string),
                 );
             }
-            let operation = if removes.is_empty() {
+            let operation = if ready.iter().all(|p| p.compaction) {
+                Operation::Compact
+            } else if removes.is_empty() {
                 Operation::Append
             } else {
                 Operation::Rewrite
@@ -327,6 +346,10 @@ impl Rolls {
             }
         };
         let rows = writer.rows();
+        let replaces = {
+            let mut conn = self.pool.acquire().await?;
+            ledger::members_of(&mut conn, &file.path).await?
+        };
         let (sink, stats) = writer.finish().await.map_err(parquet)?;
         let size = match self.store.complete(&object, sink).await {
             Ok(size) => size,
@@ -337,7 +360,7 @@ impl Rolls {
             crate::failpoint::hit("after-processed-object-write");
         }
         let date = date_of(&file.path).map_err(parquet)?;
-        Ok(Prepare::Ready(Prepared {
+        Ok(Prepare::Ready(Box::new(Prepared {
             path: file.path.clone(),
             generation: file.generation,
             stale,
@@ -350,17 +373,42 @@ impl Rolls {
                 stats,
             },
             object,
-        }))
+            replaces: replaces.iter().map(|m| in_table(m)).collect(),
+            compaction: file.state == "compact",
+        })))
     }
 
-    /// Writes `file`'s rows into `writer`: an adopted file's from its old object (returned, to
-    /// delete once the new one is in) or, failing that, from PostgreSQL like any other file;
-    /// the reason it cannot be built, if it cannot.
+    /// Writes `file`'s rows into `writer`: a compaction's from the objects of the files it
+    /// replaces (a raw file's payloads byte for byte), an adopted file's from its old object
+    /// (returned, to delete once the new one is in) or, failing that, from PostgreSQL like any
+    /// other file; the reason it cannot be built, if it cannot.
     async fn fill(
         &self,
         writer: &mut FileWriter,
         file: &Unpublished,
     ) -> Result<Result<Option<String>, String>, SinkError> {
+        if file.state == "compact" {
+            let members = {
+                let mut conn = self.pool.acquire().await?;
+                ledger::members_of(&mut conn, &file.path).await?
+            };
+            if members.is_empty() {
+                return Ok(Err("a compaction with no files to compact".into()));
+            }
+            // One member in memory at a time: each is smaller than a roll.
+            for member in members {
+                let old = self
+                    .store
+                    .read(&member)
+                    .await
+                    .map_err(|e| SinkError::Parquet(e.into()))?;
+                parquet::convert(old, writer)
+                    .await
+                    .with_context(|| format!("compacting {member}"))
+                    .map_err(SinkError::Parquet)?;
+            }
+            return Ok(Ok(None));
+        }
         if file.state == "adopt" {
             match self.store.read(&file.path).await {
                 Ok(old) => match parquet::convert(old, writer).await {
@@ -457,7 +505,7 @@ fn is_object_of(object: &str, stem: &str) -> bool {
 }
 
 /// The fetch date in a ledger path (`raw/date=YYYY-MM-DD/…`).
-fn date_of(path: &str) -> anyhow::Result<NaiveDate> {
+pub(super) fn date_of(path: &str) -> anyhow::Result<NaiveDate> {
     let part = path
         .split('/')
         .find_map(|p| p.strip_prefix("date="))

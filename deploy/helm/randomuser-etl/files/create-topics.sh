@@ -1,1 +1,0 @@
-../../../../k8s/randomuser-etl/files/create-topics.sh
