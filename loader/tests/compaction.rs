@@ -226,13 +226,16 @@ async fn a_compaction_killed_at_each_step_is_finished_once() {
             .await;
         assert!(waiting >= 1, "{point}: the compaction is registered");
 
-        // The dead writer's lease runs out (10 min); then a loader's sweep finishes it (the raw
-        // one, and the processed one if it got there).
-        sqlx::query("UPDATE parquet_files SET lease_until = now() - interval '1 second' WHERE lease_until IS NOT NULL")
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        s.recover().await.unwrap();
+        // A loader's sweep finishes it (the raw one, and the processed one if it got there)
+        // once the dead writer's lease has run out: within a lease (30 s), not a long upload's
+        // worth of time.
+        let killed_at = std::time::Instant::now();
+        eventually(Duration::from_secs(45), "a sweep takes the compaction over", || async {
+            s.recover().await.unwrap();
+            db.count("SELECT count(*) FROM parquet_files WHERE state = 'compact'").await == 0
+        })
+        .await;
+        println!("{point}: taken over after {:?}", killed_at.elapsed());
         let done = compact_command(&db, dir.path(), &[], "");
         assert!(done.status.success(), "{point}: {done:?}");
         assert_eq!(rows(dir.path()), before, "{point}: no row lost or doubled");

@@ -107,10 +107,11 @@ impl RollReport {
     }
 }
 
-/// How long a writer's lease on a file lasts: long enough for a large file on a slow link,
-/// short enough that a crashed writer's files are taken over soon. Correctness does not rest on
-/// it (the commit protocol fences writers, [`Rolls::publish`]); it saves duplicated work.
-const LEASE: Duration = Duration::from_secs(600);
+/// How long a writer's lease on a file lasts unless renewed: a live writer renews it every
+/// third of it however long its upload takes, so a crashed writer's files are taken over this
+/// soon. Correctness does not rest on it (the commit protocol fences writers,
+/// [`Rolls::publish`]); it saves duplicated work.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// Files failing one after another in one attempt before it stops: one failing file never holds
 /// the others up, but a store that is down fails them all, each after its timeouts, and the

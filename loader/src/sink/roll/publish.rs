@@ -35,6 +35,15 @@ struct Prepared {
     compaction: bool,
 }
 
+/// Keeps a lease renewed while it lives ([`Rolls::keep_lease`]).
+struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What preparing one file came to.
 enum Prepare {
     /// Built and uploaded.
@@ -111,6 +120,8 @@ impl Rolls {
         };
         let mut ready = Vec::new();
         let mut failure = None;
+        // Leases renewed until the files are committed (dropped on return).
+        let mut keepers = Vec::new();
         for file in files {
             if self.failing() >= FAILURES_IN_A_ROW {
                 failure.get_or_insert(SinkError::Parquet(anyhow::anyhow!(
@@ -126,6 +137,7 @@ impl Rolls {
                 report.busy += 1;
                 continue;
             };
+            keepers.push(self.keep_lease(&leased.path));
             let prepared = self.prepare(&table, &leased).await;
             self.failed(prepared.is_err());
             match prepared {
@@ -178,6 +190,29 @@ impl Rolls {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Renews this writer's lease on `path` every third of [`LEASE`] until the keeper is
+    /// dropped, or until the lease is gone (the file published, or taken over after the lease
+    /// ran out while this process was paused).
+    fn keep_lease(&self, path: &str) -> LeaseKeeper {
+        let (pool, path, owner) = (self.pool.clone(), path.to_string(), self.owner);
+        LeaseKeeper(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                let renewed = match pool.acquire().await {
+                    Ok(mut conn) => ledger::lease(&mut conn, &path, owner, LEASE).await,
+                    Err(e) => Err(e),
+                };
+                match renewed {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(path, error = %e, "could not renew a file's lease; trying again")
+                    }
+                }
+            }
+        }))
     }
 
     /// Commits `ready` files into `dataset`'s table, starting from `table` (read before the
