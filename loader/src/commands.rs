@@ -148,7 +148,7 @@ pub async fn backfill_app(args: BackfillArgs) -> anyhow::Result<Application> {
 pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     args.retention.validate()?;
-    let store = args.parquet.store(&args.data_dir)?;
+    let store = args.lake.store()?;
     let tables = crate::sink::table::Tables::new(&store)?;
     let report =
         crate::sink::vacuum::vacuum(&store, &tables, args.retention.retention, args.dry_run)
@@ -186,10 +186,10 @@ pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
 pub async fn compact(args: &crate::config::CompactArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use secrecy::ExposeSecret;
-    let store = args.parquet.store(&args.data_dir)?;
+    let store = args.lake.store()?;
     let url = args.db.url()?;
     let pool = crate::sink::lazy_pool(url.expose_secret(), args.db.max_connections)?;
-    let rolls = crate::sink::Rolls::new(pool, store.clone(), args.parquet.policy())?;
+    let rolls = crate::sink::Rolls::new(pool, store.clone(), args.lake.parquet.policy())?;
     let report = rolls
         .compact(args.dry_run)
         .await

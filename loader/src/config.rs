@@ -45,18 +45,10 @@ pub struct CompactArgs {
     /// The database (the Parquet ledger).
     #[command(flatten)]
     pub db: DbArgs,
-    /// Root of the tables when `PARQUET_URL` is not set.
-    #[arg(
-        long = "data-dir",
-        env = "DATA_DIR",
-        value_name = "DATA_DIR",
-        default_value = "data"
-    )]
-    pub data_dir: PathBuf,
     /// Where the tables are, and the roll size a compacted file grows to
     /// (`PARQUET_ROLL_MAX_BYTES`).
     #[command(flatten)]
-    pub parquet: ParquetArgs,
+    pub lake: LakeArgs,
     /// List what would be compacted; change nothing.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -65,9 +57,9 @@ pub struct CompactArgs {
     pub log: LogArgs,
 }
 
-/// `loader vacuum`.
+/// The lake, for the upkeep commands: the same flags and variables as `loader run`'s.
 #[derive(Debug, Clone, Args)]
-pub struct VacuumArgs {
+pub struct LakeArgs {
     /// Root of the tables when `PARQUET_URL` is not set.
     #[arg(
         long = "data-dir",
@@ -79,6 +71,21 @@ pub struct VacuumArgs {
     /// Where the tables are.
     #[command(flatten)]
     pub parquet: ParquetArgs,
+}
+
+impl LakeArgs {
+    /// The store, with `_FILE` secrets read.
+    pub fn store(&self) -> anyhow::Result<crate::sink::store::Store> {
+        self.parquet.store(&self.data_dir)
+    }
+}
+
+/// `loader vacuum`.
+#[derive(Debug, Clone, Args)]
+pub struct VacuumArgs {
+    /// Where the tables are.
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// What is kept.
     #[command(flatten)]
     pub retention: VacuumRetention,

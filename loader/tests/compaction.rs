@@ -230,10 +230,16 @@ async fn a_compaction_killed_at_each_step_is_finished_once() {
         // once the dead writer's lease has run out: within a lease (30 s), not a long upload's
         // worth of time.
         let killed_at = std::time::Instant::now();
-        eventually(Duration::from_secs(45), "a sweep takes the compaction over", || async {
-            s.recover().await.unwrap();
-            db.count("SELECT count(*) FROM parquet_files WHERE state = 'compact'").await == 0
-        })
+        eventually(
+            Duration::from_secs(45),
+            "a sweep takes the compaction over",
+            || async {
+                s.recover().await.unwrap();
+                db.count("SELECT count(*) FROM parquet_files WHERE state = 'compact'")
+                    .await
+                    == 0
+            },
+        )
         .await;
         println!("{point}: taken over after {:?}", killed_at.elapsed());
         let done = compact_command(&db, dir.path(), &[], "");

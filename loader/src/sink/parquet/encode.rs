@@ -1,5 +1,5 @@
 //! Arrow encoding of the two datasets and the Parquet file format: the schemas, a batch of
-//! records as Arrow rows, row groups of a few MB, Snappy, fsynced files. No paths, no ledger:
+//! records as Arrow rows, row groups of about 8 MB encoded, Snappy, fsynced files. No paths, no ledger:
 //! where files go and when they become visible is [`super`]'s business.
 
 use crate::batch::LoadRecord;
@@ -60,8 +60,13 @@ pub fn writer_properties<S: Shape>() -> WriterProperties {
         .build()
 }
 
-/// Payload bytes per row group of a raw file.
+/// Payload bytes per Arrow batch of a raw file: what memory holds of the rows at once.
 pub const RAW_ROW_GROUP_BYTES: usize = 4 << 20;
+
+/// A row group is written out once its encoded, compressed data held in memory reaches this:
+/// row groups of a size engines read well, and memory that holds one, whatever the size of
+/// the pages read from PostgreSQL (or of the row groups of the files a compaction reads).
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
 
 /// Consecutive runs of `records` holding about `limit` payload bytes each (at least one record).
 pub fn chunks_by_bytes<'a, 'r>(
@@ -136,11 +141,14 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Appends one row group of rows already in this dataset's schema.
+    /// Appends rows already in this dataset's schema; the row group is written out once it
+    /// holds [`ROW_GROUP_BYTES`].
     pub async fn push_batch(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         self.stats.merge(batch)?;
         self.writer.write(batch).await?;
-        self.writer.flush().await?;
+        if self.writer.memory_size() >= ROW_GROUP_BYTES {
+            self.writer.flush().await?;
+        }
         self.rows += batch.num_rows();
         Ok(())
     }

@@ -34,8 +34,9 @@ use std::time::Duration;
 /// payload bytes.
 const READ_BYTES: i64 = 4 << 20;
 
-/// Users read per row group while a processed file is built.
-const READ_USERS: i64 = 20_000;
+/// Users read from PostgreSQL at a time while a processed file is built (a few MB of rows;
+/// row groups are cut by their encoded size, [`parquet::ROW_GROUP_BYTES`]).
+const READ_USERS: i64 = 5_000;
 
 /// Temporary files older than this in the local store's staging directory are a crash's leftovers.
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
