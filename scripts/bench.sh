@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh                      the full run: 2,000 records x 100 users
 #   scripts/bench.sh --tiny               a seconds-long run into target/bench-tiny.md (CI keeps it working)
+#   scripts/bench.sh --lake-only          only the lake step (issue 19), added to BENCHMARKS.md
 #
 #   BENCH_PROFILE=debug                   use the debug build (CI's tiny run: no second compile)
 #   ETL_USE_EXISTING_SERVICES=1           use KAFKA_BROKERS / DATABASE_URL as set
@@ -17,7 +18,8 @@ for a in "$@"; do
   if [ "$a" = "--tiny" ]; then
     args+=(--records 20 --users 10 --naive-records 5 --freshness-for 5s --freshness-interval 500ms
            --freshness-users 10 --scale-loaders 1,2,4 --rebalance-records 30 --idle-for 3s
-           --idle-interval 500ms --idle-users 10 --out target/bench-tiny.md)
+           --idle-interval 500ms --idle-users 10 --lake-for 3s --lake-roll-interval 1s
+           --lake-big-responses 2 --lake-big-users 100 --out target/bench-tiny.md)
   else
     args+=("$a")
   fi

@@ -10,7 +10,9 @@
 //! 6. [`freshness`]: fetch-to-row latency with the real extractor polling the stub steadily;
 //! 7. [`scale`]: 1, 2, 4… loader processes in one group against as many parallel COPY sessions;
 //! 8. [`rebalance`]: how long the group's throughput stalls when a member joins and one leaves;
-//! 9. [`extractor_idle`]: the extractor's resident set between fetches and CPU per fetch.
+//! 9. [`lake`]: freshness to the Delta tables, commits and objects per million users,
+//!    compaction against a copy, peak RSS with a 1 GiB roll of 5,000-user responses;
+//! 10. [`extractor_idle`]: the extractor's resident set between fetches and CPU per fetch.
 //!
 //! [`report`] writes the figures to `BENCHMARKS.md`, newest run first.
 
@@ -21,6 +23,7 @@ pub mod extractor_idle;
 pub mod freshness;
 pub mod group;
 pub mod kafka;
+pub mod lake;
 pub mod loader_run;
 pub mod naive;
 pub mod preload;
@@ -101,6 +104,21 @@ pub struct Config {
     /// Users per fetch of the idle extractor.
     #[arg(long, default_value_t = 500)]
     pub idle_users: usize,
+    /// How long the extractor runs in the lake step (at the freshness step's rate).
+    #[arg(long, default_value = "90s", value_parser = humantime_duration)]
+    pub lake_for: Duration,
+    /// The loader's `PARQUET_ROLL_INTERVAL` in the lake step.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    pub lake_roll_interval: Duration,
+    /// Responses in the lake step's big roll (195 × 5,000 users is just over 1 GiB of JSON).
+    #[arg(long, default_value_t = 195, value_parser = positive)]
+    pub lake_big_responses: usize,
+    /// Users per response in the big roll.
+    #[arg(long, default_value_t = 5000, value_parser = positive)]
+    pub lake_big_users: usize,
+    /// Run only the lake step, and add only its figures to the results file.
+    #[arg(long)]
+    pub lake_only: bool,
     /// Where the `loader` and `extractor` binaries are (default: beside this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -192,6 +210,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let best = config.best_settings()?;
     let started = chrono::Utc::now();
     let run_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    if config.lake_only {
+        let lake = lake::measure(&config, &bin_dir, &run_id).await?;
+        let text = report::render_lake(started, &config, &lake);
+        println!("{text}");
+        report::prepend(&config.out, &text)?;
+        eprintln!("[bench] written to {}", config.out.display());
+        return Ok(());
+    }
     eprintln!(
         "[bench] {run_id}: {} records x {} users, {} partitions",
         config.records, config.users, config.partitions
@@ -266,6 +292,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rebalance.leave.as_ref().map(|c| &c.dip)
     );
 
+    let lake = lake::measure(&config, &bin_dir, &run_id).await?;
+    eprintln!("[bench] lake: {}", lake.render().trim());
+
     let idle = extractor_idle::measure(&config, &bin_dir, &run_id).await?;
     eprintln!(
         "[bench] extractor idle: {} fetches, {:.1} MB between fetches, {:?} CPU per fetch",
@@ -290,6 +319,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scale,
         rebalance,
         idle,
+        lake,
     };
     let text = report::render(&results);
     println!("{text}");

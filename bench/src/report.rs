@@ -47,6 +47,8 @@ pub struct Results {
     pub rebalance: Rebalance,
     /// What an idle extractor costs.
     pub idle: ExtractorIdle,
+    /// The lake.
+    pub lake: crate::lake::Lake,
 }
 
 fn machine() -> String {
@@ -209,6 +211,7 @@ pub fn render(r: &Results) -> String {
         r.fresh.samples
     );
     let _ = write!(s, "{}", r.rebalance.render());
+    let _ = write!(s, "{}", r.lake.render());
     let _ = write!(s, "{}", r.idle.render());
     let scale = crate::scale::render(&r.scale);
     if !scale.is_empty() {
@@ -220,6 +223,28 @@ pub fn render(r: &Results) -> String {
         "ratio: {:.2}",
         best.users_per_sec() / r.ceiling.users_per_sec()
     );
+    s
+}
+
+/// A run of the lake step alone (`--lake-only`).
+pub fn render_lake(started: DateTime<Utc>, c: &Config, lake: &crate::lake::Lake) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## {} — the lake only\n",
+        started.format("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(s, "- command: `{}`", c.command);
+    let _ = writeln!(
+        s,
+        "- extractor → stub every {}, {} users per fetch, for {}; {} partitions",
+        humanize(c.freshness_interval),
+        c.freshness_users,
+        humanize(c.lake_for),
+        c.partitions
+    );
+    let _ = write!(s, "{}", lake.render());
     s
 }
 
