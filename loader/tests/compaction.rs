@@ -120,7 +120,7 @@ async fn ledger_matches_tables(db: &TestDb, dir: &Path) {
 
 /// Four small files per table become one each, in one commit per table marked as no data
 /// change (Delta's OPTIMIZE), holding exactly the rows they held, raw payloads byte for byte;
-/// `deltalake`, polars and DuckDB read the same rows before and after; `--dry-run` changes
+/// `deltalake`, polars, DuckDB and Spark read the same rows after; `--dry-run` changes
 /// nothing, and a second compaction has nothing to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_files_become_one_file_in_one_commit_that_changes_no_data() {
@@ -189,6 +189,16 @@ async fn small_files_become_one_file_in_one_commit_that_changes_no_data() {
         );
         assert_eq!(read.rows, 8, "{engine}");
     }
+    // Spark with Delta reads the log's OPTIMIZE commit (its removes) as Databricks would.
+    let (raw, processed) = (
+        dir.path().join("raw").to_string_lossy().to_string(),
+        dir.path().join("processed").to_string_lossy().to_string(),
+    );
+    let spark = engines::spark(&[
+        ("spark", &raw, &["raw_id"]),
+        ("spark", &processed, &["raw_id"]),
+    ]);
+    assert_eq!((spark[0].rows, spark[1].rows), (8, 888), "Spark");
 
     let again = s.rolls().compact(false).await.unwrap();
     assert!(again.planned.is_empty(), "{again:?}");

@@ -214,7 +214,7 @@ async fn a_claimed_roll_that_died_is_written_by_recovery() {
     );
     let s = sinks(&db, dir.path()).await;
     let report = s.recover().await.unwrap();
-    assert_eq!((report.written, report.missing), (2, 0));
+    assert_eq!((report.written, report.unbuildable), (2, 0));
     assert_eq!(processed_rows(dir.path()), 222);
     let mut written: Vec<String> = parquet_files(dir.path())
         .iter()
@@ -311,7 +311,7 @@ async fn files_staged_by_the_previous_version_are_written_from_their_rows() {
         .await
         .unwrap();
     let report = s.recover().await.unwrap();
-    assert_eq!((report.written, report.missing), (2, 0));
+    assert_eq!((report.written, report.unbuildable), (2, 0));
     let mut after = parquet_rows(
         &dir.path().join("processed"),
         &["raw_id", "user_uuid", "email"],
@@ -446,7 +446,7 @@ async fn a_claim_whose_commit_outcome_is_unknown_is_finished_by_recovery() {
     assert_eq!(cutter.cuts(), 1);
     assert_eq!(waiting(&db).await, 0, "the server committed the claim");
     let report = s.recover().await.unwrap();
-    assert_eq!((report.written, report.missing), (2, 0));
+    assert_eq!((report.written, report.unbuildable), (2, 0));
     // The re-delivered batch is all duplicates; nothing waits and nothing is written twice.
     let again = s.write(&records("t", 0..2)).await.unwrap();
     assert_eq!((again.new_records, again.duplicate_records), (0, 2));
@@ -766,7 +766,7 @@ async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
         .unwrap();
     s.rolls().roll("t", 0, Cut::All).await.unwrap();
     let report = s.rolls().roll("t", 1, Cut::All).await.unwrap();
-    assert_eq!((report.missing, report.written), (1, 1), "{report:?}");
+    assert_eq!((report.unbuildable, report.written), (1, 1), "{report:?}");
     let failed: Vec<(String, String)> = sqlx::query_as(
         "SELECT path, failed_reason FROM parquet_files WHERE state = 'failed' ORDER BY 1",
     )
@@ -784,7 +784,7 @@ async fn a_file_that_cannot_be_built_is_marked_failed_beside_good_ones() {
     assert_eq!(parquet_files(&dir.path().join("processed")).len(), 2);
     // Not retried by the sweep: nothing pending.
     let again = s.recover().await.unwrap();
-    assert_eq!((again.written, again.missing), (0, 0));
+    assert_eq!((again.written, again.unbuildable), (0, 0));
     db.drop_db().await;
 }
 

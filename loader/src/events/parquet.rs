@@ -18,14 +18,14 @@ impl Event for ParquetWritten<'_> {
         let r = self.report;
         t.rows_written(Sink::Parquet, r.raw_rows, r.processed_rows, r.bytes);
         t.metrics.parquet_files.inc_by(r.written as u64);
-        if r.written + r.missing + r.removed > 0 {
+        if r.written + r.unbuildable + r.removed > 0 {
             tracing::info!(
                 files = r.written,
                 bytes = r.bytes,
                 raw_rows = r.raw_rows,
                 processed_rows = r.processed_rows,
                 busy = r.busy,
-                missing = r.missing,
+                unbuildable = r.unbuildable,
                 removed = r.removed,
                 "{}",
                 self.what

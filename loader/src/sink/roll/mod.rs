@@ -89,7 +89,7 @@ pub struct RollReport {
     /// Files another writer was writing at the time (left to it).
     pub busy: usize,
     /// Pending files no record names, or whose records no longer transform: not writable.
-    pub missing: usize,
+    pub unbuildable: usize,
     /// Leftover temporary files removed from the local store.
     pub removed: usize,
 }
@@ -103,7 +103,7 @@ impl RollReport {
         self.raw_rows += o.raw_rows;
         self.processed_rows += o.processed_rows;
         self.busy += o.busy;
-        self.missing += o.missing;
+        self.unbuildable += o.unbuildable;
         self.removed += o.removed;
     }
 }

@@ -163,7 +163,7 @@ impl Rolls {
                     let mut conn = self.pool.acquire().await?;
                     ledger::mark_failed(&mut conn, &leased.path, leased.generation, &reason)
                         .await?;
-                    report.missing += 1;
+                    report.unbuildable += 1;
                 }
                 Err(e) => {
                     let mut conn = self.pool.acquire().await?;
