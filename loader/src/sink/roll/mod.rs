@@ -132,6 +132,9 @@ pub struct Rolls {
     policy: RollPolicy,
     /// This process, as a lease owner.
     owner: uuid::Uuid,
+    /// The files this process is building now: the lease is the process's, so it alone cannot
+    /// keep a batch's `--reprocess` and the roller of the same loader off one file.
+    building: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Files (and table reads) that failed one after another in this attempt
     /// ([`Rolls::new_attempt`]): past [`FAILURES_IN_A_ROW`] the store is out, not a file.
     failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -147,6 +150,7 @@ impl Rolls {
             tables,
             policy,
             owner: uuid::Uuid::new_v4(),
+            building: Default::default(),
             failing: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }

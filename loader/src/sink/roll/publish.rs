@@ -35,12 +35,22 @@ struct Prepared {
     compaction: bool,
 }
 
-/// Keeps a lease renewed while it lives ([`Rolls::keep_lease`]).
-struct LeaseKeeper(tokio::task::JoinHandle<()>);
+/// A file this process is building: its lease renewed, and no other task of the process
+/// building it, while this lives ([`Rolls::keep_lease`]).
+struct LeaseKeeper {
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    building: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    path: String,
+}
 
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
+        }
+        if let Ok(mut building) = self.building.lock() {
+            building.remove(&self.path);
+        }
     }
 }
 
@@ -129,6 +139,10 @@ impl Rolls {
                 )));
                 break;
             }
+            let Some(mut keeper) = self.building(&file.path) else {
+                report.busy += 1;
+                continue;
+            };
             let leased = {
                 let mut conn = self.pool.acquire().await?;
                 ledger::lease(&mut conn, &file.path, self.owner, LEASE).await?
@@ -137,7 +151,8 @@ impl Rolls {
                 report.busy += 1;
                 continue;
             };
-            keepers.push(self.keep_lease(&leased.path));
+            self.keep_lease(&mut keeper);
+            keepers.push(keeper);
             let prepared = self.prepare(&table, &leased).await;
             self.failed(prepared.is_err());
             match prepared {
@@ -192,12 +207,23 @@ impl Rolls {
         }
     }
 
-    /// Renews this writer's lease on `path` every third of [`LEASE`] until the keeper is
-    /// dropped, or until the lease is gone (the file published, or taken over after the lease
-    /// ran out while this process was paused).
-    fn keep_lease(&self, path: &str) -> LeaseKeeper {
-        let (pool, path, owner) = (self.pool.clone(), path.to_string(), self.owner);
-        LeaseKeeper(tokio::spawn(async move {
+    /// Marks `path` as being built by this task; `None` if another task of this process is
+    /// building it.
+    fn building(&self, path: &str) -> Option<LeaseKeeper> {
+        let mut building = self.building.lock().ok()?;
+        building.insert(path.to_string()).then(|| LeaseKeeper {
+            renewal: None,
+            building: self.building.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Renews this writer's lease on the keeper's file every third of [`LEASE`] until the
+    /// keeper is dropped, or until the lease is gone (the file published, or taken over after
+    /// the lease ran out while this process was paused).
+    fn keep_lease(&self, keeper: &mut LeaseKeeper) {
+        let (pool, path, owner) = (self.pool.clone(), keeper.path.clone(), self.owner);
+        keeper.renewal = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE / 3).await;
                 let renewed = match pool.acquire().await {
@@ -212,7 +238,7 @@ impl Rolls {
                     }
                 }
             }
-        }))
+        }));
     }
 
     /// Commits `ready` files into `dataset`'s table, starting from `table` (read before the
