@@ -9,7 +9,7 @@
 //! leaves a `compact` file that any sweep finishes, and until its commit lands the table still
 //! holds the members. A `--reprocess` of a member's records rewrites the compacted file.
 
-use super::{Rolls, publish::date_of};
+use super::{Rolls, paths::date_of};
 use crate::sink::SinkError;
 use crate::sink::ledger::{self, SmallFile, Unpublished};
 use crate::sink::parquet::{self, Dataset};

@@ -352,6 +352,8 @@ pub fn plan(
 }
 
 mod compact;
+mod lease;
+mod paths;
 mod publish;
 
 pub use compact::{CompactReport, Compaction};

@@ -2,6 +2,7 @@
 //! as a new object, then the prepared files of a table committed in one commit, fenced against
 //! every other writer ([`Rolls::publish`]).
 
+use super::paths::{date_of, in_table, is_object_of};
 use super::{COMMIT_ATTEMPTS, FAILURES_IN_A_ROW, LEASE, READ_BYTES, READ_USERS, RollReport, Rolls};
 use crate::batch::LoadRecord;
 use crate::sink::SinkError;
@@ -10,7 +11,7 @@ use crate::sink::parquet::{self, Dataset, FileWriter};
 use crate::sink::postgres;
 use crate::sink::table::{AddFile, Commit, Operation, TableState};
 use anyhow::Context;
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use std::time::Duration;
 
 /// One file built, uploaded and ready to enter its table.
@@ -33,25 +34,6 @@ struct Prepared {
     replaces: Vec<String>,
     /// Whether it is a compaction (the same rows rearranged: `dataChange: false`).
     compaction: bool,
-}
-
-/// A file this process is building: its lease renewed, and no other task of the process
-/// building it, while this lives ([`Rolls::keep_lease`]).
-struct LeaseKeeper {
-    renewal: Option<tokio::task::JoinHandle<()>>,
-    building: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    path: String,
-}
-
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        if let Some(renewal) = &self.renewal {
-            renewal.abort();
-        }
-        if let Ok(mut building) = self.building.lock() {
-            building.remove(&self.path);
-        }
-    }
 }
 
 /// What preparing one file came to.
@@ -205,40 +187,6 @@ impl Rolls {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// Marks `path` as being built by this task; `None` if another task of this process is
-    /// building it.
-    fn building(&self, path: &str) -> Option<LeaseKeeper> {
-        let mut building = self.building.lock().ok()?;
-        building.insert(path.to_string()).then(|| LeaseKeeper {
-            renewal: None,
-            building: self.building.clone(),
-            path: path.to_string(),
-        })
-    }
-
-    /// Renews this writer's lease on the keeper's file every third of [`LEASE`] until the
-    /// keeper is dropped, or until the lease is gone (the file published, or taken over after
-    /// the lease ran out while this process was paused).
-    fn keep_lease(&self, keeper: &mut LeaseKeeper) {
-        let (pool, path, owner) = (self.pool.clone(), keeper.path.clone(), self.owner);
-        keeper.renewal = Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(LEASE / 3).await;
-                let renewed = match pool.acquire().await {
-                    Ok(mut conn) => ledger::lease(&mut conn, &path, owner, LEASE).await,
-                    Err(e) => Err(e),
-                };
-                match renewed {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::debug!(path, error = %e, "could not renew a file's lease; trying again")
-                    }
-                }
-            }
-        }));
     }
 
     /// Commits `ready` files into `dataset`'s table, starting from `table` (read before the
@@ -548,28 +496,4 @@ impl Rolls {
         }
         Ok(Ok(()))
     }
-}
-
-/// `raw/date=…/name` relative to its table: `date=…/name`.
-fn in_table(path: &str) -> String {
-    path.split_once('/')
-        .map_or(path, |(_, rest)| rest)
-        .to_string()
-}
-
-/// Whether `object` (relative to the table) is one of the objects of the file whose stem (path
-/// without `.parquet`, relative to the table) is `stem`: the first generation's or a rewrite's.
-fn is_object_of(object: &str, stem: &str) -> bool {
-    object.strip_prefix(stem).is_some_and(|rest| {
-        rest == ".parquet" || (rest.starts_with("-g") && rest.ends_with(".parquet"))
-    })
-}
-
-/// The fetch date in a ledger path (`raw/date=YYYY-MM-DD/…`).
-pub(super) fn date_of(path: &str) -> anyhow::Result<NaiveDate> {
-    let part = path
-        .split('/')
-        .find_map(|p| p.strip_prefix("date="))
-        .with_context(|| format!("{path}: no date= directory"))?;
-    NaiveDate::parse_from_str(part, "%Y-%m-%d").with_context(|| format!("{path}: date={part}"))
 }
