@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 
 /// Two malloc arenas instead of glibc's eight per core, before any thread starts: with many,
 /// memory a batch frees on one runtime thread is not reused by a roll on another, and a loader
-/// that loaded 5,000-user responses and then rolled them held 60% more than it used
+/// that loaded 5,000-user responses and then rolled them held half as much again
 /// (346 MiB against 233 MiB, `loader/tests/memory.rs`). Same as `MALLOC_ARENA_MAX=2`, which
 /// still wins when set.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
