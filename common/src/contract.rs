@@ -42,8 +42,12 @@ pub mod header {
     pub const FETCH_ID: &str = "etl-fetch-id";
 }
 
-/// Header names the loader adds to a dead-lettered record.
+/// Header names the loader adds to a dead-lettered record, beside the record's own headers
+/// (which it keeps: a fixed dead letter re-published with them is the same record). A dead
+/// letter is stamped with the time it was dead-lettered; its fetch time is `etl-fetched-at`.
 pub mod dlq_header {
+    /// What every name below starts with.
+    pub const PREFIX: &str = "etl-dlq-";
     /// A short machine-readable kind, e.g. `not_json`, `legacy_shape`, `too_large`.
     pub const ERROR_KIND: &str = "etl-dlq-error-kind";
     /// The human-readable reason.

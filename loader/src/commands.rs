@@ -4,24 +4,53 @@
 use crate::app::Application;
 use crate::config::{BackfillArgs, ReplayArgs, StatusArgs};
 use crate::replay::{GroupOffsets, Position, render_plan};
+use crate::sink::offsets::{self, Positions};
+use anyhow::Context;
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 
-/// Prints the plan; with `--execute`, moves the group (refused while it has members).
-pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    let t = &args.target;
-    let (group, topic) = (&t.group.group, &t.topic.topic);
-    let offsets = GroupOffsets::new(&t.kafka, group, topic)?;
-    let partitions = offsets.partitions(args.partitions.as_deref())?;
-    let (members, known) = offsets.members()?;
-    let plan = offsets.plan(&args.to, &partitions)?;
-    if !known && plan.iter().all(|p| p.current.is_none()) {
+/// Prints the plan; with `--execute`, moves the group (refused while it has members): its
+/// positions stored in PostgreSQL, which the loaders start from, then its committed offsets in
+/// Kafka, which lag monitors and Kafka's tools read.
+pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let t = args.target.clone();
+    let (group, topic) = (t.group.group.clone(), t.topic.topic.clone());
+    let (to, only) = (args.to.clone(), args.partitions.clone());
+    let (target, g, tp) = (t.clone(), group.clone(), topic.clone());
+    let (mut plan, members, known) = blocking(move || {
+        let offsets = GroupOffsets::new(&target.kafka, &g, &tp)?;
+        let partitions = offsets.partitions(only.as_deref())?;
+        let (members, known) = offsets.members()?;
+        Ok((offsets.plan(&to, &partitions)?, members, known))
+    })
+    .await?;
+    let stored = match stored_positions(&t).await {
+        Ok(stored) => stored,
+        Err(e) if !args.execute => {
+            tracing::warn!(error = %format!("{e:#}"), "the plan counts from the group's offsets in Kafka only");
+            BTreeMap::new()
+        }
+        Err(e) => {
+            return Err(e.context("replay --execute moves the positions stored in PostgreSQL too"));
+        }
+    };
+    // Where the loaders resume today: PostgreSQL's position, else the group's Kafka offset.
+    for p in &mut plan {
+        if let Some(s) = stored.get(&p.partition) {
+            p.current = Some(s.next_offset);
+        }
+    }
+    if !known && stored.is_empty() && plan.iter().all(|p| p.current.is_none()) {
         anyhow::bail!(
             "group {} is unknown: it has no committed offsets on topic {} (check --group / KAFKA_GROUP_ID)",
             group,
             topic
         );
     }
-    print!("{}", render_plan(topic, group, &args.to.to_string(), &plan));
+    print!(
+        "{}",
+        render_plan(&topic, &group, &args.to.to_string(), &plan)
+    );
     if !args.execute {
         println!("dry run: nothing changed; add --execute to move the offsets");
         return Ok(());
@@ -33,21 +62,83 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
     let targets: BTreeMap<i32, i64> = plan.iter().map(|p| (p.partition, p.target)).collect();
-    offsets.commit(&targets)?;
+    // PostgreSQL first: the loaders start from it, so once it has moved the replay happens even
+    // if the Kafka commit below fails (the loaders then commit the new offsets themselves).
+    let positions = Positions {
+        group: group.clone(),
+        by: "loader replay".to_string(),
+        next: targets
+            .iter()
+            .map(|(p, o)| ((topic.clone(), *p), *o))
+            .collect(),
+    };
+    let url = t.db.url()?;
+    let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot reach PostgreSQL (DATABASE_URL)")?;
+    offsets::store(&mut conn, &positions)
+        .await
+        .context("cannot move the positions stored in PostgreSQL")?;
+    let (g, tp) = (group.clone(), topic.clone());
+    blocking(move || GroupOffsets::new(&t.kafka, &g, &tp)?.commit(&targets)).await?;
     tracing::info!(%group, %topic, to = %args.to, "offsets moved");
-    println!("offsets moved: the group resumes from the new offsets when its loaders start");
+    println!(
+        "offsets moved: the positions stored in PostgreSQL and the group's committed offsets in Kafka; the group resumes from them when its loaders start"
+    );
     Ok(())
 }
 
-/// Prints per partition the committed offset, end offset, lag and last commit time.
-pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let t = &args.target;
-    let (group, topic) = (&t.group.group, &t.topic.topic);
-    let offsets = GroupOffsets::new(&t.kafka, group, topic)?;
-    let partitions = offsets.partitions(None)?;
-    let committed = offsets.committed(&partitions)?;
-    let (members, known) = offsets.members()?;
-    if !known && committed.values().all(|c| c.offset.is_none()) {
+/// The group's positions stored in PostgreSQL, by partition.
+async fn stored_positions(
+    t: &crate::config::GroupTopic,
+) -> anyhow::Result<BTreeMap<i32, offsets::Stored>> {
+    let url = t.db.url()?;
+    let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("cannot reach PostgreSQL (DATABASE_URL)")?;
+    offsets::load(&mut conn, &t.group.group, &t.topic.topic)
+        .await
+        .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("the Kafka task failed")?
+}
+
+/// Prints per partition the committed offset in Kafka and the position stored in PostgreSQL
+/// (flagging a difference), the end offset, the lag and the last commit time.
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let t = args.target.clone();
+    let (group, topic) = (t.group.group.clone(), t.topic.topic.clone());
+    let (target, g, tp) = (t.clone(), group.clone(), topic.clone());
+    let (partitions, committed, members, known, marks) = blocking(move || {
+        let offsets = GroupOffsets::new(&target.kafka, &g, &tp)?;
+        let partitions = offsets.partitions(None)?;
+        let committed = offsets.committed(&partitions)?;
+        let (members, known) = offsets.members()?;
+        let marks = partitions
+            .iter()
+            .map(|p| offsets.watermarks(*p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((partitions, committed, members, known, marks))
+    })
+    .await?;
+    let (stored, database_error) = match stored_positions(&t).await {
+        Ok(stored) => (stored, None),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the positions stored in PostgreSQL are not shown");
+            (BTreeMap::new(), Some(format!("{e:#}")))
+        }
+    };
+    if !known && stored.is_empty() && committed.values().all(|c| c.offset.is_none()) {
         anyhow::bail!(
             "group {} is unknown: it has no committed offsets on topic {}",
             group,
@@ -55,22 +146,28 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         );
     }
     let mut rows = Vec::new();
-    for p in &partitions {
-        let (low, high) = offsets.watermarks(*p)?;
+    for (p, (low, high)) in partitions.iter().zip(marks) {
         let c = committed.get(p);
         let offset = c.and_then(|c| c.offset);
+        let database = stored.get(p).map(|s| s.next_offset);
+        // The loaders start from the database's position where it has one.
+        let position = database.or(offset);
         rows.push(PartitionStatus {
             partition: *p,
             committed: offset,
+            database,
+            differs: matches!((offset, database), (Some(k), Some(d)) if k != d),
             end: high,
-            lag: high - offset.unwrap_or(low).max(low),
+            lag: high - position.unwrap_or(low).max(low),
             last_commit: c.and_then(|c| c.committed_at.clone()),
         });
     }
     let total: i64 = rows.iter().map(|r| r.lag).sum();
+    let differing = rows.iter().filter(|r| r.differs).count();
     if args.json {
         let doc = serde_json::json!({
-            "group": group, "topic": topic, "members": members, "total_lag": total, "partitions": rows,
+            "group": group, "topic": topic, "members": members, "total_lag": total,
+            "differing": differing, "database_error": database_error, "partitions": rows,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -81,6 +178,14 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             etl_common::table::render(&PartitionStatus::HEADER, &table)
         );
         println!("total lag: {total}");
+        if let Some(e) = database_error {
+            println!("database: not read ({e})");
+        }
+        if differing > 0 {
+            println!(
+                "positions differ on {differing} partition(s): the loaders start from the database's (a database restored behind the group reads again what it lost; Kafka's offsets reset skip nothing)"
+            );
+        }
     }
     Ok(())
 }
@@ -89,23 +194,43 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
 #[derive(Debug, serde::Serialize)]
 struct PartitionStatus {
     partition: i32,
-    /// The committed offset; `None` when the group has none there.
+    /// The committed offset in Kafka; `None` when the group has none there.
     committed: Option<i64>,
+    /// The position stored in PostgreSQL, where the loaders start; `None` when it has none.
+    database: Option<i64>,
+    /// True when both exist and differ.
+    differs: bool,
     end: i64,
     lag: i64,
     last_commit: Option<String>,
 }
 
 impl PartitionStatus {
-    const HEADER: [&str; 5] = ["partition", "committed", "end", "lag", "last commit"];
+    const HEADER: [&str; 7] = [
+        "partition",
+        "committed",
+        "database",
+        "end",
+        "lag",
+        "last commit",
+        "note",
+    ];
 
     fn cells(&self) -> Vec<String> {
+        let none = || "none".to_string();
+        let note = match (self.committed, self.database) {
+            (Some(k), Some(d)) if d < k => format!("database behind by {}", k - d),
+            (Some(k), Some(d)) if d > k => format!("database ahead by {}", d - k),
+            _ => "-".to_string(),
+        };
         vec![
             self.partition.to_string(),
-            self.committed.map_or("none".to_string(), |v| v.to_string()),
+            self.committed.map_or_else(none, |v| v.to_string()),
+            self.database.map_or_else(none, |v| v.to_string()),
             self.end.to_string(),
             self.lag.to_string(),
             self.last_commit.clone().unwrap_or_else(|| "-".to_string()),
+            note,
         ]
     }
 }
@@ -146,7 +271,6 @@ pub async fn backfill_app(args: BackfillArgs) -> anyhow::Result<Application> {
 /// Deletes the data files no live table version holds once past the retention (`--dry-run`:
 /// lists them), and prints what it did.
 pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
     args.retention.validate()?;
     let store = args.lake.store()?;
     let tables = crate::sink::table::Tables::new(&store)?;
@@ -184,8 +308,6 @@ pub async fn vacuum(args: &crate::config::VacuumArgs) -> anyhow::Result<()> {
 /// Compacts the tables' small files (`--dry-run`: lists the compactions), and prints what it
 /// did.
 pub async fn compact(args: &crate::config::CompactArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use secrecy::ExposeSecret;
     let store = args.lake.store()?;
     let url = args.db.url()?;
     let pool = crate::sink::lazy_pool(url.expose_secret(), args.db.max_connections)?;

@@ -138,6 +138,10 @@ pub struct GroupTopic {
     /// The topic of raw responses.
     #[command(flatten)]
     pub topic: TopicArgs,
+    /// The database holding the group's stored positions (`consumer_offsets`), which the
+    /// loaders start from.
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// `loader run`: the loader's settings and the group it joins.

@@ -4,6 +4,10 @@
 //! The callbacks run inside our own poll, before the poll returns the next record, so the run
 //! loop applies every queued event before it adds that record: the order in which the loop sees
 //! revocations, assignments and records is the order in which they happened.
+//!
+//! An assigned partition starts where PostgreSQL says its records end ([`StartPositions`],
+//! asked inside the assignment callback, so the position is in the assignment itself: a seek
+//! after it races the fetcher), not at the offset committed to Kafka.
 
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
@@ -11,10 +15,13 @@ use crate::events::{BrokerStatistics, PartitionsAssigned, PartitionsRevoked, Tel
 use anyhow::Context;
 use chrono::Utc;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 /// The loader's consumer.
@@ -27,6 +34,7 @@ pub fn create(
     config: &RunConfig,
     bounded: bool,
     telemetry: &Telemetry,
+    positions: Option<Box<dyn StartPositions>>,
 ) -> anyhow::Result<LoaderConsumer> {
     let mut cfg = config.kafka.client_config()?;
     cfg.set("group.id", &config.group_id)
@@ -54,7 +62,8 @@ pub fn create(
         // memory down (BENCHMARKS.md).
         .set("queued.max.messages.kbytes", "8192")
         .set("client.id", "randomuser-loader");
-    let context = LoaderContext::new(telemetry.clone());
+    let mut context = LoaderContext::new(telemetry.clone());
+    context.positions = positions;
     cfg.create_with_context(context)
         .context("cannot create the Kafka consumer")
 }
@@ -88,6 +97,18 @@ pub fn commit<'a, C: ConsumerContext + 'static>(
 pub struct LoaderContext {
     events: Mutex<VecDeque<Rebalanced>>,
     telemetry: Telemetry,
+    positions: Option<Box<dyn StartPositions>>,
+    /// Partitions assigned without a known start (shutdown came first): their records are
+    /// neither loaded nor stored as positions, so no gap can be stored over.
+    unpositioned: Mutex<HashSet<(String, i32)>>,
+}
+
+/// Where assigned partitions start: the next offset of each that has one (the others start at
+/// the group's offset committed to Kafka). Blocks until it knows; an error means it never will
+/// (shutdown).
+pub trait StartPositions: Send + Sync {
+    /// The start of each of `partitions` (topic, partition) that has one.
+    fn starts(&self, partitions: &[(String, i32)]) -> anyhow::Result<BTreeMap<(String, i32), i64>>;
 }
 
 impl LoaderContext {
@@ -96,12 +117,73 @@ impl LoaderContext {
         Self {
             events: Mutex::new(VecDeque::new()),
             telemetry,
+            positions: None,
+            unpositioned: Mutex::new(HashSet::new()),
         }
     }
 
     /// The rebalances since the last call, oldest first.
     pub fn take_events(&self) -> Vec<Rebalanced> {
         lock(&self.events).drain(..).collect()
+    }
+
+    /// False for a partition assigned without a known start: its records must be dropped.
+    pub fn positioned(&self, topic: &str, partition: i32) -> bool {
+        let unpositioned = lock(&self.unpositioned);
+        unpositioned.is_empty() || !unpositioned.contains(&(topic.to_string(), partition))
+    }
+
+    /// Puts each partition of an assignment at its start from [`StartPositions`].
+    fn position(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let Some(positions) = &self.positions else {
+            return;
+        };
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        if parts.is_empty() {
+            return;
+        }
+        let starts = match positions.starts(&parts) {
+            Ok(starts) => starts,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), partitions = ?parts, "assigned without their stored positions; their records are not loaded");
+                lock(&self.unpositioned).extend(parts);
+                return;
+            }
+        };
+        let committed = consumer
+            .committed_offsets(tpl.clone(), std::time::Duration::from_secs(10))
+            .ok();
+        for ((topic, partition), start) in &starts {
+            let kafka = committed.as_ref().map(|c| {
+                c.find_partition(topic, *partition)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0)
+            });
+            self.telemetry.emit(crate::events::StartedFromDatabase {
+                topic,
+                partition: *partition,
+                database: *start,
+                kafka,
+            });
+            // No offset in Kafka at all: the topic was deleted and created again (Kafka drops
+            // a deleted topic's offsets), or the group's offsets were deleted or expired. A
+            // stored position may then point into another log: start where Kafka would (the
+            // earliest), and let the identity absorb what was loaded before.
+            if kafka == Some(None) {
+                continue;
+            }
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*start)) {
+                tracing::warn!(%topic, partition, error = %e, "cannot set the start of a partition");
+            }
+        }
+        let mut unpositioned = lock(&self.unpositioned);
+        for part in &parts {
+            unpositioned.remove(part);
+        }
     }
 }
 
@@ -112,6 +194,42 @@ impl ClientContext for LoaderContext {
 }
 
 impl ConsumerContext for LoaderContext {
+    /// rdkafka's own rebalance, with the assignment's starts set first ([`StartPositions`]).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let revoking = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+        if assigning {
+            self.position(consumer, tpl);
+        }
+        let rebalance = if assigning {
+            Rebalance::Assign(tpl)
+        } else if revoking {
+            Rebalance::Revoke(tpl)
+        } else {
+            Rebalance::Error(KafkaError::Rebalance(err.into()))
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let applied = match (assigning, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "cannot apply a rebalance");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let parts = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
             tpl.elements()

@@ -1,5 +1,7 @@
-//! The dead-letter topic: poison records, byte for byte, with headers saying why and where from,
-//! so the partition moves on and nothing is lost. An operator can inspect, fix and re-publish.
+//! The dead-letter topic: poison records, byte for byte, with their own headers and headers
+//! saying why and where from, so the partition moves on and nothing is lost. An operator can
+//! inspect, fix and re-publish: with its headers (`kcat -H`, any tool that copies them) a fixed
+//! dead letter keeps its fetch id, so it loads once, however often it is re-published.
 //!
 //! At least once: a crash after the DLQ acknowledged a record but before the source offsets were
 //! committed dead-letters it again on re-delivery. Each dead letter carries a stable id
@@ -7,7 +9,7 @@
 
 use crate::poison::Poison;
 use anyhow::Context;
-use etl_common::contract::{self, dlq_header};
+use etl_common::contract::{self, dlq_header, header};
 use etl_common::kafka::KafkaArgs;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -83,7 +85,28 @@ impl DeadLetters {
         let partition = src.partition.to_string();
         let offset = src.offset.to_string();
         let message = poison.error.to_string();
+        // The original headers first (its fetch id, schema and fetch time), so a dead letter
+        // fixed and re-published with its headers is the same record, fetched when it was;
+        // a dead letter's own reasons from an earlier round are replaced by this one's.
         let mut headers = OwnedHeaders::new();
+        let mut has_fetched_at = false;
+        for (key, value) in &src.headers {
+            if key.starts_with(dlq_header::PREFIX) {
+                continue;
+            }
+            has_fetched_at |= key == header::FETCHED_AT;
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: value.as_deref(),
+            });
+        }
+        let fetched_at = contract::format_fetched_at(src.fetched_at);
+        if !has_fetched_at {
+            headers = headers.insert(Header {
+                key: header::FETCHED_AT,
+                value: Some(fetched_at.as_str()),
+            });
+        }
         for (key, value) in [
             (dlq_header::ERROR_KIND, poison.error.kind()),
             (dlq_header::ERROR_MESSAGE, message.as_str()),
@@ -107,9 +130,10 @@ impl DeadLetters {
             });
         }
         let payload: &[u8] = if with_payload { original } else { &empty };
+        // No timestamp of its own: the broker's clock (CreateTime, now) makes it new to the DLQ
+        // topic's retention and time bounds; its fetch time is in `etl-fetched-at`.
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic)
             .payload(payload)
-            .timestamp(src.fetched_at.timestamp_millis())
             .headers(headers);
         if let Some(k) = src.key.as_deref() {
             record = record.key(k);

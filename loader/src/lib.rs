@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
 pub mod poison;
+pub mod positions;
 pub mod replay;
 pub mod roller;
 pub mod rows;

@@ -1,6 +1,5 @@
 //! `loader`: thin entry point; everything lives in the library so tests run the real thing.
 
-use anyhow::Context;
 use clap::Parser;
 use loader::{Cli, Command};
 use std::process::ExitCode;
@@ -60,8 +59,8 @@ async fn cli() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args.into_config()).await,
         Command::Migrate(config) => migrate(config).await,
-        Command::Replay(args) => blocking(move || loader::commands::replay(&args)).await,
-        Command::Status(args) => blocking(move || loader::commands::status(&args)).await,
+        Command::Replay(args) => loader::commands::replay(&args).await,
+        Command::Status(args) => loader::commands::status(&args).await,
         Command::Backfill(args) => backfill(*args).await,
         Command::Vacuum(args) => loader::commands::vacuum(&args).await,
         Command::Compact(args) => loader::commands::compact(&args).await,
@@ -81,12 +80,6 @@ async fn run(config: loader::RunConfig) -> anyhow::Result<()> {
     let summary = app.run(shutdown).await?;
     tracing::info!(?summary, "loader stopped");
     Ok(())
-}
-
-async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("command task failed")?
 }
 
 async fn backfill(args: loader::config::BackfillArgs) -> anyhow::Result<()> {

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub last_commit: IntGauge,
     /// Partitions this replica owns now.
     pub assigned_partitions: IntGauge,
+    /// Partitions taken whose start in PostgreSQL differed from the group's offset in Kafka
+    /// (`direction`: `behind`, the database restored behind it, re-read; `ahead`, Kafka's reset;
+    /// `no_kafka_offset`, the topic re-created or the group's offsets gone: Kafka's start used).
+    pub start_mismatches: IntCounterVec,
     /// Partitions the subscribed topic has, from the broker's metadata: the group's assigned
     /// partitions summed over replicas should equal it (an alert when they do not).
     pub topic_partitions: IntGaugeVec,
@@ -132,6 +136,13 @@ impl Metrics {
             "etl_loader_assigned_partitions",
             "Partitions this replica owns",
         )?;
+        let start_mismatches = IntCounterVec::new(
+            Opts::new(
+                "etl_loader_start_position_mismatches_total",
+                "Partitions taken whose position in PostgreSQL differed from the group's committed offset in Kafka",
+            ),
+            &["direction"],
+        )?;
         let topic_partitions = IntGaugeVec::new(
             Opts::new(
                 "etl_loader_topic_partitions",
@@ -173,6 +184,7 @@ impl Metrics {
         )?;
         for c in [
             Box::new(assigned_partitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(start_mismatches.clone()),
             Box::new(lake_files_compacted.clone()),
             Box::new(parquet_files_failed.clone()),
             Box::new(topic_partitions.clone()),
@@ -210,6 +222,7 @@ impl Metrics {
             consumer_lag,
             last_commit,
             assigned_partitions,
+            start_mismatches,
             topic_partitions,
             data_dir_available,
             data_dir_capacity,

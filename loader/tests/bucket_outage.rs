@@ -46,7 +46,7 @@ async fn a_store_that_stops_answering_is_waited_out() {
     produce_as(
         &topic,
         &[
-            (Some("f1".into()), &big[..]),
+            (Some("f1".into()), &varied(big, "f1")[..]),
             (Some("f2".into()), &small[..]),
         ],
     )
@@ -138,7 +138,7 @@ async fn a_restart_while_the_store_is_down_keeps_postgres_loading() {
     })
     .await;
     let frozen = Frozen::store();
-    produce_as(&topic, &[(Some("f1".into()), &big[..])]).await;
+    produce_as(&topic, &[(Some("f1".into()), &varied(big, "f1")[..])]).await;
     eventually(
         Duration::from_secs(60),
         "loaded, claimed, not written",

@@ -47,6 +47,7 @@ fn check_decode(payload: &[u8], max_bytes: usize, strip: bool) {
         fetch_id: Some("fetch-id".to_string()),
         payload: Some(payload.to_vec()),
         fetched_at: chrono::Utc::now(),
+        headers: Vec::new(),
     };
     let (good, bad) = batch::decode(vec![record], max_bytes, chrono::Utc::now(), strip);
     assert_eq!(good.len() + bad.len(), 1, "one outcome per record");

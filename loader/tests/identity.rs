@@ -145,8 +145,8 @@ async fn a_republished_record_is_written_once() {
 }
 
 /// The same fetch id with other bytes is not the same record: the first one loaded stays and
-/// the other goes to the DLQ as a `conflict`, in one batch or across batches. Records without a
-/// fetch id (other producers) are identified by their bytes.
+/// the other goes to the DLQ as a `conflict`, in one batch or across batches. The same bytes are
+/// the same record, whatever fetch id they come with or without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
     let topic = unique("conflict");
@@ -162,13 +162,13 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
             (x.clone(), V14), // 1: conflict, in the same batch
             (None, V14),      // 2: no fetch id: its digest; loaded
             (None, V14),      // 3: the same bytes again: a duplicate
-            (y.clone(), V13), // 4: another fetch with the same bytes: loaded
+            (y.clone(), V13), // 4: another fetch id with 0's bytes: the same record, a duplicate
         ],
     )
     .await;
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
-    eventually(Duration::from_secs(60), "151 users loaded", || async {
-        db.count("SELECT count(*) FROM processed_data").await == 151
+    eventually(Duration::from_secs(60), "131 users loaded", || async {
+        db.count("SELECT count(*) FROM processed_data").await == 131
     })
     .await;
     produce_as(&topic, &[(x.clone(), V14)]).await; // 5: conflict, in a later batch
@@ -178,9 +178,9 @@ async fn the_same_fetch_id_with_other_bytes_is_a_conflict_for_the_dlq() {
     let summary = loader.shutdown().await;
     assert_eq!(
         (summary.loaded, summary.duplicates, summary.dead_lettered),
-        (3, 1, 2)
+        (2, 2, 2)
     );
-    assert_eq!(counts(&db, data.path()).await, (3, 151, 3, 151));
+    assert_eq!(counts(&db, data.path()).await, (2, 131, 2, 131));
     let users_of_x: i64 = sqlx::query_scalar(
         "SELECT user_count::int8 FROM raw_data WHERE record_key = 'fetch:fetch-x'",
     )
@@ -299,5 +299,187 @@ async fn existing_rows_are_migrated_to_their_identity() {
         .await
         .unwrap();
     assert_eq!(key, "fetch:F2");
+    db.drop_db().await;
+}
+
+/// Sends `m`'s bytes to `topic`'s `partition`: with its key and headers when `as_is`, else as a
+/// tool that copies values only (MirrorMaker filtering headers, `kcat` without `-H`) would.
+async fn copy(
+    producer: &rdkafka::producer::FutureProducer,
+    m: &rdkafka::message::OwnedMessage,
+    topic: &str,
+    partition: i32,
+    as_is: bool,
+) {
+    let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(m.payload().unwrap());
+    if as_is {
+        record = record.key(m.key().unwrap());
+        if let Some(h) = m.headers() {
+            record = record.headers(h.clone());
+        }
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// Copies of the extractor's records with the same bytes and no key or headers are the same
+/// records: written once, on the same partition or another, before or after the originals, with
+/// two loaders loading the partitions side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_without_key_or_headers_are_written_once() {
+    let stub = stub().await;
+    let source = unique("source");
+    create_topic(&source, 1).await;
+    run_extractor(&stub.url(), &source, 4, 20).await;
+    let originals = read_all(&source, 4).await;
+
+    let topic = unique("copies");
+    create_topic(&topic, 2).await;
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    // Records 0 and 1: bare copies first (partitions 0 and 1), then the originals. Records 2
+    // and 3: the originals first, then bare copies (partitions 0 and 1).
+    copy(&producer, &originals[0], &topic, 0, false).await;
+    copy(&producer, &originals[1], &topic, 1, false).await;
+    for m in &originals {
+        copy(&producer, m, &topic, 0, true).await;
+    }
+    copy(&producer, &originals[2], &topic, 0, false).await;
+    copy(&producer, &originals[3], &topic, 1, false).await;
+
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+    let a = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    let b = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "8 records seen", || async {
+        let (sa, sb) = (a.summary.borrow().clone(), b.summary.borrow().clone());
+        sa.loaded + sa.duplicates + sb.loaded + sb.duplicates == 8
+    })
+    .await;
+    let (sa, sb) = (a.shutdown().await, b.shutdown().await);
+    assert_eq!(
+        (sa.loaded + sb.loaded, sa.duplicates + sb.duplicates),
+        (4, 4),
+        "{sa:?} {sb:?}"
+    );
+    assert_eq!(counts(&db, data.path()).await, (4, 80, 4, 80));
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT user_uuid) FROM processed_data")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 80, "every served user once");
+    db.drop_db().await;
+}
+
+/// A dead letter carries the record's own headers and gets its own time: fixed and re-published
+/// with its headers (`kcat -H`), it is the record it was — loaded once however often it is
+/// re-published, under its fetch id and with its fetch time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_dead_letter_republished_loads_once_as_itself() {
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    let stub = stub().await;
+    let source = unique("source");
+    create_topic(&source, 1).await;
+    run_extractor(&stub.url(), &source, 1, 20).await;
+    let original = read_all(&source, 1).await.remove(0);
+    let fetch_id = headers(&original)[etl_common::contract::header::FETCH_ID].clone();
+
+    let topic = unique("dead");
+    let dlq = format!("{topic}.dlq");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    // Cut short in transit, fetched two days ago: its key and headers intact.
+    let fetched = chrono::Utc::now() - chrono::Duration::days(2);
+    let fetched_text = etl_common::contract::format_fetched_at(fetched);
+    let mut kept = OwnedHeaders::new();
+    for h in original.headers().unwrap().iter() {
+        let value = if h.key == etl_common::contract::header::FETCHED_AT {
+            Some(fetched_text.as_bytes())
+        } else {
+            h.value
+        };
+        kept = kept.insert(Header { key: h.key, value });
+    }
+    let payload = original.payload().unwrap();
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
+                .key(original.key().unwrap())
+                .payload(&payload[..payload.len() / 2])
+                .headers(kept)
+                .timestamp(fetched.timestamp_millis()),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let before = chrono::Utc::now();
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    loader
+        .until("dead-lettered", |s| s.dead_lettered == 1)
+        .await;
+
+    let dead = read_all(&dlq, 1).await.remove(0);
+    let h = headers(&dead);
+    assert_eq!(h[dlq_header::ERROR_KIND], "not_json");
+    assert_eq!(h[etl_common::contract::header::FETCH_ID], fetch_id);
+    assert_eq!(h[etl_common::contract::header::FETCHED_AT], fetched_text);
+    assert_eq!(
+        h[etl_common::contract::header::SCHEMA],
+        etl_common::contract::SCHEMA_VERSION
+    );
+    let stamped = dead.timestamp().to_millis().unwrap();
+    assert!(
+        stamped >= before.timestamp_millis() - 1000,
+        "a dead letter has its own time, not the fetch's: {stamped} vs {}",
+        before.timestamp_millis()
+    );
+
+    // Fixed: the original bytes, re-published twice with the dead letter's key and headers.
+    for _ in 0..2 {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
+                    .key(dead.key().unwrap())
+                    .payload(payload)
+                    .headers(dead.headers().unwrap().clone()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    loader
+        .until("loaded once, the second a duplicate", |s| {
+            s.loaded == 1 && s.duplicates == 1
+        })
+        .await;
+    loader.shutdown().await;
+    assert_eq!(counts(&db, data.path()).await, (1, 20, 1, 20));
+    let (key, at): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT record_key, fetched_at FROM raw_data")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(key, format!("fetch:{fetch_id}"));
+    assert_eq!(
+        etl_common::contract::format_fetched_at(at),
+        fetched_text,
+        "its fetch time, not the dead letter's"
+    );
     db.drop_db().await;
 }

@@ -225,8 +225,9 @@ async fn records_nobody_owns_are_rolled_all_the_same() {
             offset: o,
             key: Some(format!("{old}-{o}")),
             fetch_id: Some(format!("{old}-{o}")),
-            payload: Some(payload.to_vec()),
+            payload: Some(varied(payload, &format!("{old}-{o}"))),
             fetched_at: chrono::Utc::now(),
+            headers: Vec::new(),
         })
         .collect();
     let (records, poison) = decode(sources, 1 << 24, chrono::Utc::now(), false);

@@ -60,7 +60,7 @@ async fn big_poison_is_dead_lettered_whole() {
     let db = TestDb::new().await;
     let data = tempfile::tempdir().unwrap();
     let (small, large) = (junk(990 * 1000), junk(15 * 1000 * 1000));
-    produce(&topic, &[&small, V13, &large, V13]).await;
+    produce(&topic, &[&small, V13, &large, &varied(V13, "second")]).await;
     let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
     loader
         .until("2 records loaded and 2 dead letters", |s| {

@@ -30,7 +30,7 @@ async fn produce_to(producer: &FutureProducer, topic: &str, partition: i32) {
             FutureRecord::to(topic)
                 .partition(partition)
                 .key(&id)
-                .payload(V13)
+                .payload(&varied(V13, &id))
                 .headers(headers),
             Duration::from_secs(30),
         )

@@ -33,6 +33,9 @@ pub struct SourceRecord {
     pub payload: Option<Vec<u8>>,
     /// The fetch time: the `etl-fetched-at` header, else the message timestamp.
     pub fetched_at: DateTime<Utc>,
+    /// The message's headers as the topic holds them: a dead letter carries them on, so a
+    /// fixed dead letter re-published with its headers keeps its identity and fetch time.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl SourceRecord {
@@ -71,6 +74,14 @@ impl SourceRecord {
             fetch_id,
             payload: m.payload().map(<[u8]>::to_vec),
             fetched_at,
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

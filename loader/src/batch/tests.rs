@@ -11,6 +11,7 @@ fn rec(p: i32, o: i64, payload: &[u8]) -> SourceRecord {
         fetch_id: Some(format!("f{p}-{o}")),
         payload: Some(payload.to_vec()),
         fetched_at: Utc::now(),
+        headers: Vec::new(),
     }
 }
 

@@ -52,6 +52,53 @@ impl Event for PartitionsAssigned<'_> {
     }
 }
 
+/// A partition taken starts where PostgreSQL says its records end. When that is not the
+/// group's offset in Kafka, the database was restored (or failed over) behind it and the
+/// records it lost are read again, or the group's offsets were reset and nothing is read twice.
+pub struct StartedFromDatabase<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset PostgreSQL holds.
+    pub database: i64,
+    /// The group's committed offset in Kafka: `Some(None)` when it has none, `None` when it
+    /// could not be read (the database's position is used then).
+    pub kafka: Option<Option<i64>>,
+}
+
+impl Event for StartedFromDatabase<'_> {
+    fn emit(self, t: &Telemetry) {
+        let (topic, partition, database) = (self.topic, self.partition, self.database);
+        match self.kafka {
+            Some(Some(kafka)) if kafka > database => {
+                tracing::warn!(%topic, partition, database, kafka, records = kafka - database, "PostgreSQL holds less of this partition than the group committed (restored or failed over behind it): reading again from its position");
+                t.metrics
+                    .start_mismatches
+                    .with_label_values(&["behind"])
+                    .inc();
+            }
+            Some(Some(kafka)) if kafka < database => {
+                tracing::warn!(%topic, partition, database, kafka, "the group's offset in Kafka is behind PostgreSQL's (reset or expired): starting from PostgreSQL's position, nothing read twice");
+                t.metrics
+                    .start_mismatches
+                    .with_label_values(&["ahead"])
+                    .inc();
+            }
+            Some(None) => {
+                tracing::warn!(%topic, partition, database, "the group has no offset in Kafka here (the topic re-created, or its offsets deleted or expired): starting where Kafka starts it, not at PostgreSQL's position, which may belong to another log; records loaded before are absorbed by their identity");
+                t.metrics
+                    .start_mismatches
+                    .with_label_values(&["no_kafka_offset"])
+                    .inc();
+            }
+            _ => {
+                tracing::info!(%topic, partition, offset = database, "starting from PostgreSQL's position")
+            }
+        }
+    }
+}
+
 /// The group took partitions from this replica: their lag is no longer ours to report.
 pub struct PartitionsRevoked<'a>(pub &'a [(String, i32)]);
 

@@ -23,7 +23,7 @@ pub use batch::{
 };
 pub use kafka::{
     BrokerStatistics, ConsumerFailed, DeadLetterFailed, LeftGroup, PartitionsAssigned,
-    PartitionsRevoked, RecordConsumed, RevokedRecordsDropped,
+    PartitionsRevoked, RecordConsumed, RevokedRecordsDropped, StartedFromDatabase,
 };
 pub use parquet::{
     CompactionFailed, ParquetCaughtUp, ParquetLeftOpen, ParquetRollFailed, ParquetWritten,

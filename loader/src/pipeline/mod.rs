@@ -1,8 +1,10 @@
 //! The loader's data path: consume → batch (count or age) → decode → dead-letter the poison →
-//! write PostgreSQL → commit offsets → roll the Parquet files that are due. Offsets are
-//! committed once the batch is in PostgreSQL, so a crash before re-delivers the batch and the
-//! natural keys absorb it; records waiting for a Parquet roll are held by PostgreSQL's ledger,
-//! not by uncommitted offsets (see [`crate::sink::roll`]).
+//! write PostgreSQL (rows and the batch's next offsets, one transaction) → commit offsets to
+//! Kafka → roll the Parquet files that are due. Offsets are committed once the batch is in
+//! PostgreSQL, so a crash before re-delivers the batch and the natural keys absorb it; a
+//! partition taken starts from PostgreSQL's stored offset ([`crate::positions`]), so a
+//! database restored behind the group reads again what it lost. Records waiting for a Parquet
+//! roll are held by PostgreSQL's ledger, not by uncommitted offsets (see [`crate::sink::roll`]).
 //!
 //! Rebalances: librdkafka runs the rebalance callbacks during our poll, never during a flush, so
 //! a batch being written is finished and committed first. The callbacks queue ordered events
@@ -22,6 +24,7 @@ use crate::events::{
 use crate::migrate;
 use crate::roller::Roller;
 use crate::sink::Sinks;
+use crate::sink::offsets::Positions;
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, retry};
 use etl_common::status::Liveness;
@@ -111,7 +114,7 @@ impl Pipeline {
                         self.apply_rebalances(&mut batch);
                         let admitted = match &mut self.range {
                             Some(range) => range.admit(&consumer, record.partition, record.offset),
-                            None => true,
+                            None => consumer.context().positioned(&record.topic, record.partition),
                         };
                         if admitted {
                             self.telemetry.emit(RecordConsumed);
@@ -277,7 +280,14 @@ impl Pipeline {
         for p in &poison {
             self.dead_letter(p).await?;
         }
-        let outcome = self.write(&good).await?;
+        // A backfill reads a range under a group of its own: the group's stored positions are
+        // the subscribed loaders'.
+        let positions = self.range.is_none().then(|| Positions {
+            group: self.config.group_id.clone(),
+            by: format!("loader {}", std::process::id()),
+            next: offsets.clone(),
+        });
+        let outcome = self.write(&good, positions.as_ref()).await?;
         crate::failpoint::hit("after-sinks");
         self.commit(&offsets).await;
         self.telemetry.emit(BatchCommitted {

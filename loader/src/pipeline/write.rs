@@ -8,6 +8,7 @@ use crate::events::{
     BatchRefused, BatchWritten, DeadLetterFailed, RecordDeadLettered, SinkWriteFailed,
 };
 use crate::poison::{Poison, PoisonReason};
+use crate::sink::offsets::Positions;
 use crate::sink::{self, SinkError};
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, GaveUp, Outage, retry, until_cancelled};
@@ -34,11 +35,14 @@ impl Pipeline {
     /// Writes to both sinks, waiting out outages with backoff; an outage is never poison. If
     /// PostgreSQL refuses the batch's *data*, the batch is written record by record and the
     /// records it refuses are dead-lettered, so one bad record cannot hold its partition.
+    /// With `positions`, the batch's next offsets are stored in PostgreSQL: in the batch's
+    /// transaction, or after the records it refused or found in conflict are dead-lettered.
     pub(super) async fn write(
         &mut self,
         good: &[LoadRecord],
+        positions: Option<&Positions>,
     ) -> Result<sink::WriteOutcome, Cancelled> {
-        let outcome = match self.write_with_retry(good).await {
+        let outcome = match self.write_with_retry(good, positions).await {
             Ok(outcome) => outcome,
             Err(GaveUp::Cancelled) => return Err(Cancelled),
             Err(GaveUp::Permanent(e)) => {
@@ -48,7 +52,10 @@ impl Pipeline {
                 });
                 let mut total = sink::WriteOutcome::default();
                 for (i, record) in good.iter().enumerate() {
-                    match self.write_with_retry(std::slice::from_ref(record)).await {
+                    match self
+                        .write_with_retry(std::slice::from_ref(record), None)
+                        .await
+                    {
                         Ok(mut outcome) => {
                             for c in &mut outcome.conflicts {
                                 c.index = i;
@@ -80,6 +87,13 @@ impl Pipeline {
             };
             self.dead_letter(&poison).await?;
         }
+        if let Some(positions) = positions
+            && !outcome.positions_stored
+        {
+            self.write_with_retry(&[], Some(positions))
+                .await
+                .map_err(|_| Cancelled)?;
+        }
         Ok(outcome)
     }
 
@@ -88,10 +102,14 @@ impl Pipeline {
     async fn write_with_retry(
         &self,
         records: &[LoadRecord],
+        positions: Option<&Positions>,
     ) -> Result<sink::WriteOutcome, GaveUp<SinkError>> {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let mut failed_before = false;
-        let write = || self.sinks.write_with(records, self.config.reprocess);
+        let write = || {
+            self.sinks
+                .write_with(records, self.config.reprocess, positions)
+        };
         let written = retry(
             &self.shutdown,
             backoff,

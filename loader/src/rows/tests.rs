@@ -15,6 +15,7 @@ fn records() -> Vec<LoadRecord> {
             fetch_id: Some(format!("k{o}")),
             payload: Some(payload.to_vec()),
             fetched_at: Utc::now(),
+            headers: Vec::new(),
         })
         .collect();
     let (good, bad) = decode(recs, 1 << 20, Utc::now(), false);

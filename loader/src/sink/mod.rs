@@ -6,6 +6,7 @@
 //! its raw row and is written nowhere twice.
 
 pub mod ledger;
+pub mod offsets;
 pub mod parquet;
 pub mod postgres;
 pub mod roll;
@@ -53,6 +54,10 @@ pub struct WriteOutcome {
     pub reprocessed_records: usize,
     /// Records whose identity was loaded before with other bytes: poison for the caller.
     pub conflicts: Vec<Conflict>,
+    /// True when the batch's positions were written in its transaction: false when none were
+    /// given, or when there were conflicts (their dead letters must be sent before the
+    /// positions move past them: the caller stores them then, [`Sinks::store_positions`]).
+    pub positions_stored: bool,
 }
 
 impl WriteOutcome {
@@ -65,6 +70,7 @@ impl WriteOutcome {
         self.files_rewritten += other.files_rewritten;
         self.reprocessed_records += other.reprocessed_records;
         self.conflicts.extend(other.conflicts);
+        self.positions_stored &= other.positions_stored;
     }
 }
 
@@ -154,30 +160,51 @@ impl Sinks {
 
     /// Writes a batch of decoded records (see the module docs).
     pub async fn write(&self, records: &[LoadRecord]) -> Result<WriteOutcome, SinkError> {
-        self.write_with(records, false).await
+        self.write_with(records, false, None).await
+    }
+
+    /// Writes `positions` on their own (a batch of poison only, a batch written record by
+    /// record, a batch with conflicts once they are dead-lettered).
+    pub async fn store_positions(&self, positions: &offsets::Positions) -> Result<(), SinkError> {
+        let mut conn = self.pool.acquire().await?;
+        offsets::store(&mut conn, positions).await?;
+        Ok(())
     }
 
     /// As [`Sinks::write`]; with `reprocess`, records already loaded are transformed again:
     /// their processed rows are updated in place and every processed Parquet file holding them
-    /// is rewritten whole (all its records recomputed) and replaced in one step.
+    /// is rewritten whole (all its records recomputed) and replaced in one step. With
+    /// `positions`, the batch's next offsets are written in the same transaction unless a
+    /// record conflicts ([`WriteOutcome::positions_stored`]).
     pub async fn write_with(
         &self,
         records: &[LoadRecord],
         reprocess: bool,
+        positions: Option<&offsets::Positions>,
     ) -> Result<WriteOutcome, SinkError> {
         if records.is_empty() {
-            return Ok(WriteOutcome::default());
+            if let Some(positions) = positions {
+                self.store_positions(positions).await?;
+            }
+            return Ok(WriteOutcome {
+                positions_stored: positions.is_some(),
+                ..WriteOutcome::default()
+            });
         }
         let now = Utc::now();
         // A record can appear twice in one batch (re-fetched after a rebalance, re-published
-        // close behind itself): write it once; with other bytes it is a conflict.
+        // close behind itself, copied without its headers): write it once; the same fetch id
+        // with other bytes is a conflict.
         let mut conflicts = Vec::new();
         let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+        let mut bytes_seen: HashSet<[u8; 32]> = HashSet::with_capacity(records.len());
         let mut unique: Vec<&LoadRecord> = Vec::with_capacity(records.len());
         for (index, r) in records.iter().enumerate() {
             match first_seen.get(r.record_key.as_str()).map(|&i| &records[i]) {
+                None if bytes_seen.contains(&r.digest) => {}
                 None => {
                     first_seen.insert(&r.record_key, index);
+                    bytes_seen.insert(r.digest);
                     unique.push(r);
                 }
                 Some(first) if first.digest == r.digest => {}
@@ -203,12 +230,17 @@ impl Sinks {
             .copied()
             .filter(|r| !new_ids.contains(&r.raw_id))
             .collect();
-        // Loaded before: the same bytes are a re-delivery, other bytes a conflict.
+        // Loaded before: its fetch id with the same bytes, or its bytes under another key
+        // (with or without the extractor's headers), is a re-delivery; its fetch id with other
+        // bytes is a conflict — decided by the key first, as within the batch above.
         let keys: Vec<&str> = known.iter().map(|r| r.record_key.as_str()).collect();
-        let loaded = postgres::loaded_before(&mut tx, &keys).await?;
+        let digests: Vec<&[u8]> = known.iter().map(|r| r.digest.as_slice()).collect();
+        let (by_key, by_digest) = postgres::loaded_before(&mut tx, &keys, &digests).await?;
         let mut again = Vec::with_capacity(known.len());
         for r in known {
-            let before = loaded.get(&r.record_key);
+            let before = by_key
+                .get(&r.record_key)
+                .or_else(|| by_digest.get(r.digest.as_slice()));
             match before.and_then(|l| l.digest.as_deref()) {
                 Some(d) if d != r.digest => conflicts.push(Conflict {
                     index: first_seen[r.record_key.as_str()],
@@ -224,6 +256,13 @@ impl Sinks {
         } else {
             (0, Vec::new())
         };
+        let positions_stored = match positions {
+            Some(positions) if conflicts.is_empty() => {
+                offsets::store(&mut tx, positions).await?;
+                true
+            }
+            _ => false,
+        };
         tx.commit().await?;
         crate::failpoint::hit("after-db-commit");
         // Committed: the files are marked for rewriting, so if this fails (or we crash) the
@@ -238,6 +277,7 @@ impl Sinks {
             files_rewritten: rewritten.written,
             reprocessed_records: reprocessed,
             conflicts,
+            positions_stored,
         })
     }
 

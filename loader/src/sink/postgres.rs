@@ -106,31 +106,36 @@ pub struct Loaded {
     pub digest: Option<Vec<u8>>,
 }
 
-/// The rows already holding `record_keys`, by key.
+/// The rows already holding `record_keys` or `digests` (the same bytes under another key kind):
+/// by key, and by digest.
 pub async fn loaded_before(
     tx: &mut PgConnection,
     record_keys: &[&str],
-) -> sqlx::Result<HashMap<String, Loaded>> {
-    if record_keys.is_empty() {
-        return Ok(HashMap::new());
+    digests: &[&[u8]],
+) -> sqlx::Result<(HashMap<String, Loaded>, HashMap<Vec<u8>, Loaded>)> {
+    if record_keys.is_empty() && digests.is_empty() {
+        return Ok(Default::default());
     }
     let rows = sqlx::query(
-        "SELECT record_key, raw_id, payload_sha256 FROM raw_data WHERE record_key = ANY($1)",
+        "SELECT record_key, raw_id, payload_sha256 FROM raw_data
+         WHERE record_key = ANY($1) OR payload_sha256 = ANY($2)",
     )
     .bind(record_keys)
+    .bind(digests)
     .fetch_all(tx)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<String, _>(0)?,
-                Loaded {
-                    raw_id: r.try_get(1)?,
-                    digest: r.try_get(2)?,
-                },
-            ))
-        })
-        .collect()
+    let (mut by_key, mut by_digest) = (HashMap::new(), HashMap::new());
+    for r in &rows {
+        let loaded = Loaded {
+            raw_id: r.try_get(1)?,
+            digest: r.try_get(2)?,
+        };
+        if let Some(d) = &loaded.digest {
+            by_digest.insert(d.clone(), loaded.clone());
+        }
+        by_key.insert(r.try_get::<String, _>(0)?, loaded);
+    }
+    Ok((by_key, by_digest))
 }
 
 /// `INSERT INTO processed_data` from one array per [`ProcessedColumns`] PostgreSQL column, then
@@ -262,6 +267,7 @@ pub async fn records_in(
                     key,
                     payload: Some(r.try_get::<String, _>(4)?.into_bytes()),
                     fetched_at: r.try_get(5)?,
+                    headers: Vec::new(),
                 },
             ))
         })
@@ -314,6 +320,7 @@ pub async fn processed_rows_in(
                     fetch_id,
                     payload: None,
                     fetched_at: r.try_get(6)?,
+                    headers: Vec::new(),
                 },
                 payload_text: String::new(),
                 users: Vec::new(),

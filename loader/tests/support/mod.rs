@@ -680,11 +680,30 @@ pub fn records_in(
             offset: o,
             key: Some(format!("fetch-{partition}-{o}")),
             fetch_id: Some(format!("{topic}-{partition}-{o}")),
-            payload: Some(payload.to_vec()),
+            payload: Some(varied(payload, &format!("{topic}-{partition}-{o}"))),
             fetched_at: chrono::Utc::now(),
+            headers: Vec::new(),
         })
         .collect();
     let (good, bad) = decode(recs, 1 << 24, chrono::Utc::now(), false);
     assert!(bad.is_empty());
     good
+}
+
+/// `payload` (a captured response) with its `info.seed` replaced by one derived from `tag`, the
+/// same length: another response with the same users. The same bytes are the same record
+/// (docs/DESIGN.md, "Record identity"), so tests that need several records of one capture vary
+/// it.
+pub fn varied(payload: &[u8], tag: &str) -> Vec<u8> {
+    use sha2::Digest;
+    let text = std::str::from_utf8(payload).expect("a captured response is UTF-8");
+    let at = text.find("\"seed\"").expect("the capture has info.seed");
+    let open = at + 6 + text[at + 6..].find('"').expect("the seed's value");
+    let close = open + 1 + text[open + 1..].find('"').expect("the seed's end");
+    let hex = hex::encode(sha2::Sha256::digest(tag.as_bytes()));
+    let len = close - open - 1;
+    let seed: String = hex.chars().cycle().take(len).collect();
+    let mut out = payload.to_vec();
+    out[open + 1..close].copy_from_slice(seed.as_bytes());
+    out
 }

@@ -189,6 +189,7 @@ mod tests {
                 fetch_id: Some(format!("k{o}")),
                 payload: Some(payload.to_vec()),
                 fetched_at: at,
+                headers: Vec::new(),
             })
             .collect();
         let (good, bad) = decode(recs, 1 << 20, Utc::now(), false);
