@@ -32,8 +32,6 @@ pub struct Application {
     status_addr: SocketAddr,
     status_server: StatusFuture,
     status_stop: CancellationToken,
-    /// Ends the stored-position lookup's waits ([`crate::positions`]) at shutdown.
-    positions_stop: CancellationToken,
     range: Option<Range>,
 }
 
@@ -70,20 +68,7 @@ impl Application {
         let sinks = Sinks::new(pool, rolls);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
 
-        // A subscribed loader starts each partition it is given where PostgreSQL's rows end; a
-        // backfill reads its own range.
-        let positions_stop = CancellationToken::new();
-        let positions: Option<Box<dyn consumer::StartPositions>> = match range {
-            Some(_) => None,
-            None => Some(Box::new(crate::positions::DatabasePositions::start(
-                url.expose_secret(),
-                &config.group_id,
-                &config.topic,
-                (config.backoff_base, config.backoff_max),
-                positions_stop.clone(),
-            )?)),
-        };
-        let consumer = consumer::create(&config, range.is_some(), &telemetry, positions)?;
+        let consumer = consumer::create(&config, range.is_some(), &telemetry)?;
         let range = match range {
             None => {
                 consumer
@@ -124,7 +109,6 @@ impl Application {
             status_addr,
             status_server: Box::pin(server),
             status_stop,
-            positions_stop,
             range,
         })
     }
@@ -154,12 +138,6 @@ impl Application {
             refused.clone(),
         ));
         let shutdown = stop;
-        let positions_stop = self.positions_stop.clone();
-        let linked = shutdown.clone();
-        tokio::spawn(async move {
-            linked.cancelled().await;
-            positions_stop.cancel();
-        });
         let grace = self.config.shutdown_grace;
         let grace_over = {
             let shutdown = shutdown.clone();

@@ -5,9 +5,9 @@
 //! loop applies every queued event before it adds that record: the order in which the loop sees
 //! revocations, assignments and records is the order in which they happened.
 //!
-//! An assigned partition starts where PostgreSQL says its records end ([`StartPositions`],
-//! asked inside the assignment callback, so the position is in the assignment itself: a seek
-//! after it races the fetcher), not at the offset committed to Kafka.
+//! An assigned partition starts where PostgreSQL says its records end, not at the offset
+//! committed to Kafka: the callback only queues the assignment, and the run loop takes it with
+//! the positions in it ([`assign_at`]; a seek after the assignment would race the fetcher).
 
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
@@ -21,7 +21,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// The loader's consumer.
@@ -34,7 +34,6 @@ pub fn create(
     config: &RunConfig,
     bounded: bool,
     telemetry: &Telemetry,
-    positions: Option<Box<dyn StartPositions>>,
 ) -> anyhow::Result<LoaderConsumer> {
     let mut cfg = config.kafka.client_config()?;
     cfg.set("group.id", &config.group_id)
@@ -63,7 +62,9 @@ pub fn create(
         .set("queued.max.messages.kbytes", "8192")
         .set("client.id", "randomuser-loader");
     let mut context = LoaderContext::new(telemetry.clone());
-    context.positions = positions;
+    // A subscribed loader starts each partition where PostgreSQL's rows end; a backfill reads
+    // the range it was given.
+    context.defer_assignments = !bounded;
     cfg.create_with_context(context)
         .context("cannot create the Kafka consumer")
 }
@@ -97,18 +98,10 @@ pub fn commit<'a, C: ConsumerContext + 'static>(
 pub struct LoaderContext {
     events: Mutex<VecDeque<Rebalanced>>,
     telemetry: Telemetry,
-    positions: Option<Box<dyn StartPositions>>,
-    /// Partitions assigned without a known start (shutdown came first): their records are
-    /// neither loaded nor stored as positions, so no gap can be stored over.
-    unpositioned: Mutex<HashSet<(String, i32)>>,
-}
-
-/// Where assigned partitions start: the next offset of each that has one (the others start at
-/// the group's offset committed to Kafka). Blocks until it knows; an error means it never will
-/// (shutdown).
-pub trait StartPositions: Send + Sync {
-    /// The start of each of `partitions` (topic, partition) that has one.
-    fn starts(&self, partitions: &[(String, i32)]) -> anyhow::Result<BTreeMap<(String, i32), i64>>;
+    /// Assignments are left to the run loop ([`assign_at`]), which first asks PostgreSQL where
+    /// each partition starts: the callback cannot wait for a database without stopping the
+    /// consumer's thread, and librdkafka waits for the assignment call as long as it takes.
+    defer_assignments: bool,
 }
 
 impl LoaderContext {
@@ -117,8 +110,7 @@ impl LoaderContext {
         Self {
             events: Mutex::new(VecDeque::new()),
             telemetry,
-            positions: None,
-            unpositioned: Mutex::new(HashSet::new()),
+            defer_assignments: false,
         }
     }
 
@@ -127,64 +119,55 @@ impl LoaderContext {
         lock(&self.events).drain(..).collect()
     }
 
-    /// False for a partition assigned without a known start: its records must be dropped.
-    pub fn positioned(&self, topic: &str, partition: i32) -> bool {
-        let unpositioned = lock(&self.unpositioned);
-        unpositioned.is_empty() || !unpositioned.contains(&(topic.to_string(), partition))
+    /// True when assignments wait for the run loop's [`assign_at`].
+    pub fn defers_assignments(&self) -> bool {
+        self.defer_assignments
     }
+}
 
-    /// Puts each partition of an assignment at its start from [`StartPositions`].
-    fn position(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let Some(positions) = &self.positions else {
-            return;
+/// Takes the `partitions` a deferred assignment gave us, each from its offset in `starts`
+/// (the others from the group's committed offset).
+pub fn assign_at(
+    consumer: &LoaderConsumer,
+    partitions: &[(String, i32)],
+    starts: &BTreeMap<(String, i32), i64>,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        let offset = match starts.get(&(topic.clone(), *partition)) {
+            Some(o) => Offset::Offset(*o),
+            None => Offset::Invalid,
         };
-        let parts: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        if parts.is_empty() {
-            return;
-        }
-        let starts = match positions.starts(&parts) {
-            Ok(starts) => starts,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), partitions = ?parts, "assigned without their stored positions; their records are not loaded");
-                lock(&self.unpositioned).extend(parts);
-                return;
-            }
-        };
-        let committed = consumer
-            .committed_offsets(tpl.clone(), std::time::Duration::from_secs(10))
-            .ok();
-        for ((topic, partition), start) in &starts {
-            let kafka = committed.as_ref().map(|c| {
-                c.find_partition(topic, *partition)
-                    .and_then(|e| e.offset().to_raw())
-                    .filter(|o| *o >= 0)
-            });
-            self.telemetry.emit(crate::events::StartedFromDatabase {
-                topic,
-                partition: *partition,
-                database: *start,
-                kafka,
-            });
-            // No offset in Kafka at all: the topic was deleted and created again (Kafka drops
-            // a deleted topic's offsets), or the group's offsets were deleted or expired. A
-            // stored position may then point into another log: start where Kafka would (the
-            // earliest), and let the identity absorb what was loaded before.
-            if kafka == Some(None) {
-                continue;
-            }
-            if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(*start)) {
-                tracing::warn!(%topic, partition, error = %e, "cannot set the start of a partition");
-            }
-        }
-        let mut unpositioned = lock(&self.unpositioned);
-        for part in &parts {
-            unpositioned.remove(part);
-        }
+        tpl.add_partition_offset(topic, *partition, offset)?;
     }
+    consumer
+        .incremental_assign(&tpl)
+        .context("cannot take the assigned partitions")
+}
+
+/// The group's committed offsets in Kafka for `partitions` (a blocking broker call): per
+/// partition, `None` when it has none.
+pub fn committed_in_kafka(
+    consumer: &LoaderConsumer,
+    partitions: &[(String, i32)],
+) -> anyhow::Result<BTreeMap<(String, i32), Option<i64>>> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .context("cannot read the group's committed offsets")?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                (e.topic().to_string(), e.partition()),
+                e.offset().to_raw().filter(|o| *o >= 0),
+            )
+        })
+        .collect())
 }
 
 impl ClientContext for LoaderContext {
@@ -194,7 +177,8 @@ impl ClientContext for LoaderContext {
 }
 
 impl ConsumerContext for LoaderContext {
-    /// rdkafka's own rebalance, with the assignment's starts set first ([`StartPositions`]).
+    /// rdkafka's own rebalance, except that an assignment is only queued when deferred: the
+    /// run loop takes it once it knows where each partition starts ([`assign_at`]).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -203,9 +187,6 @@ impl ConsumerContext for LoaderContext {
     ) {
         let assigning = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         let revoking = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
-        if assigning {
-            self.position(consumer, tpl);
-        }
         let rebalance = if assigning {
             Rebalance::Assign(tpl)
         } else if revoking {
@@ -219,6 +200,7 @@ impl ConsumerContext for LoaderContext {
             RebalanceProtocol::Cooperative
         );
         let applied = match (assigning, cooperative) {
+            (true, _) if self.defer_assignments => Ok(()),
             (true, true) => consumer.incremental_assign(tpl),
             (true, false) => consumer.assign(tpl),
             (false, true) => consumer.incremental_unassign(tpl),

@@ -34,7 +34,6 @@ pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
 pub mod poison;
-pub mod positions;
 pub mod replay;
 pub mod roller;
 pub mod rows;

@@ -130,7 +130,7 @@ impl LoadRecord {
 pub enum Rebalanced {
     /// These (topic, partition) are no longer ours.
     Revoked(Vec<(String, i32)>),
-    /// These are ours now, read from their committed offsets.
+    /// These are ours now, read from their stored positions (else their committed offsets).
     Assigned(Vec<(String, i32)>),
 }
 

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod assign;
 mod write;
 
 /// How often the `DATA_DIR` free-space gauges are refreshed.
@@ -111,10 +112,12 @@ impl Pipeline {
                     Ok(m) => {
                         let record = batch::SourceRecord::from_message(&m);
                         // Whatever librdkafka did while fetching it happened before it.
-                        self.apply_rebalances(&mut batch);
+                        if let Err(Cancelled) = self.apply_rebalances(&mut batch).await {
+                            break;
+                        }
                         let admitted = match &mut self.range {
                             Some(range) => range.admit(&consumer, record.partition, record.offset),
-                            None => consumer.context().positioned(&record.topic, record.partition),
+                            None => true,
                         };
                         if admitted {
                             self.telemetry.emit(RecordConsumed);
@@ -137,7 +140,9 @@ impl Pipeline {
                     }
                 },
             };
-            self.apply_rebalances(&mut batch);
+            if let Err(Cancelled) = self.apply_rebalances(&mut batch).await {
+                break;
+            }
             if flush_now || batch.len() >= max_records || batch.bytes() >= max_bytes {
                 if let Err(Cancelled) = self.flush(batch.take()).await {
                     break;
@@ -156,7 +161,8 @@ impl Pipeline {
         }
         rolling.stop().await;
         // Shutdown: finish what is open if the sinks answer at once; otherwise leave it uncommitted.
-        self.apply_rebalances(&mut batch);
+        // (A partition assigned now is not taken: shutdown stops the lookup of its start.)
+        let _ = self.apply_rebalances(&mut batch).await;
         if !batch.is_empty() {
             let n = batch.len();
             match self.flush(batch.take()).await {
@@ -246,12 +252,19 @@ impl Pipeline {
     /// Applies the rebalances librdkafka reported since the last call, in the order they
     /// happened. Called before a record is added, so a revocation only ever drops records
     /// fetched before it: a partition revoked and assigned back within one poll keeps the first
-    /// record of its new assignment.
-    fn apply_rebalances(&mut self, batch: &mut Batch) {
+    /// record of its new assignment. A deferred assignment is taken here, from the positions
+    /// PostgreSQL holds ([`Pipeline::take_assignment`]); `Cancelled` if shutdown came first.
+    async fn apply_rebalances(&mut self, batch: &mut Batch) -> Result<(), Cancelled> {
         for event in self.consumer.context().take_events() {
             let records = batch.apply(&event);
             self.telemetry.emit(RevokedRecordsDropped { records });
+            if let batch::Rebalanced::Assigned(parts) = &event
+                && self.consumer.context().defers_assignments()
+            {
+                self.take_assignment(parts).await?;
+            }
         }
+        Ok(())
     }
 
     /// Decode, dead-letter, write, commit: offsets last.

@@ -1,0 +1,170 @@
+//! Offsets kept where the data is: a database restored from a dump taken mid-load reads again,
+//! by itself, exactly what it lost; the group's Kafka offsets reset behind the database double
+//! nothing; `loader status` shows both positions. Against the real broker and database, with
+//! the real `pg_dump` and `pg_restore`.
+
+mod support;
+
+use randomuser_stub::{FaultPlan, Stub};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+fn loader_cli(db: &TestDb, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_loader"))
+        .args(args)
+        .env("KAFKA_BROKERS", brokers())
+        .env("DATABASE_URL", &db.url)
+        .env("LOG_DIR", "")
+        .output()
+        .expect("run the loader binary")
+}
+
+/// Runs a PostgreSQL client tool, failing the test with its output if it fails.
+fn pg_tool(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Users in `processed_data`, and how many distinct ones (none before the loader migrated).
+async fn users(db: &TestDb) -> (i64, i64) {
+    match sqlx::query_as("SELECT count(*), count(DISTINCT user_uuid) FROM processed_data")
+        .fetch_one(&db.pool)
+        .await
+    {
+        Ok(counts) => counts,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => (0, 0),
+        Err(e) => panic!("counting users: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_behind_the_group_reads_again_what_it_lost() {
+    let stub = Stub::start("127.0.0.1:0".parse().unwrap(), FaultPlan::default())
+        .await
+        .unwrap();
+    let topic = unique("restored");
+    create_topic(&topic, 2).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+
+    // Loading; the dump is taken while the loader runs.
+    run_extractor(&stub.url(), &topic, 4, 20).await;
+    let loader = RunningLoader::start(loader_config(&db, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "80 users loaded", || async {
+        users(&db).await.0 == 80
+    })
+    .await;
+    let dump = tempfile::tempdir().unwrap();
+    let file = dump.path().join("etl.dump");
+    pg_tool(
+        "pg_dump",
+        &[
+            "--format=custom",
+            "--dbname",
+            &db.url,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    run_extractor(&stub.url(), &topic, 4, 20).await;
+    eventually(Duration::from_secs(60), "160 users loaded", || async {
+        users(&db).await.0 == 160
+    })
+    .await;
+    loader.shutdown().await;
+    let committed: i64 = offsets(&group, &topic)
+        .committed(&[0, 1])
+        .unwrap()
+        .values()
+        .filter_map(|c| c.offset)
+        .sum();
+    assert_eq!(committed, 8, "the group committed all 8 records to Kafka");
+
+    // The database comes back from the dump: 80 users, its positions at 4 records.
+    let restored = TestDb::new().await;
+    pg_tool(
+        "pg_restore",
+        &[
+            "--no-owner",
+            "--dbname",
+            &restored.url,
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(users(&restored).await, (80, 80));
+    let status = loader_cli(
+        &restored,
+        &["status", "--group", &group, "--topic", &topic, "--json"],
+    );
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let stored: i64 = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["database"].as_i64())
+        .sum();
+    assert_eq!(stored, 4, "{doc}");
+    assert_eq!(
+        doc["total_lag"], 4,
+        "lag counts from the database's position: {doc}"
+    );
+    assert!(doc["differing"].as_u64().unwrap() >= 1, "{doc}");
+    let table = loader_cli(&restored, &["status", "--group", &group, "--topic", &topic]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("database behind by"), "{text}");
+
+    // Loaders running again read exactly what the database lost.
+    let loader = RunningLoader::start(loader_config(&restored, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "160 users again", || async {
+        users(&restored).await.0 == 160
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!(
+        (summary.loaded, summary.duplicates),
+        (4, 0),
+        "the 4 lost records read again, nothing else"
+    );
+    assert_eq!(users(&restored).await, (160, 160), "every served user once");
+    assert_eq!(restored.count("SELECT count(*) FROM raw_data").await, 8);
+    let served: std::collections::HashSet<String> = stub.served_uuids().into_iter().collect();
+    let loaded: Vec<String> = sqlx::query_scalar("SELECT user_uuid FROM processed_data ORDER BY 1")
+        .fetch_all(&restored.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded.into_iter().collect::<std::collections::HashSet<_>>(),
+        served,
+        "exactly the served users"
+    );
+
+    // The group's offsets in Kafka reset to the start (a Kafka tool, not `loader replay`): the
+    // loaders start from the database, read nothing twice and skip nothing new.
+    offsets(&group, &topic)
+        .commit(&[(0, 0), (1, 0)].into_iter().collect())
+        .unwrap();
+    run_extractor(&stub.url(), &topic, 1, 20).await;
+    let loader = RunningLoader::start(loader_config(&restored, &topic, &group, data.path())).await;
+    eventually(Duration::from_secs(60), "the new record", || async {
+        users(&restored).await.0 == 180
+    })
+    .await;
+    let summary = loader.shutdown().await;
+    assert_eq!((summary.loaded, summary.duplicates), (1, 0));
+    db.drop_db().await;
+    restored.drop_db().await;
+}
