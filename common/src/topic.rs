@@ -19,6 +19,7 @@ use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -179,20 +180,64 @@ impl Transient for CheckError {
     }
 }
 
-/// An admin client for the check: never auto-creates a topic by asking about it (a topic the
-/// broker made with its own ~1 MB default is the problem the check exists for).
-pub fn admin_client(
-    kafka: &crate::kafka::KafkaArgs,
-) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    let mut cfg = kafka.client_config()?;
-    cfg.set("allow.auto.create.topics", "false");
-    cfg.create().context("cannot create the Kafka admin client")
+/// The admin client the check uses. It never auto-creates a topic by asking about it (a topic
+/// the broker made with its own ~1 MB default is the problem the check exists for).
+#[derive(Clone)]
+pub struct TopicAdmin {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl TopicAdmin {
+    /// Creates the client; no connection is made until the check runs.
+    pub fn new(kafka: &crate::kafka::KafkaArgs) -> anyhow::Result<Self> {
+        let mut cfg = kafka.client_config()?;
+        cfg.set("allow.auto.create.topics", "false");
+        let admin = cfg
+            .create()
+            .context("cannot create the Kafka admin client")?;
+        Ok(Self {
+            admin: Arc::new(admin),
+        })
+    }
+
+    /// Whether the topic exists, from the cluster's metadata (the only sure answer: a
+    /// DescribeConfigs of an absent topic is answered with an empty configuration by KRaft
+    /// brokers, not an error).
+    async fn presence(&self, topic: &str) -> Result<Presence, CheckError> {
+        let (admin, name) = (self.admin.clone(), topic.to_string());
+        let metadata = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|e| {
+            outage(format!(
+                "the metadata request for topic {topic} failed: {e}"
+            ))
+        })?
+        .map_err(|e| outage(format!("cannot read the metadata of topic {topic}: {e}")))?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(Presence::Absent);
+        };
+        Ok(match found.error().map(RDKafkaErrorCode::from) {
+            None => Presence::Present,
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Presence::Absent,
+            Some(code) if is_denied(code) => Presence::Denied(code),
+            // Leaderless for a moment (just created, a broker restarting): it exists.
+            Some(_) => Presence::Present,
+        })
+    }
+}
+
+enum Presence {
+    Present,
+    Absent,
+    Denied(RDKafkaErrorCode),
 }
 
 /// Checks (and if need be creates) `wanted.topic`, waiting out broker outages with `backoff`
 /// (`on_retry` hears of each), until it is settled or `cancel` fires.
 pub async fn ensure(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &TopicAdmin,
     wanted: &Wanted,
     cancel: &CancellationToken,
     backoff: Backoff,
@@ -216,17 +261,32 @@ pub async fn ensure(
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn check_once(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &TopicAdmin,
     wanted: &Wanted,
     created: &AtomicBool,
 ) -> Result<Checked, CheckError> {
     let topic = wanted.topic.as_str();
     let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-    let mut described = describe(admin, topic, &opts).await?;
-    if described == Err(RDKafkaErrorCode::UnknownTopicOrPartition)
-        && !created.load(Ordering::Relaxed)
-    {
-        if !wanted.create.create {
+    match admin.presence(topic).await? {
+        Presence::Present => {}
+        Presence::Denied(code) => {
+            tracing::warn!(
+                topic,
+                error = %code,
+                "not allowed to see the topic (missing DESCRIBE on it): whether it exists and its max.message.bytes are not checked; producing to it will say"
+            );
+            return Ok(Checked {
+                created: false,
+                limit: None,
+            });
+        }
+        // Created by an earlier attempt, not yet known to the broker that answered.
+        Presence::Absent if created.load(Ordering::Relaxed) => {
+            return Err(outage(format!(
+                "topic {topic} was created but the broker does not know it yet"
+            )));
+        }
+        Presence::Absent if !wanted.create.create => {
             return Err(CheckError::Refused(anyhow::anyhow!(
                 "topic {topic} ({}) does not exist and KAFKA_CREATE_TOPICS=false: create it \
                  (with max.message.bytes={}) or let the service create it",
@@ -234,20 +294,23 @@ async fn check_once(
                 crate::contract::MAX_MESSAGE_BYTES,
             )));
         }
-        create(admin, wanted, &opts).await?;
-        created.store(true, Ordering::Relaxed);
-        // Creation is asynchronous: the topic reaches every broker's metadata a moment later.
-        for _ in 0..PROPAGATION_POLLS {
-            described = describe(admin, topic, &opts).await?;
-            if described != Err(RDKafkaErrorCode::UnknownTopicOrPartition) {
-                break;
-            }
-            tokio::time::sleep(PROPAGATION_POLL).await;
+        Presence::Absent => {
+            create(admin, wanted, &opts).await?;
+            created.store(true, Ordering::Relaxed);
         }
     }
     let created = created.load(Ordering::Relaxed);
+    // Creation is asynchronous: the topic's configuration reaches every broker a moment later.
+    let mut described = describe(admin, topic, &opts).await?;
+    for _ in 0..PROPAGATION_POLLS {
+        if described != Ok(None) {
+            break;
+        }
+        tokio::time::sleep(PROPAGATION_POLL).await;
+        described = describe(admin, topic, &opts).await?;
+    }
     match described {
-        Ok(limit) => {
+        Ok(Some(limit)) => {
             if let Some(refusal) = wanted.sizing.refusal(topic, limit) {
                 return Err(CheckError::Refused(anyhow::anyhow!(refusal)));
             }
@@ -256,6 +319,9 @@ async fn check_once(
                 limit: Some(limit),
             })
         }
+        Ok(None) => Err(outage(format!(
+            "topic {topic}: the broker did not say its max.message.bytes"
+        ))),
         Err(code) if is_denied(code) => {
             tracing::warn!(
                 topic,
@@ -276,13 +342,15 @@ async fn check_once(
 const PROPAGATION_POLLS: u32 = 25;
 const PROPAGATION_POLL: Duration = Duration::from_millis(200);
 
-/// The topic's `max.message.bytes`, or the broker's error for the topic (absent, not allowed).
+/// The topic's `max.message.bytes` (`None` while the broker does not have it yet), or the
+/// broker's error for the topic (not allowed, say).
 async fn describe(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &TopicAdmin,
     topic: &str,
     opts: &AdminOptions,
-) -> Result<Result<usize, RDKafkaErrorCode>, CheckError> {
+) -> Result<Result<Option<usize>, RDKafkaErrorCode>, CheckError> {
     let described = admin
+        .admin
         .describe_configs(&[ResourceSpecifier::Topic(topic)], opts)
         .await
         .map_err(|e| outage(format!("cannot describe topic {topic}: {e}")))?;
@@ -294,15 +362,13 @@ async fn describe(
         Ok(config) => config,
         Err(code) => return Ok(Err(code)),
     };
-    let limit = config
+    let Some(limit) = config
         .get(MAX_MESSAGE_BYTES_CONFIG)
         .and_then(|e| e.value.as_deref())
-        .ok_or_else(|| {
-            outage(format!(
-                "topic {topic}: the broker did not say its max.message.bytes"
-            ))
-        })?;
-    limit.parse().map(Ok).map_err(|_| {
+    else {
+        return Ok(Ok(None));
+    };
+    limit.parse().map(|l| Ok(Some(l))).map_err(|_| {
         outage(format!(
             "topic {topic}: max.message.bytes={limit} is not a number"
         ))
@@ -310,7 +376,7 @@ async fn describe(
 }
 
 async fn create(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &TopicAdmin,
     wanted: &Wanted,
     opts: &AdminOptions,
 ) -> Result<(), CheckError> {
@@ -323,6 +389,7 @@ async fn create(
     )
     .set(MAX_MESSAGE_BYTES_CONFIG, &limit);
     let results = admin
+        .admin
         .create_topics(&[new], opts)
         .await
         .map_err(|e| outage(format!("cannot create topic {topic}: {e}")))?;
