@@ -17,9 +17,11 @@ use std::time::Duration;
 use support::brokers;
 use tokio_util::sync::CancellationToken;
 
+/// An admin client whose questions about a topic never make the broker create it.
 fn admin() -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
+        .set("allow.auto.create.topics", "false")
         .create()
         .expect("admin client")
 }
