@@ -62,13 +62,10 @@ async fn a_dlq_too_small_for_the_largest_record_is_refused() {
     )
     .unwrap();
     let app = loader::Application::build(config).await.unwrap();
-    let error = tokio::time::timeout(
-        Duration::from_secs(60),
-        app.run(CancellationToken::new()),
-    )
-    .await
-    .expect("the loader stops by itself")
-    .expect_err("a DLQ too small for a 16 MiB dead letter");
+    let error = tokio::time::timeout(Duration::from_secs(60), app.run(CancellationToken::new()))
+        .await
+        .expect("the loader stops by itself")
+        .expect_err("a DLQ too small for a 16 MiB dead letter");
     let text = format!("{error:#}");
     for part in [
         format!("topic {dlq}"),
@@ -102,13 +99,10 @@ async fn an_absent_dlq_is_created_or_refused_when_told_not_to() {
     .unwrap();
     config.dlq_create.create = false;
     let app = loader::Application::build(config).await.unwrap();
-    let error = tokio::time::timeout(
-        Duration::from_secs(60),
-        app.run(CancellationToken::new()),
-    )
-    .await
-    .expect("the loader stops by itself")
-    .expect_err("an absent DLQ it may not create");
+    let error = tokio::time::timeout(Duration::from_secs(60), app.run(CancellationToken::new()))
+        .await
+        .expect("the loader stops by itself")
+        .expect_err("an absent DLQ it may not create");
     let text = format!("{error:#}");
     for part in [
         format!("topic {dlq} (KAFKA_DLQ_TOPIC) does not exist"),
