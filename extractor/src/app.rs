@@ -12,8 +12,9 @@ use crate::publish::{Publisher, RawMessage};
 use crate::source::{Fetched, Source};
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
-use etl_common::retry::until_cancelled;
+use etl_common::retry::{GaveUp, until_cancelled};
 use etl_common::status::{self, Liveness, Readiness};
+use etl_common::topic::{self, TopicAdmin, Wanted};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,6 +46,7 @@ pub struct Application {
     config: Config,
     source: Source,
     publisher: Publisher,
+    admin: TopicAdmin,
     metrics: Metrics,
     readiness: Readiness,
     liveness: Liveness,
@@ -66,6 +68,7 @@ impl Application {
             .set(i64::from(config.max_in_flight));
         let readiness = Readiness::default();
         readiness.register("kafka");
+        readiness.register("topic");
         let source = Source::new(
             &config.url,
             config.results,
@@ -73,6 +76,7 @@ impl Application {
             config.request_timeout,
         )?;
         let publisher = Publisher::new(&config.kafka, &config.topic)?;
+        let admin = TopicAdmin::new(&config.kafka)?;
         let liveness = Liveness::new(config.health.stall_timeout);
         let status_stop = CancellationToken::new();
         let (status_addr, server) = status::serve(
@@ -96,6 +100,7 @@ impl Application {
             config,
             source,
             publisher,
+            admin,
             metrics,
             readiness,
             liveness,
@@ -115,12 +120,15 @@ impl Application {
         self.metrics.clone()
     }
 
-    /// Runs until `shutdown` is cancelled or `EXTRACT_MAX_FETCHES` is reached, then flushes.
+    /// Checks the topic (waiting out a broker outage; refusing one that cannot hold a response
+    /// before anything is fetched), then runs until `shutdown` is cancelled or
+    /// `EXTRACT_MAX_FETCHES` is reached, and flushes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let Application {
             config,
             source,
             publisher,
+            admin,
             metrics,
             readiness,
             liveness,
@@ -134,6 +142,17 @@ impl Application {
             readiness.clone(),
             status_stop.clone(),
         ));
+        let checked = check_topic(&config, &admin, &readiness, &liveness, &shutdown).await;
+        drop(admin);
+        let limit = match checked {
+            Ok(Some(checked)) => checked.limit,
+            stopped => {
+                status_stop.cancel();
+                probe.abort();
+                let _ = status_task.await;
+                return stopped.map(|_| RunSummary::default());
+            }
+        };
         let source_url = redact_url(source.url().as_str());
 
         let backlog = Arc::new(Semaphore::new(config.max_in_flight as usize));
@@ -217,6 +236,7 @@ impl Application {
                 pending.clone(),
                 fatal_tx.clone(),
             );
+            let results = config.results;
             publishes.spawn(async move {
                 let _permit = permit;
                 let result = publisher.send(&msg).await;
@@ -235,9 +255,14 @@ impl Application {
                             lock(&fates).insert(msg.fetch_id, fate);
                         } else {
                             metrics.produce_errors.inc();
-                            let _ = fatal_tx.try_send(anyhow::Error::new(e).context(format!(
-                                "Kafka refused fetch {} for good ({} users)", msg.fetch_id, msg.fetched.users
-                            )));
+                            let mut why = format!(
+                                "Kafka refused fetch {} for good ({} users, {} bytes)",
+                                msg.fetch_id, msg.fetched.users, msg.fetched.body.len()
+                            );
+                            if crate::publish::is_too_large(&e) {
+                                why += &too_large(publisher.topic(), limit, results);
+                            }
+                            let _ = fatal_tx.try_send(anyhow::Error::new(e).context(why));
                         }
                         None
                     }
@@ -398,6 +423,65 @@ async fn fetch_until_accepted(
 struct Pacing {
     backoff: Backoff,
     breaker: CircuitBreaker,
+}
+
+/// The start-up check of `KAFKA_TOPIC` ([`etl_common::topic`]): `Ok(None)` when shutdown came
+/// first, an error when the topic cannot take the extractor's records. An outage is waited out
+/// (the `topic` readiness check failing meanwhile), the loop beating.
+async fn check_topic(
+    config: &Config,
+    admin: &TopicAdmin,
+    readiness: &Readiness,
+    liveness: &Liveness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<topic::Checked>> {
+    let wanted = Wanted {
+        topic: config.topic.clone(),
+        topic_variable: "KAFKA_TOPIC",
+        partitions: config.partitions,
+        create: config.topic_create.clone(),
+        sizing: crate::topic::sizing(config.results),
+    };
+    let check = topic::ensure(
+        admin,
+        &wanted,
+        shutdown,
+        Backoff::new(config.backoff_base, config.backoff_max),
+        |e, delay| {
+            readiness.set_failed("topic", format!("{e:#}"));
+            tracing::warn!(topic = %config.topic, error = format!("{e:#}"), retry_in = ?delay, "cannot check the topic yet; retrying");
+        },
+    );
+    match liveness.waiting(until_cancelled(shutdown, check)).await {
+        Ok(Ok(checked)) => {
+            readiness.set_ok("topic");
+            tracing::info!(
+                topic = %config.topic,
+                created = checked.created,
+                max_message_bytes = checked.limit,
+                largest_record = wanted.sizing.largest_record(),
+                "topic checked"
+            );
+            Ok(Some(checked))
+        }
+        Ok(Err(GaveUp::Permanent(e))) => Err(anyhow::Error::new(e)),
+        Ok(Err(GaveUp::Cancelled)) | Err(_) => Ok(None),
+    }
+}
+
+/// What a `MessageSizeTooLarge` at publish means: the topic's limit (when the start-up check
+/// could read it) against what `EXTRACT_RESULTS` makes, and what to change.
+fn too_large(topic: &str, limit: Option<usize>, results: u32) -> String {
+    let limit = limit.map_or_else(
+        || "not known: the client may not describe the topic's configuration".to_string(),
+        |l| format!("{l} bytes"),
+    );
+    let need = crate::topic::largest_record_bytes(u64::from(results));
+    format!(
+        ": the record is larger than topic {topic} takes (its max.message.bytes is {limit}; \
+         with EXTRACT_RESULTS={results} a record can be up to {need} bytes): raise the topic's \
+         max.message.bytes to at least {need} or lower EXTRACT_RESULTS"
+    )
 }
 
 /// Keeps the `kafka` readiness check current.

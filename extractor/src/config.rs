@@ -3,6 +3,7 @@
 use clap::Parser;
 use etl_common::config::{HealthArgs, LogArgs, parse_duration};
 use etl_common::kafka::KafkaArgs;
+use etl_common::topic::CreateArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -65,6 +66,13 @@ pub struct Config {
         default_value = "randomuser.raw"
     )]
     pub topic: String,
+    /// Partitions of KAFKA_TOPIC if the extractor creates it (the loaders' ceiling: more
+    /// replicas than partitions sit idle). The chart's and compose's topics use 6.
+    #[arg(long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", value_name = "KAFKA_TOPIC_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Whether and how KAFKA_TOPIC is created when absent.
+    #[command(flatten)]
+    pub topic_create: CreateArgs,
     /// The brokers and how to reach them (TLS, SASL).
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -99,6 +107,7 @@ impl Config {
         if self.topic.trim().is_empty() {
             anyhow::bail!("KAFKA_TOPIC must not be empty");
         }
+        self.topic_create.validate()?;
         self.health.validate()
     }
 
@@ -148,6 +157,9 @@ mod tests {
         assert_eq!(c.results, 500);
         assert_eq!(c.url.as_str(), "https://randomuser.me/api/1.4/");
         assert_eq!(c.topic, "randomuser.raw");
+        assert_eq!(c.partitions, 6);
+        assert!(c.topic_create.create);
+        assert_eq!(c.topic_create.replication_factor, -1);
         assert_eq!(c.metrics_addr.port(), 2112);
         c.validate().unwrap();
     }
@@ -161,6 +173,13 @@ mod tests {
             ("--extract-max-fetches", "many", "EXTRACT_MAX_FETCHES"),
             ("--metrics-addr", "localhost", "METRICS_ADDR"),
             ("--randomuser-url", "not a url", "RANDOMUSER_URL"),
+            ("--kafka-topic-partitions", "0", "KAFKA_TOPIC_PARTITIONS"),
+            ("--kafka-create-topics", "maybe", "KAFKA_CREATE_TOPICS"),
+            (
+                "--kafka-topic-replication-factor",
+                "-2",
+                "KAFKA_TOPIC_REPLICATION_FACTOR",
+            ),
         ] {
             let err = parse(&[flag, bad]).unwrap_err().to_string();
             assert!(err.contains(var), "{flag}={bad}: {err}");
@@ -185,6 +204,9 @@ mod tests {
             "EXTRACT_MAX_FETCHES",
             "KAFKA_BROKERS",
             "KAFKA_TOPIC",
+            "KAFKA_TOPIC_PARTITIONS",
+            "KAFKA_CREATE_TOPICS",
+            "KAFKA_TOPIC_REPLICATION_FACTOR",
             "METRICS_ADDR",
             "LOG_DIR",
             "LOG_FORMAT",

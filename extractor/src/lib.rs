@@ -6,6 +6,7 @@
 //! - [`source`]: one HTTP fetch and the verdict on its answer (accept or a classified error).
 //! - [`publish`]: the idempotent producer and the raw-message contract.
 //! - [`app`]: the schedule, retries, bounded in-flight backlog and graceful shutdown.
+//! - [`topic`]: how large a record `EXTRACT_RESULTS` makes, for the start-up check of the topic.
 //! - [`metrics`]: the `etl_extractor_*` series.
 
 pub mod app;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod metrics;
 pub mod publish;
 pub mod source;
+pub mod topic;
 
 pub use app::{Application, RunSummary};
 pub use config::Config;

@@ -46,6 +46,16 @@ pub fn purged(e: &KafkaError) -> Option<Purged> {
     }
 }
 
+/// Whether a delivery error means the record can never fit: the producer's `message.max.bytes`
+/// or the topic's `max.message.bytes`.
+pub fn is_too_large(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+    )
+}
+
 /// Where a message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Landed {
@@ -73,6 +83,9 @@ impl Publisher {
             .set("compression.type", "lz4")
             .set("message.max.bytes", contract::MAX_MESSAGE_BYTES.to_string())
             .set("linger.ms", "5")
+            // Never auto-create the topic by producing to it or asking for its metadata: a
+            // broker-made topic has the broker's ~1 MB limit; the start-up check creates it.
+            .set("allow.auto.create.topics", "false")
             .set("client.id", "randomuser-extractor");
         let producer: FutureProducer = cfg.create().context("cannot create the Kafka producer")?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());

@@ -9,8 +9,11 @@ use crate::events::{RunSummary, Telemetry};
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Rolls, Sinks};
 use anyhow::Context;
+use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
+use etl_common::retry::{GaveUp, until_cancelled};
 use etl_common::status::{self, Liveness};
+use etl_common::topic::{self, RECORD_OVERHEAD_BYTES, Sizing, TopicAdmin, Wanted};
 use rdkafka::consumer::Consumer;
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
@@ -26,6 +29,7 @@ pub struct Application {
     config: RunConfig,
     sinks: Sinks,
     dlq: DeadLetters,
+    dlq_admin: TopicAdmin,
     consumer: Arc<LoaderConsumer>,
     telemetry: Telemetry,
     liveness: Liveness,
@@ -67,6 +71,7 @@ impl Application {
         let rolls = Rolls::new(pool.clone(), store, config.parquet.policy())?;
         let sinks = Sinks::new(pool, rolls);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
+        let dlq_admin = TopicAdmin::new(&config.kafka)?;
 
         let consumer = consumer::create(&config, range.is_some(), &telemetry)?;
         let range = match range {
@@ -103,6 +108,7 @@ impl Application {
             config,
             sinks,
             dlq,
+            dlq_admin,
             consumer: Arc::new(consumer),
             telemetry,
             liveness,
@@ -124,11 +130,26 @@ impl Application {
         self.telemetry.summary()
     }
 
-    /// Runs until `shutdown` is cancelled: finishes the open batch if the sinks allow, commits,
-    /// and returns. A batch that cannot be finished — the sinks are out, or the drain takes
-    /// longer than `LOADER_SHUTDOWN_GRACE` — is left uncommitted (it will be re-delivered).
+    /// Checks the dead-letter topic (waiting out a broker outage; refusing one that cannot hold
+    /// the largest dead letter), then runs until `shutdown` is cancelled: finishes the open
+    /// batch if the sinks allow, commits, and returns. A batch that cannot be finished — the
+    /// sinks are out, or the drain takes longer than `LOADER_SHUTDOWN_GRACE` — is left
+    /// uncommitted (it will be re-delivered).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let status_task = tokio::spawn(self.status_server);
+        let checked = check_dlq(
+            &self.config,
+            &self.dlq_admin,
+            &self.telemetry,
+            &self.liveness,
+            &shutdown,
+        )
+        .await;
+        if !matches!(checked, Ok(true)) {
+            self.status_stop.cancel();
+            let _ = status_task.await;
+            return checked.map(|_| self.telemetry.snapshot());
+        }
         // Stopped by the caller, or by a store that cannot hold the tables (below).
         let stop = shutdown.child_token();
         let refused = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
@@ -175,6 +196,59 @@ impl Application {
             return Err(e);
         }
         result.map(|()| pipeline.telemetry.snapshot())
+    }
+}
+
+/// The start-up check of `KAFKA_DLQ_TOPIC` ([`etl_common::topic`]): created when absent (one
+/// partition, as the chart's topics Job makes it), refused when its `max.message.bytes` cannot
+/// hold a dead letter of the largest record the loader accepts (`LOADER_MAX_RECORD_BYTES`) with
+/// its headers. Larger poison is dead-lettered without its payload (`crate::dlq`), so that limit
+/// is what a dead letter's payload can reach. `Ok(false)` when shutdown came first.
+async fn check_dlq(
+    config: &RunConfig,
+    admin: &TopicAdmin,
+    telemetry: &Telemetry,
+    liveness: &Liveness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let wanted = Wanted {
+        topic: config.dlq_topic.clone(),
+        topic_variable: "KAFKA_DLQ_TOPIC",
+        partitions: 1,
+        create: config.dlq_create.clone(),
+        sizing: Sizing {
+            variable: "LOADER_MAX_RECORD_BYTES",
+            value: config.max_record_bytes as u64,
+            record_bytes: |payload| {
+                usize::try_from(payload)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(RECORD_OVERHEAD_BYTES)
+            },
+        },
+    };
+    let check = topic::ensure(
+        admin,
+        &wanted,
+        shutdown,
+        Backoff::new(config.backoff_base, config.backoff_max),
+        |e, delay| {
+            telemetry.failed(crate::events::Check::Kafka, format!("{e:#}"));
+            tracing::warn!(topic = %config.dlq_topic, error = format!("{e:#}"), retry_in = ?delay, "cannot check the dead-letter topic yet; retrying");
+        },
+    );
+    match liveness.waiting(until_cancelled(shutdown, check)).await {
+        Ok(Ok(checked)) => {
+            tracing::info!(
+                topic = %config.dlq_topic,
+                created = checked.created,
+                max_message_bytes = checked.limit,
+                largest_dead_letter = wanted.sizing.largest_record(),
+                "dead-letter topic checked"
+            );
+            Ok(true)
+        }
+        Ok(Err(GaveUp::Permanent(e))) => Err(anyhow::Error::new(e)),
+        Ok(Err(GaveUp::Cancelled)) | Err(_) => Ok(false),
     }
 }
 

@@ -288,6 +288,9 @@ pub struct RunConfig {
         default_value = "randomuser.raw.dlq"
     )]
     pub dlq_topic: String,
+    /// Whether and how KAFKA_DLQ_TOPIC is created when absent (one partition).
+    #[command(flatten)]
+    pub dlq_create: etl_common::topic::CreateArgs,
     /// A batch closes at this many records...
     #[arg(long = "batch-max-records", env = "BATCH_MAX_RECORDS", value_name = "BATCH_MAX_RECORDS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_records: u32,
@@ -409,6 +412,7 @@ impl RunConfig {
         if self.max_record_bytes == 0 {
             anyhow::bail!("LOADER_MAX_RECORD_BYTES must be greater than zero");
         }
+        self.dlq_create.validate()?;
         self.parquet.url(&self.data_dir)?;
         self.upkeep.retention.validate()?;
         self.health.validate()

@@ -84,6 +84,8 @@ async fn big_poison_is_dead_lettered_whole() {
 /// A dead-letter topic left at Kafka's default limit (about 1 MB) refuses a 1.5 MB poison
 /// record: it is dead-lettered as its headers, digest and size, and the record behind it loads.
 /// The loader used to retry it forever ("cannot dead-letter; retrying … MessageSizeTooLarge").
+/// `LOADER_MAX_RECORD_BYTES` is 1,000,000, so the start-up check accepts that topic (every
+/// record the loader accepts fits in it); the poison, larger, is `too_large`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_too_big_for_the_dlq_is_dead_lettered_without_its_payload() {
     let topic = unique("dlqlimit");
@@ -98,7 +100,9 @@ async fn poison_too_big_for_the_dlq_is_dead_lettered_without_its_payload() {
     let data = tempfile::tempdir().unwrap();
     let poison = junk(1_500_000);
     produce(&topic, &[&poison, V13]).await;
-    let loader = RunningLoader::start(loader_config(&db, &topic, &unique("g"), data.path())).await;
+    let mut config = loader_config(&db, &topic, &unique("g"), data.path());
+    config.max_record_bytes = 1_000_000;
+    let loader = RunningLoader::start(config).await;
     eventually(
         Duration::from_secs(60),
         "the record behind the poison loads",
@@ -109,6 +113,7 @@ async fn poison_too_big_for_the_dlq_is_dead_lettered_without_its_payload() {
     assert_eq!((summary.loaded, summary.dead_lettered), (1, 1));
     let dead = read_all(&format!("{topic}.dlq"), 1).await;
     let h = headers(&dead[0]);
+    assert_eq!(h[dlq_header::ERROR_KIND], "too_large");
     assert_eq!(h[dlq_header::PAYLOAD_OMITTED], "true");
     assert_eq!(h[dlq_header::PAYLOAD_BYTES], "1500000");
     assert_eq!(
