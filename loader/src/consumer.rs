@@ -145,12 +145,23 @@ pub fn assign_at(
         .context("cannot take the assigned partitions")
 }
 
-/// The group's committed offsets in Kafka for `partitions` (a blocking broker call): per
-/// partition, `None` when it has none.
+/// A group's committed offset in Kafka, and whether a loader committed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaOffset {
+    /// The group has no offset here.
+    Absent,
+    /// Committed by a loader (its commits carry [`commit`]'s stamp as metadata).
+    Loaders(i64),
+    /// Committed by another tool (`kafka-consumer-groups --reset-offsets`, `rpk group seek`,
+    /// MirrorMaker's offset sync): an operator's move.
+    Others(i64),
+}
+
+/// The group's committed offsets in Kafka for `partitions` (a blocking broker call).
 pub fn committed_in_kafka(
     consumer: &LoaderConsumer,
     partitions: &[(String, i32)],
-) -> anyhow::Result<BTreeMap<(String, i32), Option<i64>>> {
+) -> anyhow::Result<BTreeMap<(String, i32), KafkaOffset>> {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in partitions {
         tpl.add_partition(topic, *partition);
@@ -162,12 +173,20 @@ pub fn committed_in_kafka(
         .elements()
         .iter()
         .map(|e| {
-            (
-                (e.topic().to_string(), e.partition()),
-                e.offset().to_raw().filter(|o| *o >= 0),
-            )
+            let offset = match e.offset().to_raw().filter(|o| *o >= 0) {
+                None => KafkaOffset::Absent,
+                Some(o) if is_loaders_stamp(e.metadata()) => KafkaOffset::Loaders(o),
+                Some(o) => KafkaOffset::Others(o),
+            };
+            ((e.topic().to_string(), e.partition()), offset)
         })
         .collect())
+}
+
+/// True for the metadata [`commit`] stamps on every loader commit.
+pub fn is_loaders_stamp(metadata: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(metadata)
+        .is_ok_and(|v| v["by"].as_str().is_some_and(|by| by.starts_with("loader")))
 }
 
 impl ClientContext for LoaderContext {

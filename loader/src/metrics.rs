@@ -34,8 +34,9 @@ pub struct Metrics {
     /// Partitions this replica owns now.
     pub assigned_partitions: IntGauge,
     /// Partitions taken whose start in PostgreSQL differed from the group's offset in Kafka
-    /// (`direction`: `behind`, the database restored behind it, re-read; `ahead`, Kafka's reset;
-    /// `no_kafka_offset`, the topic re-created or the group's offsets gone: Kafka's start used).
+    /// (`direction`: `behind`, the database restored behind it, re-read; `ahead`, a loader's
+    /// Kafka commit lost; `moved_in_kafka`, another tool moved it, followed; `no_kafka_offset`,
+    /// the topic re-created or the group's offsets gone: Kafka's start used).
     pub start_mismatches: IntCounterVec,
     /// Partitions the subscribed topic has, from the broker's metadata: the group's assigned
     /// partitions summed over replicas should equal it (an alert when they do not).

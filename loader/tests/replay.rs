@@ -15,10 +15,11 @@ async fn stub() -> Stub {
         .unwrap()
 }
 
-fn loader_cli(args: &[&str]) -> std::process::Output {
+fn loader_cli(db: &TestDb, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_loader"))
         .args(args)
         .env("KAFKA_BROKERS", brokers())
+        .env("DATABASE_URL", &db.url)
         .env("LOG_DIR", "")
         .output()
         .expect("run the loader binary")
@@ -63,9 +64,12 @@ async fn replay_to_earliest_over_a_loaded_database_changes_nothing() {
     );
 
     // Dry run: the plan, and nothing moves.
-    let dry = loader_cli(&[
-        "replay", "--group", &group, "--topic", &topic, "--to", "earliest",
-    ]);
+    let dry = loader_cli(
+        &db,
+        &[
+            "replay", "--group", &group, "--topic", &topic, "--to", "earliest",
+        ],
+    );
     let out = String::from_utf8_lossy(&dry.stdout);
     assert!(
         dry.status.success(),
@@ -82,16 +86,19 @@ async fn replay_to_earliest_over_a_loaded_database_changes_nothing() {
         committed_before
     );
 
-    let exec = loader_cli(&[
-        "replay",
-        "--group",
-        &group,
-        "--topic",
-        &topic,
-        "--to",
-        "earliest",
-        "--execute",
-    ]);
+    let exec = loader_cli(
+        &db,
+        &[
+            "replay",
+            "--group",
+            &group,
+            "--topic",
+            &topic,
+            "--to",
+            "earliest",
+            "--execute",
+        ],
+    );
     assert!(
         exec.status.success(),
         "{}",
@@ -129,37 +136,46 @@ async fn replay_refuses_to_move_a_running_group_and_names_unknown_ones() {
     })
     .await;
 
-    let refused = loader_cli(&[
-        "replay",
-        "--group",
-        &group,
-        "--topic",
-        &topic,
-        "--to",
-        "earliest",
-        "--execute",
-    ]);
+    let refused = loader_cli(
+        &db,
+        &[
+            "replay",
+            "--group",
+            &group,
+            "--topic",
+            &topic,
+            "--to",
+            "earliest",
+            "--execute",
+        ],
+    );
     let err = String::from_utf8_lossy(&refused.stdout).to_string()
         + &String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert!(err.contains("active member"), "{err}");
     loader.shutdown().await;
 
-    let unknown_group = loader_cli(&[
-        "replay",
-        "--group",
-        "no-such-group",
-        "--topic",
-        &topic,
-        "--to",
-        "earliest",
-    ]);
+    let unknown_group = loader_cli(
+        &db,
+        &[
+            "replay",
+            "--group",
+            "no-such-group",
+            "--topic",
+            &topic,
+            "--to",
+            "earliest",
+        ],
+    );
     let err = String::from_utf8_lossy(&unknown_group.stdout).to_string()
         + &String::from_utf8_lossy(&unknown_group.stderr);
     assert_eq!(unknown_group.status.code(), Some(1), "{err}");
     assert!(err.contains("group no-such-group is unknown"), "{err}");
 
-    let unknown_topic = loader_cli(&["status", "--group", &group, "--topic", "no-such-topic-here"]);
+    let unknown_topic = loader_cli(
+        &db,
+        &["status", "--group", &group, "--topic", "no-such-topic-here"],
+    );
     let err = String::from_utf8_lossy(&unknown_topic.stdout).to_string()
         + &String::from_utf8_lossy(&unknown_topic.stderr);
     assert_eq!(unknown_topic.status.code(), Some(1), "{err}");
@@ -168,9 +184,12 @@ async fn replay_refuses_to_move_a_running_group_and_names_unknown_ones() {
         "{err}"
     );
 
-    let bad_position = loader_cli(&[
-        "replay", "--group", &group, "--topic", &topic, "--to", "soonish",
-    ]);
+    let bad_position = loader_cli(
+        &db,
+        &[
+            "replay", "--group", &group, "--topic", &topic, "--to", "soonish",
+        ],
+    );
     assert_eq!(
         bad_position.status.code(),
         Some(2),
@@ -192,7 +211,10 @@ async fn status_reports_lag_and_last_commit_and_times_past_the_end_replay_nothin
     load_all(&db, &topic, &group, data.path(), 20).await;
     run_extractor(&stub.url(), &topic, 3, 5).await;
 
-    let out = loader_cli(&["status", "--group", &group, "--topic", &topic, "--json"]);
+    let out = loader_cli(
+        &db,
+        &["status", "--group", &group, "--topic", &topic, "--json"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -214,7 +236,7 @@ async fn status_reports_lag_and_last_commit_and_times_past_the_end_replay_nothin
             "the loader stamps its commits: {p}"
         );
     }
-    let table = loader_cli(&["status", "--group", &group, "--topic", &topic]);
+    let table = loader_cli(&db, &["status", "--group", &group, "--topic", &topic]);
     let text = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(text.contains("total lag: 3"), "{text}");
     // The table lines up: every column starts where its header does, on every row.
@@ -230,7 +252,10 @@ async fn status_reports_lag_and_last_commit_and_times_past_the_end_replay_nothin
         }
     }
     // The plan names the position as the operator wrote it.
-    let plan = loader_cli(&["replay", "--group", &group, "--topic", &topic, "--to", "2h"]);
+    let plan = loader_cli(
+        &db,
+        &["replay", "--group", &group, "--topic", &topic, "--to", "2h"],
+    );
     let text = String::from_utf8_lossy(&plan.stdout).to_string();
     assert!(text.contains(", to 2h\n"), "{text}");
 

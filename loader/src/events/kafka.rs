@@ -1,6 +1,7 @@
 //! Events of the broker: records in, consumer errors, rebalances, statistics, the DLQ.
 
 use super::{Check, Event, Telemetry};
+use crate::consumer::KafkaOffset;
 use std::time::Duration;
 
 /// A record received from Kafka (and admitted to the batch): the broker answers.
@@ -52,9 +53,8 @@ impl Event for PartitionsAssigned<'_> {
     }
 }
 
-/// A partition taken starts where PostgreSQL says its records end. When that is not the
-/// group's offset in Kafka, the database was restored (or failed over) behind it and the
-/// records it lost are read again, or the group's offsets were reset and nothing is read twice.
+/// A partition taken starts where PostgreSQL says its records end, unless Kafka's side says
+/// otherwise ([`crate::pipeline`]'s assignment). Logged always, counted when the two differ.
 pub struct StartedFromDatabase<'a> {
     /// The topic.
     pub topic: &'a str,
@@ -62,35 +62,36 @@ pub struct StartedFromDatabase<'a> {
     pub partition: i32,
     /// The next offset PostgreSQL holds.
     pub database: i64,
-    /// The group's committed offset in Kafka: `Some(None)` when it has none, `None` when it
-    /// could not be read (the database's position is used then).
-    pub kafka: Option<Option<i64>>,
+    /// The group's committed offset in Kafka; `None` when it could not be read (the
+    /// database's position is used then).
+    pub kafka: Option<KafkaOffset>,
 }
 
 impl Event for StartedFromDatabase<'_> {
     fn emit(self, t: &Telemetry) {
         let (topic, partition, database) = (self.topic, self.partition, self.database);
+        let count = |direction: &str| {
+            t.metrics
+                .start_mismatches
+                .with_label_values(&[direction])
+                .inc()
+        };
         match self.kafka {
-            Some(Some(kafka)) if kafka > database => {
+            Some(KafkaOffset::Loaders(kafka)) if kafka > database => {
                 tracing::warn!(%topic, partition, database, kafka, records = kafka - database, "PostgreSQL holds less of this partition than the group committed (restored or failed over behind it): reading again from its position");
-                t.metrics
-                    .start_mismatches
-                    .with_label_values(&["behind"])
-                    .inc();
+                count("behind");
             }
-            Some(Some(kafka)) if kafka < database => {
-                tracing::warn!(%topic, partition, database, kafka, "the group's offset in Kafka is behind PostgreSQL's (reset or expired): starting from PostgreSQL's position, nothing read twice");
-                t.metrics
-                    .start_mismatches
-                    .with_label_values(&["ahead"])
-                    .inc();
+            Some(KafkaOffset::Loaders(kafka)) if kafka < database => {
+                tracing::info!(%topic, partition, database, kafka, "the group's offset in Kafka lags PostgreSQL's (a commit lost in a crash): starting from PostgreSQL's position, nothing read twice");
+                count("ahead");
             }
-            Some(None) => {
+            Some(KafkaOffset::Others(kafka)) if kafka != database => {
+                tracing::warn!(%topic, partition, database, kafka, "another tool moved the group's offset in Kafka: following it (records loaded before are absorbed by their identity)");
+                count("moved_in_kafka");
+            }
+            Some(KafkaOffset::Absent) => {
                 tracing::warn!(%topic, partition, database, "the group has no offset in Kafka here (the topic re-created, or its offsets deleted or expired): starting where Kafka starts it, not at PostgreSQL's position, which may belong to another log; records loaded before are absorbed by their identity");
-                t.metrics
-                    .start_mismatches
-                    .with_label_values(&["no_kafka_offset"])
-                    .inc();
+                count("no_kafka_offset");
             }
             _ => {
                 tracing::info!(%topic, partition, offset = database, "starting from PostgreSQL's position")

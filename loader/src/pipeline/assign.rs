@@ -1,12 +1,14 @@
 //! Taking an assignment from where PostgreSQL's rows end: each partition starts at the next
 //! offset the database holds for the group (`consumer_offsets`), written in the same
 //! transaction as the rows, so a database restored from a backup or a promoted standby reads
-//! again exactly what it lost, and Kafka offsets reset behind it double nothing. Without a
-//! stored position, or when the group has no offset in Kafka at all (the topic re-created, its
-//! offsets deleted or expired: the stored position may belong to another log), Kafka decides.
+//! again exactly what it lost, and a loader's Kafka commit that lags it reads nothing twice.
+//! Kafka decides instead when there is no stored position, when the group has no offset in
+//! Kafka at all (the topic re-created, its offsets deleted or expired: the stored position may
+//! belong to another log), and when another tool moved the group's offset (an operator's
+//! `kafka-consumer-groups --reset-offsets`, which the loaders follow as they always did).
 
 use super::Pipeline;
-use crate::consumer;
+use crate::consumer::{self, KafkaOffset};
 use crate::events::{DatabaseNotReady, StartedFromDatabase};
 use crate::sink::offsets;
 use etl_common::backoff::Backoff;
@@ -48,17 +50,19 @@ impl Pipeline {
         let mut starts = BTreeMap::new();
         for (t, p) in &held {
             let database = stored[p].next_offset;
-            let in_kafka = kafka
-                .as_ref()
-                .ok()
-                .map(|k| k.get(&(t.clone(), *p)).copied().flatten());
+            let in_kafka = kafka.as_ref().ok().map(|k| {
+                k.get(&(t.clone(), *p))
+                    .copied()
+                    .unwrap_or(KafkaOffset::Absent)
+            });
             self.telemetry.emit(StartedFromDatabase {
                 topic: t,
                 partition: *p,
                 database,
                 kafka: in_kafka,
             });
-            if in_kafka != Some(None) {
+            // Unknown (the broker did not answer in time): the database's position.
+            if matches!(in_kafka, None | Some(KafkaOffset::Loaders(_))) {
                 starts.insert((t.clone(), *p), database);
             }
         }
