@@ -4,7 +4,7 @@
 use crate::app::Application;
 use crate::config::{BackfillArgs, ReplayArgs, StatusArgs};
 use crate::replay::{GroupOffsets, Position, render_plan};
-use crate::sink::offsets::{self, Positions};
+use crate::sink::offsets::{self, KafkaOffset, Positions, Start};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
@@ -24,8 +24,9 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         Ok((offsets.plan(&to, &partitions)?, members, known))
     })
     .await?;
-    let stored = match stored_positions(&t).await {
-        Ok(stored) => stored,
+    let all: Vec<i32> = plan.iter().map(|p| p.partition).collect();
+    let stored = match stored_positions(&t, &all).await {
+        Ok((stored, _)) => stored,
         Err(e) if !args.execute => {
             tracing::warn!(error = %format!("{e:#}"), "the plan counts from the group's offsets in Kafka only");
             BTreeMap::new()
@@ -90,19 +91,30 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The group's positions stored in PostgreSQL, by partition.
+/// The group's positions stored in PostgreSQL, by partition, and which of `partitions`
+/// without one `raw_data` holds records of.
 async fn stored_positions(
     t: &crate::config::GroupTopic,
-) -> anyhow::Result<BTreeMap<i32, offsets::Stored>> {
+    partitions: &[i32],
+) -> anyhow::Result<(BTreeMap<i32, offsets::Stored>, Vec<i32>)> {
     let url = t.db.url()?;
     let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
     let mut conn = pool
         .acquire()
         .await
         .context("cannot reach PostgreSQL (DATABASE_URL)")?;
-    offsets::load(&mut conn, &t.group.group, &t.topic.topic)
+    let stored = offsets::load(&mut conn, &t.group.group, &t.topic.topic)
         .await
-        .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")
+        .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")?;
+    let missing: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !stored.contains_key(p))
+        .collect();
+    let holding = offsets::partitions_with_records(&mut conn, &t.topic.topic, &missing)
+        .await
+        .context("cannot read raw_data")?;
+    Ok((stored, holding))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -131,11 +143,11 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         Ok((partitions, committed, members, known, marks))
     })
     .await?;
-    let (stored, database_error) = match stored_positions(&t).await {
-        Ok(stored) => (stored, None),
+    let (stored, holding, database_error) = match stored_positions(&t, &partitions).await {
+        Ok((stored, holding)) => (stored, holding, None),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "the positions stored in PostgreSQL are not shown");
-            (BTreeMap::new(), Some(format!("{e:#}")))
+            (BTreeMap::new(), Vec::new(), Some(format!("{e:#}")))
         }
     };
     if !known && stored.is_empty() && committed.values().all(|c| c.offset.is_none()) {
@@ -150,15 +162,34 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         let c = committed.get(p);
         let offset = c.and_then(|c| c.offset);
         let database = stored.get(p).map(|s| s.next_offset);
-        // The loaders start from the database's position where it has one.
-        let position = database.or(offset);
+        // Where the loaders start it, by their own rule (only when the database answered).
+        let start = match (&database_error, offset) {
+            (Some(_), _) => Start::Kafka,
+            (None, None) => {
+                offsets::start_of(database, holding.contains(p), Some(KafkaOffset::Absent))
+            }
+            // The loaders stamp their commits; a commit without the stamp is another tool's.
+            (None, Some(o)) => {
+                let kafka = match c.and_then(|c| c.committed_at.as_ref()) {
+                    Some(_) => KafkaOffset::Loaders(o),
+                    None => KafkaOffset::Others(o),
+                };
+                offsets::start_of(database, holding.contains(p), Some(kafka))
+            }
+        };
+        let position = match start {
+            Start::At(o) => o,
+            Start::Beginning => low,
+            Start::Kafka => offset.unwrap_or(low),
+        };
         rows.push(PartitionStatus {
             partition: *p,
             committed: offset,
             database,
-            differs: matches!((offset, database), (Some(k), Some(d)) if k != d),
+            starts_at: position.max(low),
+            differs: position.max(low) != offset.unwrap_or(low).max(low),
             end: high,
-            lag: high - position.unwrap_or(low).max(low),
+            lag: high - position.max(low),
             last_commit: c.and_then(|c| c.committed_at.clone()),
         });
     }
@@ -183,7 +214,7 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         }
         if differing > 0 {
             println!(
-                "positions differ on {differing} partition(s): the loaders start from the database's (a database restored behind the group reads again what it lost; Kafka's offsets reset skip nothing)"
+                "{differing} partition(s) start elsewhere than the group's offset in Kafka: the loaders start where \"starts at\" says (a database restored behind the group reads again what it lost; a loader's lagging Kafka commit reads nothing twice)"
             );
         }
     }
@@ -196,9 +227,11 @@ struct PartitionStatus {
     partition: i32,
     /// The committed offset in Kafka; `None` when the group has none there.
     committed: Option<i64>,
-    /// The position stored in PostgreSQL, where the loaders start; `None` when it has none.
+    /// The position stored in PostgreSQL; `None` when it has none.
     database: Option<i64>,
-    /// True when both exist and differ.
+    /// Where the loaders start the partition (docs/DESIGN.md, "Offsets kept where the data is").
+    starts_at: i64,
+    /// True when that is not the committed offset in Kafka.
     differs: bool,
     end: i64,
     lag: i64,
@@ -206,10 +239,11 @@ struct PartitionStatus {
 }
 
 impl PartitionStatus {
-    const HEADER: [&str; 7] = [
+    const HEADER: [&str; 8] = [
         "partition",
         "committed",
         "database",
+        "starts at",
         "end",
         "lag",
         "last commit",
@@ -218,15 +252,19 @@ impl PartitionStatus {
 
     fn cells(&self) -> Vec<String> {
         let none = || "none".to_string();
-        let note = match (self.committed, self.database) {
-            (Some(k), Some(d)) if d < k => format!("database behind by {}", k - d),
-            (Some(k), Some(d)) if d > k => format!("database ahead by {}", d - k),
-            _ => "-".to_string(),
+        let committed = self.committed.unwrap_or(self.starts_at);
+        let note = if !self.differs {
+            "-".to_string()
+        } else if self.starts_at < committed {
+            format!("database behind by {}", committed - self.starts_at)
+        } else {
+            format!("database ahead by {}", self.starts_at - committed)
         };
         vec![
             self.partition.to_string(),
             self.committed.map_or_else(none, |v| v.to_string()),
             self.database.map_or_else(none, |v| v.to_string()),
+            self.starts_at.to_string(),
             self.end.to_string(),
             self.lag.to_string(),
             self.last_commit.clone().unwrap_or_else(|| "-".to_string()),

@@ -12,6 +12,7 @@
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
 use crate::events::{BrokerStatistics, PartitionsAssigned, PartitionsRevoked, Telemetry};
+use crate::sink::offsets::KafkaOffset;
 use anyhow::Context;
 use chrono::Utc;
 use rdkafka::consumer::{
@@ -130,31 +131,19 @@ impl LoaderContext {
 pub fn assign_at(
     consumer: &LoaderConsumer,
     partitions: &[(String, i32)],
-    starts: &BTreeMap<(String, i32), i64>,
+    starts: &BTreeMap<(String, i32), Offset>,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in partitions {
-        let offset = match starts.get(&(topic.clone(), *partition)) {
-            Some(o) => Offset::Offset(*o),
-            None => Offset::Invalid,
-        };
+        let offset = starts
+            .get(&(topic.clone(), *partition))
+            .copied()
+            .unwrap_or(Offset::Invalid);
         tpl.add_partition_offset(topic, *partition, offset)?;
     }
     consumer
         .incremental_assign(&tpl)
         .context("cannot take the assigned partitions")
-}
-
-/// A group's committed offset in Kafka, and whether a loader committed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KafkaOffset {
-    /// The group has no offset here.
-    Absent,
-    /// Committed by a loader (its commits carry [`commit`]'s stamp as metadata).
-    Loaders(i64),
-    /// Committed by another tool (`kafka-consumer-groups --reset-offsets`, `rpk group seek`,
-    /// MirrorMaker's offset sync): an operator's move.
-    Others(i64),
 }
 
 /// The group's committed offsets in Kafka for `partitions` (a blocking broker call).

@@ -211,7 +211,7 @@ async fn loader_run_needs_only_select_insert_update() {
         format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!(
-            "GRANT SELECT, INSERT, UPDATE ON raw_data, processed_data, parquet_files TO {role}"
+            "GRANT SELECT, INSERT, UPDATE ON raw_data, processed_data, parquet_files, consumer_offsets TO {role}"
         ),
         format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
     ] {

@@ -1,7 +1,7 @@
 //! Events of the broker: records in, consumer errors, rebalances, statistics, the DLQ.
 
 use super::{Check, Event, Telemetry};
-use crate::consumer::KafkaOffset;
+use crate::sink::offsets::{KafkaOffset, Start};
 use std::time::Duration;
 
 /// A record received from Kafka (and admitted to the batch): the broker answers.
@@ -53,48 +53,60 @@ impl Event for PartitionsAssigned<'_> {
     }
 }
 
-/// A partition taken starts where PostgreSQL says its records end, unless Kafka's side says
-/// otherwise ([`crate::pipeline`]'s assignment). Logged always, counted when the two differ.
+/// Where a partition taken starts ([`crate::sink::offsets::start_of`]), logged always and
+/// counted when the stored position and the group's offset in Kafka differ.
 pub struct StartedFromDatabase<'a> {
     /// The topic.
     pub topic: &'a str,
     /// The partition.
     pub partition: i32,
-    /// The next offset PostgreSQL holds.
-    pub database: i64,
-    /// The group's committed offset in Kafka; `None` when it could not be read (the
-    /// database's position is used then).
+    /// The next offset PostgreSQL holds, if it holds one.
+    pub database: Option<i64>,
+    /// The group's committed offset in Kafka; `None` when it could not be read.
     pub kafka: Option<KafkaOffset>,
+    /// Where it starts.
+    pub start: Start,
 }
 
 impl Event for StartedFromDatabase<'_> {
     fn emit(self, t: &Telemetry) {
-        let (topic, partition, database) = (self.topic, self.partition, self.database);
+        let (topic, partition) = (self.topic, self.partition);
         let count = |direction: &str| {
             t.metrics
                 .start_mismatches
                 .with_label_values(&[direction])
                 .inc()
         };
-        match self.kafka {
-            Some(KafkaOffset::Loaders(kafka)) if kafka > database => {
-                tracing::warn!(%topic, partition, database, kafka, records = kafka - database, "PostgreSQL holds less of this partition than the group committed (restored or failed over behind it): reading again from its position");
+        let (database, kafka, start) = (self.database, self.kafka, self.start);
+        match (start, kafka) {
+            (Start::At(d), Some(KafkaOffset::Loaders(k))) if k > d => {
+                tracing::warn!(%topic, partition, database = d, kafka = k, records = k - d, "PostgreSQL holds less of this partition than the group committed (restored or failed over behind it): reading again from its position");
                 count("behind");
             }
-            Some(KafkaOffset::Loaders(kafka)) if kafka < database => {
-                tracing::info!(%topic, partition, database, kafka, "the group's offset in Kafka lags PostgreSQL's (a commit lost in a crash): starting from PostgreSQL's position, nothing read twice");
+            (Start::At(d), Some(KafkaOffset::Loaders(k))) if k < d => {
+                tracing::info!(%topic, partition, database = d, kafka = k, "the group's offset in Kafka lags PostgreSQL's (a commit lost in a crash): starting from PostgreSQL's position, nothing read twice");
                 count("ahead");
             }
-            Some(KafkaOffset::Others(kafka)) if kafka != database => {
-                tracing::warn!(%topic, partition, database, kafka, "another tool moved the group's offset in Kafka: following it (records loaded before are absorbed by their identity)");
+            (Start::At(d), _) => {
+                tracing::info!(%topic, partition, offset = d, "starting from PostgreSQL's position")
+            }
+            (Start::Beginning, Some(KafkaOffset::Loaders(k))) => {
+                tracing::warn!(%topic, partition, kafka = k, "PostgreSQL holds nothing of this partition although the group committed offsets (restored from before its first record): reading it from the beginning");
+                count("behind");
+            }
+            (Start::Beginning, _) => {
+                tracing::info!(%topic, partition, "PostgreSQL holds nothing of this partition: reading it from the beginning")
+            }
+            (Start::Kafka, Some(KafkaOffset::Others(k))) if Some(k) != database => {
+                tracing::warn!(%topic, partition, ?database, kafka = k, "another tool moved the group's offset in Kafka: following it (records loaded before are absorbed by their identity)");
                 count("moved_in_kafka");
             }
-            Some(KafkaOffset::Absent) => {
-                tracing::warn!(%topic, partition, database, "the group has no offset in Kafka here (the topic re-created, or its offsets deleted or expired): starting where Kafka starts it, not at PostgreSQL's position, which may belong to another log; records loaded before are absorbed by their identity");
+            (Start::Kafka, Some(KafkaOffset::Absent)) if database.is_some() => {
+                tracing::warn!(%topic, partition, ?database, "the group has no offset in Kafka here (the topic re-created, or its offsets deleted or expired): starting where Kafka starts it, not at PostgreSQL's position, which may belong to another log; records loaded before are absorbed by their identity");
                 count("no_kafka_offset");
             }
-            _ => {
-                tracing::info!(%topic, partition, offset = database, "starting from PostgreSQL's position")
+            (Start::Kafka, _) => {
+                tracing::info!(%topic, partition, "starting from the group's offset in Kafka")
             }
         }
     }

@@ -8,11 +8,12 @@
 //! `kafka-consumer-groups --reset-offsets`, which the loaders follow as they always did).
 
 use super::Pipeline;
-use crate::consumer::{self, KafkaOffset};
+use crate::consumer;
 use crate::events::{DatabaseNotReady, StartedFromDatabase};
-use crate::sink::offsets;
+use crate::sink::offsets::{self, KafkaOffset, Start};
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, Outage, retry};
+use rdkafka::Offset;
 use std::collections::BTreeMap;
 
 impl Pipeline {
@@ -22,51 +23,74 @@ impl Pipeline {
     pub(super) async fn take_assignment(&self, parts: &[(String, i32)]) -> Result<(), Cancelled> {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let (pool, group, topic) = (self.sinks.pool(), &self.config.group_id, &self.config.topic);
+        // The stored positions, and which partitions without one the database holds records
+        // of (loaded before positions were stored: the upgrade that added them).
+        let unplaced: Vec<i32> = parts
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| *p)
+            .collect();
         let load = || async {
             let mut conn = pool.acquire().await.map_err(Outage)?;
-            offsets::load(&mut conn, group, topic).await.map_err(Outage)
+            let stored = offsets::load(&mut conn, group, topic)
+                .await
+                .map_err(Outage)?;
+            let missing: Vec<i32> = unplaced
+                .iter()
+                .copied()
+                .filter(|p| !stored.contains_key(p))
+                .collect();
+            let loaded_before = offsets::partitions_with_records(&mut conn, topic, &missing)
+                .await
+                .map_err(Outage)?;
+            Ok((stored, loaded_before))
         };
-        let stored = retry(&self.shutdown, backoff, load, |Outage(error), retry_in| {
+        let read = retry(&self.shutdown, backoff, load, |Outage(error), retry_in| {
             self.telemetry.emit(DatabaseNotReady {
                 error: &anyhow::anyhow!("reading the stored positions: {error}"),
                 retry_in,
             });
         });
-        let stored = self.liveness.waiting(stored).await.map_err(|_| Cancelled)?;
-        let held: Vec<(String, i32)> = parts
-            .iter()
-            .filter(|(t, p)| *t == *topic && stored.contains_key(p))
-            .cloned()
-            .collect();
+        let (stored, loaded_before) = self.liveness.waiting(read).await.map_err(|_| Cancelled)?;
         // Kafka's side, to tell a re-created topic from a restored database (and to log which).
-        let kafka = if held.is_empty() {
-            Ok(BTreeMap::new())
-        } else {
-            let (c, asked) = (self.consumer.clone(), held.clone());
-            tokio::task::spawn_blocking(move || consumer::committed_in_kafka(&c, &asked))
-                .await
-                .map_err(|_| Cancelled)?
-        };
+        let (c, asked) = (self.consumer.clone(), parts.to_vec());
+        let kafka = tokio::task::spawn_blocking(move || consumer::committed_in_kafka(&c, &asked))
+            .await
+            .map_err(|_| Cancelled)?;
         let mut starts = BTreeMap::new();
-        for (t, p) in &held {
-            let database = stored[p].next_offset;
+        for (t, p) in parts {
+            if t != topic {
+                continue;
+            }
             let in_kafka = kafka.as_ref().ok().map(|k| {
                 k.get(&(t.clone(), *p))
                     .copied()
                     .unwrap_or(KafkaOffset::Absent)
             });
+            let position = stored.get(p).map(|s| s.next_offset);
+            let start = offsets::start_of(position, loaded_before.contains(p), in_kafka);
             self.telemetry.emit(StartedFromDatabase {
                 topic: t,
                 partition: *p,
-                database,
+                database: position,
                 kafka: in_kafka,
+                start,
             });
-            // Unknown (the broker did not answer in time): the database's position.
-            if matches!(in_kafka, None | Some(KafkaOffset::Loaders(_))) {
-                starts.insert((t.clone(), *p), database);
-            }
+            match start {
+                Start::At(offset) => starts.insert((t.clone(), *p), Offset::Offset(offset)),
+                Start::Beginning => starts.insert((t.clone(), *p), Offset::Beginning),
+                Start::Kafka => None,
+            };
         }
-        if let Err(e) = consumer::assign_at(&self.consumer, parts, &starts) {
+        self.assign(parts, &starts)
+    }
+
+    fn assign(
+        &self,
+        parts: &[(String, i32)],
+        starts: &BTreeMap<(String, i32), Offset>,
+    ) -> Result<(), Cancelled> {
+        if let Err(e) = consumer::assign_at(&self.consumer, parts, starts) {
             tracing::error!(error = %format!("{e:#}"), partitions = ?parts, "cannot take the assigned partitions");
         }
         Ok(())

@@ -30,6 +30,47 @@ pub struct Stored {
     pub updated_by: String,
 }
 
+/// A group's committed offset in Kafka, and whether a loader committed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaOffset {
+    /// The group has no offset here.
+    Absent,
+    /// Committed by a loader (its commits carry a stamp as metadata).
+    Loaders(i64),
+    /// Committed by another tool (`kafka-consumer-groups --reset-offsets`, `rpk group seek`,
+    /// MirrorMaker's offset sync): an operator's move.
+    Others(i64),
+}
+
+/// Where a partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this offset: the position stored in PostgreSQL.
+    At(i64),
+    /// At the partition's first retained record.
+    Beginning,
+    /// Where Kafka starts it: the group's committed offset, else the earliest.
+    Kafka,
+}
+
+/// Where a partition starts, from the position stored for it (if any), whether `raw_data`
+/// holds any of its records, and the group's offset in Kafka (`None`: it could not be read).
+/// The stored position, except: an operator's move in Kafka is followed; a group with no offset
+/// in Kafka (the topic re-created, offsets deleted or expired) starts where Kafka starts it,
+/// since the stored position may describe another log; without a stored position, records in
+/// the database mean they were loaded before positions were stored (Kafka decides, as it did),
+/// and none mean the database has loaded nothing of the partition (the beginning, whatever the
+/// loaders committed: a database restored from before its first record).
+pub fn start_of(stored: Option<i64>, holds_records: bool, kafka: Option<KafkaOffset>) -> Start {
+    match (stored, kafka) {
+        (_, Some(KafkaOffset::Others(_))) => Start::Kafka,
+        (Some(_), Some(KafkaOffset::Absent)) => Start::Kafka,
+        (Some(position), _) => Start::At(position),
+        (None, _) if holds_records => Start::Kafka,
+        (None, _) => Start::Beginning,
+    }
+}
+
 /// Writes `positions` (last writer wins: a replay moves them back on purpose, and a zombie
 /// writing an older position only makes its successor read again what the identity absorbs).
 pub async fn store(conn: &mut PgConnection, positions: &Positions) -> sqlx::Result<()> {
@@ -88,4 +129,60 @@ pub async fn load(
             ))
         })
         .collect()
+}
+
+/// Of `partitions` of `topic`, those `raw_data` holds any record of (an index probe each).
+pub async fn partitions_with_records(
+    conn: &mut PgConnection,
+    topic: &str,
+    partitions: &[i32],
+) -> sqlx::Result<Vec<i32>> {
+    let mut held = Vec::new();
+    for p in partitions {
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM raw_data WHERE topic = $1 AND kafka_partition = $2)",
+        )
+        .bind(topic)
+        .bind(p)
+        .fetch_one(&mut *conn)
+        .await?;
+        if any {
+            held.push(*p);
+        }
+    }
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_starts_where_the_rules_say() {
+        use KafkaOffset::*;
+        let cases = [
+            // restored behind the loaders' commit, or their commit lost: the database's
+            (Some(4), true, Some(Loaders(8)), Start::At(4)),
+            (Some(8), true, Some(Loaders(4)), Start::At(8)),
+            // the broker did not answer: the database's
+            (Some(4), true, None, Start::At(4)),
+            // an operator moved it with Kafka's tools: followed
+            (Some(4), true, Some(Others(0)), Start::Kafka),
+            (None, false, Some(Others(7)), Start::Kafka),
+            // no offset in Kafka (re-created topic, offsets gone): Kafka's start
+            (Some(3), true, Some(Absent), Start::Kafka),
+            // loaded before positions were stored: Kafka, as before
+            (None, true, Some(Loaders(5)), Start::Kafka),
+            // nothing of it in the database: from the beginning
+            (None, false, Some(Loaders(5)), Start::Beginning),
+            (None, false, Some(Absent), Start::Beginning),
+        ];
+        for (stored, holds, kafka, want) in cases {
+            assert_eq!(
+                start_of(stored, holds, kafka),
+                want,
+                "{stored:?} {holds} {kafka:?}"
+            );
+        }
+    }
 }
