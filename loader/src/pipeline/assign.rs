@@ -76,6 +76,14 @@ impl Pipeline {
                 kafka: in_kafka,
                 start,
             });
+            let behind = match (start, in_kafka) {
+                (Start::At(d), Some(KafkaOffset::Loaders(k))) => k > d,
+                (Start::Beginning, Some(KafkaOffset::Loaders(_))) => true,
+                _ => false,
+            };
+            if behind {
+                self.adopt_orphans(t, *p).await?;
+            }
             match start {
                 Start::At(offset) => starts.insert((t.clone(), *p), Offset::Offset(offset)),
                 Start::Beginning => starts.insert((t.clone(), *p), Offset::Beginning),
@@ -83,6 +91,33 @@ impl Pipeline {
             };
         }
         self.assign(parts, &starts)
+    }
+
+    /// The database is behind the loaders' commits (restored): before the partition's records
+    /// are read again, its lake files the ledger does not know are adopted
+    /// ([`crate::sink::Rolls::adopt_orphans`]), so the records they hold are not rolled twice.
+    /// An outage is waited out; a file that cannot be adopted after a few tries is logged and
+    /// left (its records may then be in the tables twice).
+    async fn adopt_orphans(&self, topic: &str, partition: i32) -> Result<(), Cancelled> {
+        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        for attempt in 1..=5 {
+            match self.sinks.rolls().adopt_orphans(topic, partition).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt == 5 => {
+                    tracing::error!(%topic, partition, error = %format!("{e:#}"), "cannot adopt the lake's files the restored database does not know; their records may be in the tables twice");
+                }
+                Err(e) => {
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(%topic, partition, error = %format!("{e:#}"), ?retry_in, "cannot adopt the lake's files yet");
+                    etl_common::retry::until_cancelled(
+                        &self.shutdown,
+                        tokio::time::sleep(retry_in),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn assign(

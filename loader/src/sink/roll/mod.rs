@@ -353,6 +353,7 @@ pub fn plan(
 
 mod compact;
 mod lease;
+mod orphans;
 mod paths;
 mod publish;
 
