@@ -73,12 +73,7 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             .map(|(p, o)| ((topic.clone(), *p), *o))
             .collect(),
     };
-    let url = t.db.url()?;
-    let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("cannot reach PostgreSQL (DATABASE_URL)")?;
+    let mut conn = connect(&t).await?;
     offsets::store(&mut conn, &positions)
         .await
         .context("cannot move the positions stored in PostgreSQL")?;
@@ -91,18 +86,24 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One connection to the database of `t`'s group.
+async fn connect(
+    t: &crate::config::GroupTopic,
+) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let url = t.db.url()?;
+    let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
+    pool.acquire()
+        .await
+        .context("cannot reach PostgreSQL (DATABASE_URL)")
+}
+
 /// The group's positions stored in PostgreSQL, by partition, and which of `partitions`
 /// without one `raw_data` holds records of.
 async fn stored_positions(
     t: &crate::config::GroupTopic,
     partitions: &[i32],
 ) -> anyhow::Result<(BTreeMap<i32, offsets::Stored>, Vec<i32>)> {
-    let url = t.db.url()?;
-    let pool = crate::sink::lazy_pool(url.expose_secret(), 1)?;
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("cannot reach PostgreSQL (DATABASE_URL)")?;
+    let mut conn = connect(t).await?;
     let stored = offsets::load(&mut conn, &t.group.group, &t.topic.topic)
         .await
         .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")?;
