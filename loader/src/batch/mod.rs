@@ -134,13 +134,6 @@ pub enum Rebalanced {
     Assigned(Vec<(String, i32)>),
 }
 
-/// Whether any of `events` revokes `partition`.
-pub fn revoked_later(events: &[Rebalanced], partition: &(String, i32)) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, Rebalanced::Revoked(parts) if parts.contains(partition)))
-}
-
 /// Records gathering towards a flush.
 #[derive(Debug, Default)]
 pub struct Batch {

@@ -187,16 +187,3 @@ async fn linger_closes_a_batch_once_records_stop_arriving() {
     let opened = b.opened.unwrap();
     assert_eq!(b.deadline(age, linger), Some(opened + age));
 }
-
-#[test]
-fn a_revocation_later_in_the_same_poll_is_found() {
-    let p = |n| ("t".to_string(), n);
-    let later = [
-        Rebalanced::Assigned(vec![p(2)]),
-        Rebalanced::Revoked(vec![p(0), p(2)]),
-    ];
-    assert!(revoked_later(&later, &p(0)));
-    assert!(revoked_later(&later, &p(2)));
-    assert!(!revoked_later(&later, &p(1)));
-    assert!(!revoked_later(&[], &p(0)));
-}

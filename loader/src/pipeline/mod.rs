@@ -255,23 +255,13 @@ impl Pipeline {
     /// record of its new assignment. A deferred assignment is taken here, from the positions
     /// PostgreSQL holds ([`Pipeline::take_assignment`]); `Cancelled` if shutdown came first.
     async fn apply_rebalances(&mut self, batch: &mut Batch) -> Result<(), Cancelled> {
-        let events = self.consumer.context().take_events();
-        for (i, event) in events.iter().enumerate() {
-            let records = batch.apply(event);
+        for event in self.consumer.context().take_events() {
+            let records = batch.apply(&event);
             self.telemetry.emit(RevokedRecordsDropped { records });
-            if let batch::Rebalanced::Assigned(parts) = event
+            if let batch::Rebalanced::Assigned(parts) = &event
                 && self.consumer.context().defers_assignments()
             {
-                // Revoked again before we took them (the callback found nothing to give
-                // back): not ours to take.
-                let still: Vec<(String, i32)> = parts
-                    .iter()
-                    .filter(|p| !batch::revoked_later(&events[i + 1..], p))
-                    .cloned()
-                    .collect();
-                if !still.is_empty() {
-                    self.take_assignment(&still).await?;
-                }
+                self.take_assignment(parts).await?;
             }
         }
         Ok(())
