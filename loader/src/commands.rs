@@ -171,9 +171,10 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
             }
             // The loaders stamp their commits; a commit without the stamp is another tool's.
             (None, Some(o)) => {
-                let kafka = match c.and_then(|c| c.committed_at.as_ref()) {
-                    Some(_) => KafkaOffset::Loaders(o),
-                    None => KafkaOffset::Others(o),
+                let kafka = if c.is_some_and(|c| c.by_loader) {
+                    KafkaOffset::Loaders(o)
+                } else {
+                    KafkaOffset::Others(o)
                 };
                 offsets::start_of(database, holding.contains(p), Some(kafka))
             }

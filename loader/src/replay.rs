@@ -84,6 +84,9 @@ pub struct Committed {
     pub offset: Option<i64>,
     /// When the loader committed it (from the commit's metadata; other tools leave none).
     pub committed_at: Option<String>,
+    /// Whether a loader committed it (its stamp, [`crate::consumer::is_loaders_stamp`]), not
+    /// another tool: an operator's move, which the loaders follow.
+    pub by_loader: bool,
 }
 
 /// One partition of a replay plan.
@@ -201,6 +204,7 @@ impl GroupOffsets {
                     Committed {
                         offset,
                         committed_at,
+                        by_loader: crate::consumer::is_loaders_stamp(e.metadata()),
                     },
                 )
             })
