@@ -37,8 +37,8 @@ pub async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     };
     // Where the loaders resume today: PostgreSQL's position, else the group's Kafka offset.
     for p in &mut plan {
-        if let Some(s) = stored.get(&p.partition) {
-            p.current = Some(s.next_offset);
+        if let Some(position) = stored.get(&p.partition) {
+            p.current = Some(*position);
         }
     }
     if !known && stored.is_empty() && plan.iter().all(|p| p.current.is_none()) {
@@ -97,25 +97,16 @@ async fn connect(
         .context("cannot reach PostgreSQL (DATABASE_URL)")
 }
 
-/// The group's positions stored in PostgreSQL, by partition, and which of `partitions`
-/// without one `raw_data` holds records of.
+/// The group's positions stored in PostgreSQL, and which of `partitions` without one
+/// `raw_data` holds records of ([`offsets::read`]).
 async fn stored_positions(
     t: &crate::config::GroupTopic,
     partitions: &[i32],
-) -> anyhow::Result<(BTreeMap<i32, offsets::Stored>, Vec<i32>)> {
+) -> anyhow::Result<(BTreeMap<i32, i64>, Vec<i32>)> {
     let mut conn = connect(t).await?;
-    let stored = offsets::load(&mut conn, &t.group.group, &t.topic.topic)
+    offsets::read(&mut conn, &t.group.group, &t.topic.topic, partitions)
         .await
-        .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")?;
-    let missing: Vec<i32> = partitions
-        .iter()
-        .copied()
-        .filter(|p| !stored.contains_key(p))
-        .collect();
-    let holding = offsets::partitions_with_records(&mut conn, &t.topic.topic, &missing)
-        .await
-        .context("cannot read raw_data")?;
-    Ok((stored, holding))
+        .context("cannot read the positions stored in PostgreSQL (is the schema migrated? loader migrate)")
 }
 
 async fn blocking<T: Send + 'static>(
@@ -162,7 +153,7 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for (p, (low, high)) in partitions.iter().zip(marks) {
         let c = committed.get(p);
         let offset = c.and_then(|c| c.offset);
-        let database = stored.get(p).map(|s| s.next_offset);
+        let database = stored.get(p).copied();
         // Where the loaders start it, by their own rule (only when the database answered).
         let start = match (&database_error, offset) {
             (Some(_), _) => Start::Kafka,

@@ -23,27 +23,16 @@ impl Pipeline {
     pub(super) async fn take_assignment(&self, parts: &[(String, i32)]) -> Result<(), Cancelled> {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
         let (pool, group, topic) = (self.sinks.pool(), &self.config.group_id, &self.config.topic);
-        // The stored positions, and which partitions without one the database holds records
-        // of (loaded before positions were stored: the upgrade that added them).
-        let unplaced: Vec<i32> = parts
+        let mine: Vec<i32> = parts
             .iter()
             .filter(|(t, _)| t == topic)
             .map(|(_, p)| *p)
             .collect();
         let load = || async {
             let mut conn = pool.acquire().await.map_err(Outage)?;
-            let stored = offsets::load(&mut conn, group, topic)
+            offsets::read(&mut conn, group, topic, &mine)
                 .await
-                .map_err(Outage)?;
-            let missing: Vec<i32> = unplaced
-                .iter()
-                .copied()
-                .filter(|p| !stored.contains_key(p))
-                .collect();
-            let loaded_before = offsets::partitions_with_records(&mut conn, topic, &missing)
-                .await
-                .map_err(Outage)?;
-            Ok((stored, loaded_before))
+                .map_err(Outage)
         };
         let read = retry(&self.shutdown, backoff, load, |Outage(error), retry_in| {
             self.telemetry.emit(DatabaseNotReady {
@@ -67,7 +56,7 @@ impl Pipeline {
                     .copied()
                     .unwrap_or(KafkaOffset::Absent)
             });
-            let position = stored.get(p).map(|s| s.next_offset);
+            let position = stored.get(p).copied();
             let start = offsets::start_of(position, loaded_before.contains(p), in_kafka);
             self.telemetry.emit(StartedFromDatabase {
                 topic: t,
@@ -90,7 +79,10 @@ impl Pipeline {
                 Start::Kafka => None,
             };
         }
-        self.assign(parts, &starts)
+        if let Err(e) = consumer::assign_at(&self.consumer, parts, &starts) {
+            tracing::error!(error = %format!("{e:#}"), partitions = ?parts, "cannot take the assigned partitions");
+        }
+        Ok(())
     }
 
     /// The database is behind the loaders' commits (restored): before the partition's records
@@ -116,17 +108,6 @@ impl Pipeline {
                     .await?;
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn assign(
-        &self,
-        parts: &[(String, i32)],
-        starts: &BTreeMap<(String, i32), Offset>,
-    ) -> Result<(), Cancelled> {
-        if let Err(e) = consumer::assign_at(&self.consumer, parts, starts) {
-            tracing::error!(error = %format!("{e:#}"), partitions = ?parts, "cannot take the assigned partitions");
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! write PostgreSQL (rows and the batch's next offsets, one transaction) → commit offsets to
 //! Kafka → roll the Parquet files that are due. Offsets are committed once the batch is in
 //! PostgreSQL, so a crash before re-delivers the batch and the natural keys absorb it; a
-//! partition taken starts from PostgreSQL's stored offset ([`crate::positions`]), so a
+//! partition taken starts from PostgreSQL's stored offset ([`assign`]), so a
 //! database restored behind the group reads again what it lost. Records waiting for a Parquet
 //! roll are held by PostgreSQL's ledger, not by uncommitted offsets (see [`crate::sink::roll`]).
 //!

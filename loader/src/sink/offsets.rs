@@ -4,8 +4,7 @@
 //! missed the last commits — its offsets match its rows, and a loader taking a partition starts
 //! from here rather than from the offset committed to Kafka. See docs/DESIGN.md, "Offsets".
 
-use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
 /// A batch's positions: for `group`, per (topic, partition), the next offset to read.
@@ -17,17 +16,6 @@ pub struct Positions {
     pub by: String,
     /// Next offset per (topic, partition).
     pub next: BTreeMap<(String, i32), i64>,
-}
-
-/// A position as PostgreSQL holds it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Stored {
-    /// The next offset to read.
-    pub next_offset: i64,
-    /// When it was written.
-    pub updated_at: DateTime<Utc>,
-    /// Who wrote it: `loader <pid>` or `loader replay`.
-    pub updated_by: String,
 }
 
 /// A group's committed offset in Kafka, and whether a loader committed it.
@@ -77,16 +65,9 @@ pub async fn store(conn: &mut PgConnection, positions: &Positions) -> sqlx::Resu
     if positions.next.is_empty() {
         return Ok(());
     }
-    let (topics, parts, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = positions
-        .next
-        .iter()
-        .map(|((t, p), o)| (t.as_str(), *p, *o))
-        .fold(Default::default(), |(mut t, mut p, mut o), (a, b, c)| {
-            t.push(a);
-            p.push(b);
-            o.push(c);
-            (t, p, o)
-        });
+    let topics: Vec<&str> = positions.next.keys().map(|(t, _)| t.as_str()).collect();
+    let parts: Vec<i32> = positions.next.keys().map(|(_, p)| *p).collect();
+    let offsets: Vec<i64> = positions.next.values().copied().collect();
     sqlx::query(
         "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset, updated_by)
          SELECT $1, t, p, o, $5 FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS x(t, p, o)
@@ -103,36 +84,36 @@ pub async fn store(conn: &mut PgConnection, positions: &Positions) -> sqlx::Resu
     Ok(())
 }
 
-/// The positions PostgreSQL holds for `group` on `topic`, by partition.
-pub async fn load(
+/// The positions PostgreSQL holds for `group` on `topic` (the next offset, by partition), and
+/// which of `partitions` without one `raw_data` holds records of (loaded before positions were
+/// stored): what [`start_of`] needs from the database.
+pub async fn read(
     conn: &mut PgConnection,
     group: &str,
     topic: &str,
-) -> sqlx::Result<BTreeMap<i32, Stored>> {
-    let rows = sqlx::query(
-        "SELECT kafka_partition, next_offset, updated_at, updated_by FROM consumer_offsets
+    partitions: &[i32],
+) -> sqlx::Result<(BTreeMap<i32, i64>, Vec<i32>)> {
+    let stored: BTreeMap<i32, i64> = sqlx::query_as(
+        "SELECT kafka_partition, next_offset FROM consumer_offsets
          WHERE group_id = $1 AND topic = $2",
     )
     .bind(group)
     .bind(topic)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                Stored {
-                    next_offset: r.try_get(1)?,
-                    updated_at: r.try_get(2)?,
-                    updated_by: r.try_get(3)?,
-                },
-            ))
-        })
-        .collect()
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let missing: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !stored.contains_key(p))
+        .collect();
+    let holding = partitions_with_records(conn, topic, &missing).await?;
+    Ok((stored, holding))
 }
 
 /// Of `partitions` of `topic`, those `raw_data` holds any record of (an index probe each).
-pub async fn partitions_with_records(
+async fn partitions_with_records(
     conn: &mut PgConnection,
     topic: &str,
     partitions: &[i32],
