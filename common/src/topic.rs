@@ -14,6 +14,7 @@
 
 use crate::backoff::Backoff;
 use crate::retry::{self, GaveUp, Transient};
+use crate::status::Liveness;
 use anyhow::Context;
 use clap::Args;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -255,6 +256,37 @@ pub async fn ensure(
         },
     )
     .await
+}
+
+/// [`ensure`] as a service's start-up runs it: the loop beating (`liveness`) while a broker
+/// outage is waited out (`on_retry` hears of each attempt), what was found logged. `Ok(None)`
+/// when shutdown came first; an error when the topic cannot take the service's records.
+pub async fn check(
+    admin: &TopicAdmin,
+    wanted: &Wanted,
+    shutdown: &CancellationToken,
+    backoff: Backoff,
+    liveness: &Liveness,
+    on_retry: impl FnMut(&anyhow::Error, Duration),
+) -> anyhow::Result<Option<Checked>> {
+    let ensured = ensure(admin, wanted, shutdown, backoff, on_retry);
+    match liveness
+        .waiting(retry::until_cancelled(shutdown, ensured))
+        .await
+    {
+        Ok(Ok(checked)) => {
+            tracing::info!(
+                topic = %wanted.topic,
+                created = checked.created,
+                max_message_bytes = checked.limit,
+                largest_record = wanted.sizing.largest_record(),
+                "topic checked"
+            );
+            Ok(Some(checked))
+        }
+        Ok(Err(GaveUp::Permanent(e))) => Err(anyhow::Error::new(e)),
+        Ok(Err(GaveUp::Cancelled)) | Err(_) => Ok(None),
+    }
 }
 
 /// How long one admin request may take before it counts as an outage and is retried.

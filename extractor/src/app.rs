@@ -12,7 +12,7 @@ use crate::publish::{Publisher, RawMessage};
 use crate::source::{Fetched, Source};
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
-use etl_common::retry::{GaveUp, until_cancelled};
+use etl_common::retry::until_cancelled;
 use etl_common::status::{self, Liveness, Readiness};
 use etl_common::topic::{self, TopicAdmin, Wanted};
 use std::collections::HashMap;
@@ -442,31 +442,22 @@ async fn check_topic(
         create: config.topic_create.clone(),
         sizing: crate::topic::sizing(config.results),
     };
-    let check = topic::ensure(
+    let checked = topic::check(
         admin,
         &wanted,
         shutdown,
         Backoff::new(config.backoff_base, config.backoff_max),
+        liveness,
         |e, delay| {
             readiness.set_failed("topic", format!("{e:#}"));
             tracing::warn!(topic = %config.topic, error = format!("{e:#}"), retry_in = ?delay, "cannot check the topic yet; retrying");
         },
-    );
-    match liveness.waiting(until_cancelled(shutdown, check)).await {
-        Ok(Ok(checked)) => {
-            readiness.set_ok("topic");
-            tracing::info!(
-                topic = %config.topic,
-                created = checked.created,
-                max_message_bytes = checked.limit,
-                largest_record = wanted.sizing.largest_record(),
-                "topic checked"
-            );
-            Ok(Some(checked))
-        }
-        Ok(Err(GaveUp::Permanent(e))) => Err(anyhow::Error::new(e)),
-        Ok(Err(GaveUp::Cancelled)) | Err(_) => Ok(None),
+    )
+    .await?;
+    if checked.is_some() {
+        readiness.set_ok("topic");
     }
+    Ok(checked)
 }
 
 /// What a `MessageSizeTooLarge` at publish means: the topic's limit (when the start-up check

@@ -11,7 +11,6 @@ use crate::sink::{self, Rolls, Sinks};
 use anyhow::Context;
 use etl_common::backoff::Backoff;
 use etl_common::config::redact_url;
-use etl_common::retry::{GaveUp, until_cancelled};
 use etl_common::status::{self, Liveness};
 use etl_common::topic::{self, RECORD_OVERHEAD_BYTES, Sizing, TopicAdmin, Wanted};
 use rdkafka::consumer::Consumer;
@@ -226,30 +225,19 @@ async fn check_dlq(
             },
         },
     };
-    let check = topic::ensure(
+    let checked = topic::check(
         admin,
         &wanted,
         shutdown,
         Backoff::new(config.backoff_base, config.backoff_max),
+        liveness,
         |e, delay| {
             telemetry.failed(crate::events::Check::Kafka, format!("{e:#}"));
             tracing::warn!(topic = %config.dlq_topic, error = format!("{e:#}"), retry_in = ?delay, "cannot check the dead-letter topic yet; retrying");
         },
-    );
-    match liveness.waiting(until_cancelled(shutdown, check)).await {
-        Ok(Ok(checked)) => {
-            tracing::info!(
-                topic = %config.dlq_topic,
-                created = checked.created,
-                max_message_bytes = checked.limit,
-                largest_dead_letter = wanted.sizing.largest_record(),
-                "dead-letter topic checked"
-            );
-            Ok(true)
-        }
-        Ok(Err(GaveUp::Permanent(e))) => Err(anyhow::Error::new(e)),
-        Ok(Err(GaveUp::Cancelled)) | Err(_) => Ok(false),
-    }
+    )
+    .await?;
+    Ok(checked.is_some())
 }
 
 /// Checks, beside the load and without holding it up, that the store honours conditional
