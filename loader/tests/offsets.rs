@@ -23,6 +23,45 @@ fn loader_cli(db: &TestDb, args: &[&str]) -> std::process::Output {
         .expect("run the loader binary")
 }
 
+/// A `pg_dump` of a test database, in a file of its own.
+struct Dump {
+    dir: tempfile::TempDir,
+}
+
+impl Dump {
+    /// Dumps `db` as it is now (a consistent snapshot, taken while loaders write).
+    fn of(db: &TestDb) -> Dump {
+        let dump = Dump {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pg_tool(
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--dbname",
+                &db.url,
+                "--file",
+                &dump.file(),
+            ],
+        );
+        dump
+    }
+
+    fn file(&self) -> String {
+        self.dir.path().join("etl.dump").display().to_string()
+    }
+
+    /// A new test database restored from the dump.
+    async fn restore(&self) -> TestDb {
+        let restored = TestDb::new().await;
+        pg_tool(
+            "pg_restore",
+            &["--no-owner", "--dbname", &restored.url, &self.file()],
+        );
+        restored
+    }
+}
+
 /// Runs a PostgreSQL client tool, failing the test with its output if it fails.
 fn pg_tool(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -66,18 +105,7 @@ async fn a_database_restored_behind_the_group_reads_again_what_it_lost() {
         users(&db).await.0 == 80
     })
     .await;
-    let dump = tempfile::tempdir().unwrap();
-    let file = dump.path().join("etl.dump");
-    pg_tool(
-        "pg_dump",
-        &[
-            "--format=custom",
-            "--dbname",
-            &db.url,
-            "--file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let dump = Dump::of(&db);
     run_extractor(&stub.url(), &topic, 4, 20).await;
     eventually(Duration::from_secs(60), "160 users loaded", || async {
         users(&db).await.0 == 160
@@ -93,16 +121,7 @@ async fn a_database_restored_behind_the_group_reads_again_what_it_lost() {
     assert_eq!(committed, 8, "the group committed all 8 records to Kafka");
 
     // The database comes back from the dump: 80 users, its positions at 4 records.
-    let restored = TestDb::new().await;
-    pg_tool(
-        "pg_restore",
-        &[
-            "--no-owner",
-            "--dbname",
-            &restored.url,
-            file.to_str().unwrap(),
-        ],
-    );
+    let restored = dump.restore().await;
     assert_eq!(users(&restored).await, (80, 80));
     let status = loader_cli(
         &restored,
@@ -264,18 +283,7 @@ async fn a_lake_ahead_of_a_restored_database_is_adopted_not_rolled_twice() {
             && published(&db).await >= 1
     })
     .await;
-    let dump = tempfile::tempdir().unwrap();
-    let file = dump.path().join("etl.dump");
-    pg_tool(
-        "pg_dump",
-        &[
-            "--format=custom",
-            "--dbname",
-            &db.url,
-            "--file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let dump = Dump::of(&db);
     let files_at_dump = published(&db).await;
     // Three more records, each rolled into a file of its own.
     for i in 1..=3 {
@@ -291,16 +299,7 @@ async fn a_lake_ahead_of_a_restored_database_is_adopted_not_rolled_twice() {
     }
     loader.shutdown().await;
 
-    let restored = TestDb::new().await;
-    pg_tool(
-        "pg_restore",
-        &[
-            "--no-owner",
-            "--dbname",
-            &restored.url,
-            file.to_str().unwrap(),
-        ],
-    );
+    let restored = dump.restore().await;
     assert_eq!(users(&restored).await, (40, 40));
     let loader = RunningLoader::start(config(&restored)).await;
     eventually(Duration::from_secs(60), "100 users again, all rolled", || async {
