@@ -1,9 +1,12 @@
 //! Rebalance stall: one real loader loads a topic of its own steadily; when a third of it is
 //! loaded a second loader joins the group, and when two thirds are loaded (and the newcomer has
 //! loaded something) the first one gets SIGTERM and leaves. The group's records/s is sampled
-//! from its committed offsets (summed over the partitions: a member that left still counts), and
-//! for each membership change the report says how long the rate stayed under half the steady
-//! one-member rate.
+//! from the positions its batches store in PostgreSQL (`consumer_offsets`, written in each
+//! batch's own transaction: what a loader restarts from, so what the group has durably loaded),
+//! summed over the partitions so a member that left still counts; and for each membership change
+//! the report says how long the rate stayed under half the steady one-member rate. The offsets
+//! committed to Kafka are sampled beside them: a commit made while the group rebalances is
+//! refused and only the next batch's carries the progress, so Kafka's figure lags the data.
 //!
 //! The loader commits in batches (about a second each at full size), so the rate is judged over
 //! a centred window (`--rebalance-window`) rather than per sample: a stall is known to about
@@ -48,8 +51,10 @@ pub struct Rebalance {
     pub sample: Duration,
     /// The window the rate is judged over (`--rebalance-window`, or longer: [`judging_window`]).
     pub window: Duration,
-    /// (time from the step's start, records the group has committed so far).
+    /// (time from the step's start, records the group has stored positions past so far).
     pub samples: Vec<(Duration, f64)>,
+    /// (time from the step's start, records below the group's offsets committed to Kafka).
+    pub kafka_samples: Vec<(Duration, f64)>,
     /// Records/s of the first member alone before the join, if long enough to tell.
     pub steady: Option<f64>,
     /// The second member's start, if the topic lasted that long.
@@ -58,6 +63,8 @@ pub struct Rebalance {
     pub joiner_first: Option<Duration>,
     /// The first member's SIGTERM, if the topic lasted that long.
     pub leave: Option<Change>,
+    /// The same two changes judged on the offsets committed to Kafka.
+    pub kafka: (Option<Change>, Option<Change>),
     /// When the group had committed the end of every partition.
     pub done: Duration,
 }
@@ -101,6 +108,8 @@ async fn run(
     let t0 = Instant::now();
     let mut members = vec![spawn(1)?];
     let mut samples = Vec::new();
+    let mut kafka_samples = Vec::new();
+    let stored = StoredPositions::new(&db.url, &group_id, topic_name).await?;
     let (mut join_at, mut leave_at, mut joiner_first) = (None, None, None);
     // A zero sample or window would spin or divide by zero: at least 10 ms, and one sample.
     let sample = config.rebalance_sample.max(Duration::from_millis(10));
@@ -123,9 +132,11 @@ async fn run(
                 joiner.read_counters().await;
             }
             let now = t0.elapsed();
-            let loaded = crate::kafka::committed_records(&offsets, &topic.ends)? as f64;
+            let in_kafka = crate::kafka::committed_records(&offsets, &topic.ends)? as f64;
+            kafka_samples.push((now, in_kafka));
+            let loaded = stored.records().await? as f64;
             samples.push((now, loaded));
-            if loaded >= total {
+            if loaded >= total && in_kafka >= total {
                 return Ok(now);
             }
             if join_at.is_none() && loaded >= total / 3.0 {
@@ -156,24 +167,81 @@ async fn run(
 
     let window = join_at.map_or(floor, |j| judging_window(&samples, j, floor));
     let steady = join_at.and_then(|j| steady_rate(&samples, j, window));
-    let change = |at: Duration, until: Duration| Change {
-        at,
-        dip: steady.and_then(|s| dip(&samples, window, s, at, until)),
+    let changes = |samples: &[(Duration, f64)]| {
+        let window = join_at.map_or(floor, |j| judging_window(samples, j, floor));
+        let steady = join_at.and_then(|j| steady_rate(samples, j, window));
+        let change = |at: Duration, until: Duration| Change {
+            at,
+            dip: steady.and_then(|s| dip(samples, window, s, at, until)),
+        };
+        (
+            join_at.map(|j| change(j, leave_at.unwrap_or(done))),
+            leave_at.map(|l| change(l, done)),
+        )
     };
-    let join = join_at.map(|j| change(j, leave_at.unwrap_or(done)));
-    let leave = leave_at.map(|l| change(l, done));
+    let (join, leave) = changes(&samples);
+    let kafka = changes(&kafka_samples);
+    stored.close().await;
     Ok(Rebalance {
         records: topic.records.len(),
         users: topic.users,
         sample,
         window,
         samples,
+        kafka_samples,
         steady,
         join,
         joiner_first,
         leave,
+        kafka,
         done,
     })
+}
+
+/// The group's positions as its batches store them in PostgreSQL.
+struct StoredPositions {
+    pool: sqlx::PgPool,
+    group: String,
+    topic: String,
+}
+
+impl StoredPositions {
+    async fn new(url: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .context("connecting to the rebalance step's database")?;
+        Ok(Self {
+            pool,
+            group: group.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Records below the stored positions (the topic starts at 0); 0 until the first loader has
+    /// created the table.
+    async fn records(&self) -> anyhow::Result<i64> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('consumer_offsets') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .context("looking for consumer_offsets")?;
+        if !exists {
+            return Ok(0);
+        }
+        sqlx::query_scalar(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .fetch_one(&self.pool)
+        .await
+        .context("reading the stored positions")
+    }
+
+    async fn close(self) {
+        self.pool.close().await;
+    }
 }
 
 /// Records loaded at `t`: the last sample at or before it.
@@ -300,7 +368,7 @@ impl Rebalance {
         let marks: String = marks.into_iter().collect();
         let label = secs(end);
         format!(
-            "records/s committed, one column per {per:.2} s, █ = {peak:.0}/s, · = none; J join, L leave\n{bars}\n{}\n0 s{label:>width$}\n",
+            "records/s loaded (positions stored), one column per {per:.2} s, █ = {peak:.0}/s, · = none; J join, L leave\n{bars}\n{}\n0 s{label:>width$}\n",
             marks.trim_end(),
             width = columns.saturating_sub(3).max(label.len() + 1)
         )
@@ -331,9 +399,31 @@ impl Rebalance {
             "  - {}",
             self.describe("SIGTERM to the 1st loader", &self.leave)
         );
+        let kafka = |c: &Option<Change>| match c {
+            Some(Change {
+                dip:
+                    Some(Dip {
+                        start,
+                        end: Some(end),
+                    }),
+                ..
+            }) => format!("under half for {}", secs(end.saturating_sub(*start))),
+            Some(Change {
+                dip: Some(Dip { end: None, .. }),
+                ..
+            }) => "under half until the next change or the end".to_string(),
+            Some(Change { dip: None, .. }) => "never under half".to_string(),
+            None => "—".to_string(),
+        };
         let _ = writeln!(
             s,
-            "  - the group committed the end of every partition at {}\n",
+            "  - judged on the offsets committed to Kafka instead (a commit refused during the rebalance is carried by the next batch's): join {}, leave {}",
+            kafka(&self.kafka.0),
+            kafka(&self.kafka.1)
+        );
+        let _ = writeln!(
+            s,
+            "  - the group had stored and committed the end of every partition at {}\n",
             secs(self.done)
         );
         let _ = writeln!(s, "```text\n{}```", self.chart());
@@ -387,6 +477,7 @@ mod tests {
             sample: ms(250),
             window: ms(2_000),
             samples: stalled(),
+            kafka_samples: stalled(),
             steady: Some(10.0),
             join: Some(Change {
                 at: ms(9_000),
@@ -397,6 +488,7 @@ mod tests {
                 at: ms(18_000),
                 dip: None,
             }),
+            kafka: (None, None),
             done: ms(24_750),
         };
         let chart = r.chart();

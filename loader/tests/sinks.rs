@@ -937,3 +937,22 @@ async fn vacuum_deletes_only_old_files_no_version_holds() {
     assert_eq!(read.rows, 222, "the table reads whole");
     db.drop_db().await;
 }
+
+/// Migration 8: the payloads a batch stores are lz4-compressed (pglz was most of what a raw row
+/// cost PostgreSQL), on a server built with lz4, as Debian's and the official images are.
+#[tokio::test]
+async fn payloads_are_stored_lz4_compressed() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = sinks(&db, dir.path()).await;
+    s.write(&records("t", 0..2)).await.unwrap();
+    let methods: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT pg_column_compression(payload), pg_column_compression(payload_text) FROM raw_data",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let lz4 = (Some("lz4".to_string()), Some("lz4".to_string()));
+    assert_eq!(methods, vec![lz4.clone(), lz4], "compression of (payload, payload_text)");
+    db.drop_db().await;
+}
