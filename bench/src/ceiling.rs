@@ -1,6 +1,6 @@
 //! The ceiling: PostgreSQL's own `COPY` of exactly the rows the loader writes for the topic
-//! (`raw_data` with its stripped JSONB payload and, waiting for its Parquet roll, the same payload
-//! as text; `processed_data`), into a fresh
+//! (`raw_data` with its stripped JSONB payload; waiting for its Parquet roll, the same payload as
+//! text in the unlogged `raw_payload_text`; `processed_data`), into a fresh
 //! database with the loader's schema and indexes, in one transaction per session. With N
 //! sessions (the ceiling of N loaders), N connections each COPY 1/N of the rows at once. Building
 //! the rows is not timed; sending them and committing is.
@@ -18,6 +18,8 @@ use std::time::Instant;
 pub struct CopyData {
     /// `raw_data` rows.
     pub raw: String,
+    /// `raw_payload_text` rows (the payload text waiting for its raw file).
+    pub waiting: String,
     /// `processed_data` rows.
     pub processed: String,
     /// Users in them.
@@ -49,6 +51,7 @@ pub fn rows_of<'a>(
 ) -> anyhow::Result<CopyData> {
     let now = Utc::now();
     let mut raw = String::new();
+    let mut waiting = String::new();
     let mut processed = String::new();
     let mut users = 0;
     for r in records {
@@ -70,12 +73,14 @@ pub fn rows_of<'a>(
         field(&mut raw, Some(&identity.key));
         let _ = write!(
             raw,
-            ",\\x{},{},true,",
+            ",\\x{},{},true",
             hex::encode(identity.digest),
             stored.len()
         );
-        field(&mut raw, Some(&stored));
         raw.push('\n');
+        let _ = write!(waiting, "{raw_id},");
+        field(&mut waiting, Some(&stored));
+        waiting.push('\n');
         for u in &rows {
             let _ = write!(processed, "{},{},", u.raw_id, u.user_index);
             for v in [
@@ -111,12 +116,14 @@ pub fn rows_of<'a>(
     }
     Ok(CopyData {
         raw,
+        waiting,
         processed,
         users,
     })
 }
 
-const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, record_key, payload_sha256, payload_bytes, parquet_pending, payload_text) FROM STDIN (FORMAT csv)";
+const COPY_RAW: &str = "COPY raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, payload, user_count, fetched_at, created_at, record_key, payload_sha256, payload_bytes, parquet_pending) FROM STDIN (FORMAT csv)";
+const COPY_WAITING: &str = "COPY raw_payload_text (raw_id, payload_text) FROM STDIN (FORMAT csv)";
 const COPY_PROCESSED: &str = "COPY processed_data (raw_id, user_index, user_uuid, full_name, title, first_name, last_name, email, gender, nationality, city, state, country, postcode, date_of_birth, registered_date, fetched_at, processed_at, created_at) FROM STDIN (FORMAT csv)";
 
 async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &str) -> anyhow::Result<u64> {
@@ -170,6 +177,7 @@ pub async fn measure(
             .zip(&shares)
             .map(|(conn, data)| async move {
                 let raw = copy(conn, COPY_RAW, &data.raw).await?;
+                copy(conn, COPY_WAITING, &data.waiting).await?;
                 let processed = copy(conn, COPY_PROCESSED, &data.processed).await?;
                 sqlx::raw_sql("COMMIT")
                     .execute(&mut *conn)

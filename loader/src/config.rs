@@ -298,6 +298,12 @@ pub struct RunConfig {
     /// of a response (a 5,000-user response is ~5.5 MB).
     #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_max_bytes: u64,
+    /// PostgreSQL transactions a batch is written in at once, its partitions shared between
+    /// them (each with its partitions' positions, so each is whole on its own): one backend
+    /// parses and indexes while the loader waits on it, two keep the database busy. Below
+    /// DATABASE_MAX_CONNECTIONS, which the Parquet rolls share.
+    #[arg(long = "batch-writers", env = "BATCH_WRITERS", value_name = "BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub batch_writers: u32,
     /// ...or when its oldest record is this old, even if nothing else arrives.
     #[arg(long = "batch-max-age", env = "BATCH_MAX_AGE", value_name = "BATCH_MAX_AGE", default_value = "5s", value_parser = parse_duration)]
     pub batch_max_age: Duration,
@@ -398,6 +404,13 @@ impl RunConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.session_timeout) {
             anyhow::bail!(
                 "KAFKA_SESSION_TIMEOUT must be between 1s and 5m (the broker's own limits apply too)"
+            );
+        }
+        if self.batch_writers >= self.db.max_connections {
+            anyhow::bail!(
+                "BATCH_WRITERS ({}) must be below DATABASE_MAX_CONNECTIONS ({}): the Parquet rolls need a connection too",
+                self.batch_writers,
+                self.db.max_connections
             );
         }
         if self.batch_linger.is_zero() {

@@ -198,8 +198,8 @@ fn assert_nowhere(seen: &str, secrets: &[(&str, &str)]) {
 }
 
 /// Least privilege: the owner migrates; `loader run` works as a role that may only read and write
-/// rows in its three tables (SELECT, INSERT, UPDATE — no DELETE, no DDL) and read the migration
-/// history, with LOADER_SKIP_MIGRATIONS.
+/// rows in its tables (SELECT, INSERT, UPDATE — no DELETE but of the copies waiting for their
+/// Parquet file, no DDL) and read the migration history, with LOADER_SKIP_MIGRATIONS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loader_run_needs_only_select_insert_update() {
     let db = TestDb::new().await;
@@ -213,6 +213,7 @@ async fn loader_run_needs_only_select_insert_update() {
         format!(
             "GRANT SELECT, INSERT, UPDATE ON raw_data, processed_data, parquet_files, consumer_offsets TO {role}"
         ),
+        format!("GRANT SELECT, INSERT, DELETE ON raw_payload_text TO {role}"),
         format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

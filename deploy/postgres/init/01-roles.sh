@@ -21,7 +21,8 @@ GRANT CONNECT ON DATABASE :"db" TO etl, etl_loader;
 GRANT USAGE ON SCHEMA public TO etl_loader;
 -- Tables do not exist yet (the migrate job creates them, as etl): grant ahead, on whatever
 -- etl creates in public. This also covers _sqlx_migrations, which the loader reads at start
--- to verify the schema. No DELETE, no TRUNCATE, no DDL for the loader.
+-- to verify the schema. No DELETE (but of raw_payload_text, which migration 9 grants), no
+-- TRUNCATE, no DDL for the loader.
 ALTER DEFAULT PRIVILEGES FOR ROLE etl IN SCHEMA public
   GRANT SELECT, INSERT, UPDATE ON TABLES TO etl_loader;
 SQL

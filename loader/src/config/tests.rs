@@ -55,6 +55,7 @@ fn defaults() {
     assert_eq!(c.batch_max_age, Duration::from_secs(5));
     assert_eq!(c.batch_linger, Duration::from_millis(50));
     assert_eq!(c.batch_max_bytes, 8 << 20);
+    assert_eq!(c.batch_writers, 2);
     assert_eq!(c.parquet.roll_max_bytes, 128 << 20);
     assert_eq!(c.parquet.roll_interval, Duration::from_secs(600));
     assert_eq!(c.parquet.url(&c.data_dir).unwrap().scheme(), "file");
@@ -68,6 +69,7 @@ fn bad_values_name_their_variable() {
         ("--batch-linger", "soon", "BATCH_LINGER"),
         ("--batch-max-bytes", "0", "BATCH_MAX_BYTES"),
         ("--batch-max-records", "0", "BATCH_MAX_RECORDS"),
+        ("--batch-writers", "0", "BATCH_WRITERS"),
         ("--metrics-addr", "nowhere", "METRICS_ADDR"),
         (
             "--loader-max-record-bytes",
@@ -103,6 +105,13 @@ fn bad_values_name_their_variable() {
             .to_string()
             .contains("KAFKA_DLQ_TOPIC")
     );
+    // The rolls need a connection beside the batch's writers.
+    let c = run(&["--batch-writers", "5", "--database-max-connections", "5"]).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("BATCH_WRITERS") && err.contains("DATABASE_MAX_CONNECTIONS"),
+        "{err}"
+    );
     // A stall timeout under a second would fail /health between two beats of an idle loop.
     let c = run(&["--health-stall-timeout", "500ms"]).unwrap();
     let err = c.validate().unwrap_err().to_string();
@@ -132,6 +141,7 @@ fn help_lists_every_env_var_and_hides_the_database_url() {
         "BATCH_MAX_RECORDS",
         "BATCH_MAX_AGE",
         "BATCH_LINGER",
+        "BATCH_WRITERS",
         "BATCH_MAX_BYTES",
         "DATA_DIR",
         "PARQUET_URL",

@@ -300,7 +300,7 @@ impl Pipeline {
             by: format!("loader {}", std::process::id()),
             next: offsets.clone(),
         });
-        let outcome = self.write(&good, positions.as_ref()).await?;
+        let outcome = self.write_split(good, positions).await?;
         crate::failpoint::hit("after-sinks");
         self.commit(&offsets).await;
         self.telemetry.emit(BatchCommitted {

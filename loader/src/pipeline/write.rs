@@ -12,6 +12,7 @@ use crate::sink::offsets::Positions;
 use crate::sink::{self, SinkError};
 use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, GaveUp, Outage, retry, until_cancelled};
+use std::collections::{BTreeMap, HashMap};
 
 impl Pipeline {
     pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Cancelled> {
@@ -38,7 +39,7 @@ impl Pipeline {
     /// With `positions`, the batch's next offsets are stored in PostgreSQL: in the batch's
     /// transaction, or after the records it refused or found in conflict are dead-lettered.
     pub(super) async fn write(
-        &mut self,
+        &self,
         good: &[LoadRecord],
         positions: Option<&Positions>,
     ) -> Result<sink::WriteOutcome, Cancelled> {
@@ -97,6 +98,34 @@ impl Pipeline {
         Ok(outcome)
     }
 
+    /// [`Pipeline::write`] in up to `BATCH_WRITERS` transactions at once, the batch's partitions
+    /// shared between them by payload bytes. Each holds whole partitions with their positions,
+    /// so each is complete on its own: a crash between two commits re-delivers only what the
+    /// other held. A record on two partitions at once (a copy without headers) meets itself in
+    /// PostgreSQL's unique indexes, as it would between two loaders.
+    pub(super) async fn write_split(
+        &self,
+        good: Vec<LoadRecord>,
+        positions: Option<Positions>,
+    ) -> Result<sink::WriteOutcome, Cancelled> {
+        let writers = self.config.batch_writers.max(1) as usize;
+        let groups = split_by_partition(good, positions, writers);
+        let outcomes = futures::future::try_join_all(
+            groups
+                .iter()
+                .map(|(records, positions)| self.write(records, positions.as_ref())),
+        )
+        .await?;
+        let mut total = sink::WriteOutcome {
+            positions_stored: true,
+            ..Default::default()
+        };
+        for outcome in outcomes {
+            total.add(outcome);
+        }
+        Ok(total)
+    }
+
     /// Writes `records`, waiting out outages; hands back the error if PostgreSQL refused the
     /// data (permanent), or `Cancelled` if shutdown came first.
     async fn write_with_retry(
@@ -132,4 +161,140 @@ fn original_source(record: &LoadRecord) -> batch::SourceRecord {
     let mut source = record.source.clone();
     source.payload = Some(record.original().to_vec());
     source
+}
+
+/// Up to `writers` groups of whole partitions, balanced by payload bytes (the largest partition
+/// first, each to the lightest group), records in their batch order; every partition's position
+/// goes with its records (the positions of partitions with no loadable record, with the first
+/// group). Never an empty group, and one group when there is one partition.
+fn split_by_partition(
+    good: Vec<LoadRecord>,
+    positions: Option<Positions>,
+    writers: usize,
+) -> Vec<(Vec<LoadRecord>, Option<Positions>)> {
+    let mut bytes: BTreeMap<(&str, i32), usize> = BTreeMap::new();
+    for r in &good {
+        *bytes
+            .entry((r.source.topic.as_str(), r.source.partition))
+            .or_default() += r.payload_text.len();
+    }
+    let mut by_size: Vec<((&str, i32), usize)> = bytes.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let groups = writers.clamp(1, by_size.len().max(1));
+    let mut load = vec![0usize; groups];
+    let mut group_of: HashMap<(String, i32), usize> = HashMap::new();
+    for ((topic, partition), size) in by_size {
+        let lightest = (0..groups).min_by_key(|&g| (load[g], g)).unwrap_or(0);
+        load[lightest] += size;
+        group_of.insert((topic.to_string(), partition), lightest);
+    }
+    let mut out: Vec<(Vec<LoadRecord>, Option<Positions>)> = (0..groups)
+        .map(|_| {
+            let positions = positions.as_ref().map(|p| Positions {
+                group: p.group.clone(),
+                by: p.by.clone(),
+                next: BTreeMap::new(),
+            });
+            (Vec::new(), positions)
+        })
+        .collect();
+    for r in good {
+        let g = group_of
+            .get(&(r.source.topic.clone(), r.source.partition))
+            .copied()
+            .unwrap_or(0);
+        out[g].0.push(r);
+    }
+    if let Some(positions) = positions {
+        for (key, next) in positions.next {
+            let g = group_of.get(&key).copied().unwrap_or(0);
+            if let Some(p) = out[g].1.as_mut() {
+                p.next.insert(key, next);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::SourceRecord;
+
+    fn record(partition: i32, offset: i64, bytes: usize) -> LoadRecord {
+        LoadRecord {
+            raw_id: uuid::Uuid::new_v4(),
+            record_key: format!("fetch:{partition}-{offset}"),
+            digest: [0; 32],
+            source: SourceRecord {
+                topic: "t".into(),
+                partition,
+                offset,
+                key: None,
+                fetch_id: None,
+                payload: None,
+                fetched_at: chrono::Utc::now(),
+                headers: Vec::new(),
+            },
+            payload_text: "x".repeat(bytes),
+            users: Vec::new(),
+        }
+    }
+
+    fn positions(partitions: &[i32]) -> Positions {
+        Positions {
+            group: "g".into(),
+            by: "loader 1".into(),
+            next: partitions.iter().map(|&p| (("t".into(), p), 100)).collect(),
+        }
+    }
+
+    /// (partitions, offsets in order) of each group, and the partitions of its positions.
+    fn shape(groups: &[(Vec<LoadRecord>, Option<Positions>)]) -> Vec<(Vec<(i32, i64)>, Vec<i32>)> {
+        groups
+            .iter()
+            .map(|(records, positions)| {
+                (
+                    records
+                        .iter()
+                        .map(|r| (r.source.partition, r.source.offset))
+                        .collect(),
+                    positions
+                        .iter()
+                        .flat_map(|p| p.next.keys().map(|(_, p)| *p))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_partitions_balanced_by_bytes_with_their_positions() {
+        // Partition 0 is as heavy as 1 and 2 together; 3 has only poison (a position, no record).
+        let good = vec![
+            record(1, 10, 30),
+            record(0, 5, 60),
+            record(2, 7, 30),
+            record(1, 11, 1),
+            record(0, 6, 1),
+        ];
+        let groups = split_by_partition(good, Some(positions(&[0, 1, 2, 3])), 2);
+        assert_eq!(
+            shape(&groups),
+            vec![
+                (vec![(0, 5), (0, 6)], vec![0, 3]),
+                (vec![(1, 10), (2, 7), (1, 11)], vec![1, 2]),
+            ]
+        );
+    }
+
+    #[test]
+    fn never_more_groups_than_partitions_nor_an_empty_one() {
+        let one = split_by_partition(vec![record(4, 1, 5), record(4, 2, 5)], None, 4);
+        assert_eq!(shape(&one), vec![(vec![(4, 1), (4, 2)], vec![])]);
+        let poison_only = split_by_partition(Vec::new(), Some(positions(&[0, 1])), 2);
+        assert_eq!(shape(&poison_only), vec![(vec![], vec![0, 1])]);
+        let single = split_by_partition(vec![record(0, 1, 5), record(1, 1, 5)], None, 1);
+        assert_eq!(single.len(), 1);
+    }
 }

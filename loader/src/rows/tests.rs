@@ -131,15 +131,17 @@ fn postgres_gets_the_columns_it_always_had() {
     assert_eq!(processed, want);
     assert_eq!(
         INSERT_RAW.as_str(),
-        "INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, fetched_at, \
-         user_count, payload, record_key, payload_sha256, payload_bytes, payload_text, created_at, \
-         parquet_pending) SELECT r.raw_id, r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id, \
-         r.fetched_at, r.user_count, r.payload::jsonb, r.record_key, r.payload_sha256, \
-         r.payload_bytes, r.payload, $12, true FROM UNNEST($1::uuid[], $2::text[], $3::int4[], \
+        "WITH r AS MATERIALIZED (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], \
          $4::int8[], $5::text[], $6::timestamptz[], $7::int4[], $8::text[], $9::text[], \
          $10::bytea[], $11::int4[]) AS r(raw_id, topic, kafka_partition, kafka_offset, fetch_id, \
-         fetched_at, user_count, payload, record_key, payload_sha256, payload_bytes) \
-         ON CONFLICT DO NOTHING RETURNING raw_id"
+         fetched_at, user_count, payload, record_key, payload_sha256, payload_bytes)), \
+         new AS (INSERT INTO raw_data (raw_id, topic, kafka_partition, kafka_offset, fetch_id, \
+         fetched_at, user_count, payload, record_key, payload_sha256, payload_bytes, created_at, \
+         parquet_pending) SELECT r.raw_id, r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id, \
+         r.fetched_at, r.user_count, r.payload::jsonb, r.record_key, r.payload_sha256, \
+         r.payload_bytes, $12, true FROM r ON CONFLICT DO NOTHING RETURNING raw_id) \
+         INSERT INTO raw_payload_text (raw_id, payload_text) \
+         SELECT r.raw_id, r.payload FROM r JOIN new USING (raw_id) RETURNING raw_id"
     );
 }
 

@@ -310,7 +310,7 @@ pub async fn row_count(conn: &mut PgConnection, path: &str) -> sqlx::Result<i64>
 
 /// Marks the file in the table — its object `object`, added by table version `version` — unless
 /// a newer rewrite was asked for meanwhile. A published raw file holds its records' exact
-/// payloads, so their copies in `payload_text` go.
+/// payloads, so their waiting copies (`raw_payload_text`) go.
 pub async fn mark_published(
     conn: &mut PgConnection,
     path: &str,
@@ -332,6 +332,13 @@ pub async fn mark_published(
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 && Dataset::of_path(path) == Dataset::Raw {
+        sqlx::query(
+            "DELETE FROM raw_payload_text w USING raw_data r WHERE r.raw_file = $1 AND w.raw_id = r.raw_id",
+        )
+        .bind(path)
+        .execute(&mut *conn)
+        .await?;
+        // Copies a loader of an earlier version left in raw_data (migration 9).
         sqlx::query("UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL")
             .bind(path)
             .execute(conn)

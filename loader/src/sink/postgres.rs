@@ -38,14 +38,20 @@ pub async fn insert_raw(
 const RAW_STATEMENT_BYTES: usize = 4 << 20;
 
 /// `INSERT INTO raw_data` from one array per [`RawColumns`] PostgreSQL column (the payload as
-/// `jsonb` and as text), then `created_at`; the new rows' ids come back.
+/// `jsonb`), then `created_at`; the new rows' payload text goes to the unlogged
+/// `raw_payload_text`, where it waits for the raw Parquet file (migration 9), and their ids come
+/// back. One statement: the payload crosses the wire once.
 pub(crate) static INSERT_RAW: LazyLock<String> = LazyLock::new(|| {
-    let extra = [
-        ("payload_text", Some("r.payload")),
-        ("created_at", None),
-        ("parquet_pending", Some("true")),
-    ];
-    insert_unnest::<RawColumns>("raw_data", &extra) + " ON CONFLICT DO NOTHING RETURNING raw_id"
+    let extra = [("created_at", None), ("parquet_pending", Some("true"))];
+    let insert = Unnest::<RawColumns>::new(&extra);
+    format!(
+        "WITH r AS MATERIALIZED (SELECT * FROM {source}), \
+         new AS ({insert} ON CONFLICT DO NOTHING RETURNING raw_id) \
+         INSERT INTO raw_payload_text (raw_id, payload_text) \
+         SELECT r.raw_id, r.payload FROM r JOIN new USING (raw_id) RETURNING raw_id",
+        source = insert.source(),
+        insert = insert.insert_from("raw_data", "r"),
+    )
 });
 
 async fn insert_raw_chunk(
@@ -63,38 +69,72 @@ async fn insert_raw_chunk(
 /// `INSERT INTO {table}` of one `UNNEST` array per PostgreSQL column of shape `S`, bound in
 /// [`Shape::COLUMNS`] order, plus `extra` columns: SQL, or `None` for the next bind parameter.
 fn insert_unnest<S: Shape>(table: &str, extra: &[(&str, Option<&str>)]) -> String {
-    let columns: Vec<_> = pg_columns::<S>().collect();
-    let mut next = columns.len();
-    let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
-    let targets = names
-        .iter()
-        .copied()
-        .chain(extra.iter().map(|(name, _)| *name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let values = columns
-        .iter()
-        .map(|c| match c.pg {
-            Pg::Jsonb => format!("r.{}::jsonb", c.name),
-            _ => format!("r.{}", c.name),
-        })
-        .chain(extra.iter().map(|(_, sql)| match sql {
-            Some(sql) => (*sql).to_string(),
-            None => {
-                next += 1;
-                format!("${next}")
-            }
-        }))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let arrays = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("${}::{}[]", i + 1, c.pg_type))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let aliases = names.join(", ");
-    format!("INSERT INTO {table} ({targets}) SELECT {values} FROM UNNEST({arrays}) AS r({aliases})")
+    let unnest = Unnest::<S>::new(extra);
+    unnest.insert_from(table, &unnest.source())
+}
+
+/// The parts of an `INSERT … SELECT … FROM UNNEST(…) AS r(…)` of shape `S`.
+struct Unnest<S> {
+    targets: String,
+    values: String,
+    arrays: String,
+    aliases: String,
+    shape: std::marker::PhantomData<S>,
+}
+
+impl<S: Shape> Unnest<S> {
+    fn new(extra: &[(&str, Option<&str>)]) -> Self {
+        let columns: Vec<_> = pg_columns::<S>().collect();
+        let mut next = columns.len();
+        let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
+        let targets = names
+            .iter()
+            .copied()
+            .chain(extra.iter().map(|(name, _)| *name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let values = columns
+            .iter()
+            .map(|c| match c.pg {
+                Pg::Jsonb => format!("r.{}::jsonb", c.name),
+                _ => format!("r.{}", c.name),
+            })
+            .chain(extra.iter().map(|(_, sql)| match sql {
+                Some(sql) => (*sql).to_string(),
+                None => {
+                    next += 1;
+                    format!("${next}")
+                }
+            }))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}[]", i + 1, c.pg_type))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            targets,
+            values,
+            arrays,
+            aliases: names.join(", "),
+            shape: std::marker::PhantomData,
+        }
+    }
+
+    /// `UNNEST(…) AS r(…)`: one row per record, its columns named as the shape's.
+    fn source(&self) -> String {
+        format!("UNNEST({}) AS r({})", self.arrays, self.aliases)
+    }
+
+    /// The `INSERT` of `table` from `from`, a source whose rows are named `r`.
+    fn insert_from(&self, table: &str, from: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {from}",
+            self.targets, self.values
+        )
+    }
 }
 
 /// A record loaded before, as `raw_data` holds it.
@@ -239,12 +279,16 @@ pub async fn records_in(
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
     let sql = match dataset {
         Dataset::Raw => {
-            "SELECT topic, kafka_partition, kafka_offset, fetch_id, coalesce(payload_text, payload::text), fetched_at, raw_id
-             FROM raw_data WHERE raw_file = $1 AND (kafka_offset, raw_id) > ($2, $3) ORDER BY kafka_offset, raw_id LIMIT $4"
+            "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
+                    coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
+             FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
+             WHERE r.raw_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
         }
         Dataset::Processed => {
-            "SELECT topic, kafka_partition, kafka_offset, fetch_id, coalesce(payload_text, payload::text), fetched_at, raw_id
-             FROM raw_data WHERE processed_file = $1 AND (kafka_offset, raw_id) > ($2, $3) ORDER BY kafka_offset, raw_id LIMIT $4"
+            "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
+                    coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
+             FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
+             WHERE r.processed_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
         }
     };
     let rows = sqlx::query(sql)

@@ -147,6 +147,10 @@ impl Rolls {
         .bind(processed_path)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM raw_payload_text WHERE raw_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE raw_data SET raw_file = $2, processed_file = $3, parquet_pending = false, payload_text = NULL
              WHERE raw_id = ANY($1)",
