@@ -249,8 +249,10 @@ mod tests {
         }
     }
 
-    /// (partitions, offsets in order) of each group, and the partitions of its positions.
-    fn shape(groups: &[(Vec<LoadRecord>, Option<Positions>)]) -> Vec<(Vec<(i32, i64)>, Vec<i32>)> {
+    /// (partition, offset) of each record of a group, in order, and its positions' partitions.
+    type Shape = (Vec<(i32, i64)>, Vec<i32>);
+
+    fn shape(groups: &[(Vec<LoadRecord>, Option<Positions>)]) -> Vec<Shape> {
         groups
             .iter()
             .map(|(records, positions)| {
