@@ -84,6 +84,12 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
+/// CPU seconds per 1,000 users as milliseconds, about three significant digits.
+fn per_user(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    format!("{:.*} ms", crate::stats::decimals_for(ms), ms)
+}
+
 fn settings(run: &LoaderRun) -> String {
     if let Some((_, url)) = run.settings.iter().find(|(k, _)| k == "PARQUET_URL") {
         let scheme = url.split("://").next().unwrap_or("s3");
@@ -137,13 +143,11 @@ pub fn render(r: &Results) -> String {
                     l.peak_rss as f64 / 1024.0 / 1024.0
                 ),
                 format!("{:.2}", l.cores()),
-                format!("{:.1} ms", l.cpu_per_1000() * 1000.0),
+                per_user(l.cpu_per_1000()),
             )
         });
         let pg = rate.pg_cores.map_or(String::new(), |c| format!("{c:.2}"));
-        let pg_per_user = rate
-            .pg_cpu_per_1000()
-            .map_or(String::new(), |c| format!("{:.1} ms", c * 1000.0));
+        let pg_per_user = rate.pg_cpu_per_1000().map_or(String::new(), per_user);
         let _ = writeln!(
             s,
             "| {name} | {:.0} | {:.1} | {} | {close} | {rss} | {cpu} | {pg} | {cpu_per_user} | {pg_per_user} |",

@@ -99,12 +99,14 @@ impl Repeated {
     /// `median (min–max)`.
     pub fn rows(&self) -> String {
         let n = self.ceilings.len();
-        let c = |f: &dyn Fn(&Rate) -> Option<f64>, decimals: usize| {
-            self.ceiling(f).map_or(String::new(), |s| s.show(decimals))
+        // `None` decimals: about three significant digits (the CPU per user columns).
+        let show = |s: Option<Spread>, decimals: Option<usize>| {
+            s.map_or(String::new(), |s| {
+                s.show(decimals.unwrap_or_else(|| stats::decimals_for(s.median)))
+            })
         };
-        let l = |f: &dyn Fn(&LoaderRun) -> Option<f64>, decimals: usize| {
-            self.loader(f).map_or(String::new(), |s| s.show(decimals))
-        };
+        let c = |f: &dyn Fn(&Rate) -> Option<f64>, decimals| show(self.ceiling(f), decimals);
+        let l = |f: &dyn Fn(&LoaderRun) -> Option<f64>, decimals| show(self.loader(f), decimals);
         let mib = |b: u64| Some(b as f64 / 1024.0 / 1024.0);
         let ms = |secs: Option<f64>| secs.map(|v| v * 1000.0);
         let files = self.loaders.iter().map(|l| l.parquet_files);
@@ -117,21 +119,21 @@ impl Repeated {
         format!(
             "| PostgreSQL COPY (ceiling), median (min–max) of {n} | {} | {} | {} s | | | | {} | | {} ms |\n\
              | loader, defaults, median (min–max) of {n} | {} | {} | {} s | {} s ({files}) | {} / {} MB | {} | {} | {} ms | {} ms |\n",
-            c(&|r| Some(r.users_per_sec()), 0),
-            c(&|r| Some(r.mb_per_sec()), 1),
-            c(&|r| Some(r.elapsed.as_secs_f64()), 2),
-            c(&|r| r.pg_cores, 2),
-            c(&|r| ms(r.pg_cpu_per_1000()), 1),
-            l(&|r| Some(r.rate.users_per_sec()), 0),
-            l(&|r| Some(r.rate.mb_per_sec()), 1),
-            l(&|r| Some(r.rate.elapsed.as_secs_f64()), 2),
-            l(&|r| Some(r.close.as_secs_f64()), 2),
-            l(&|r| mib(r.loading_rss), 0),
-            l(&|r| mib(r.peak_rss), 0),
-            l(&|r| Some(r.cores()), 2),
-            l(&|r| r.rate.pg_cores, 2),
-            l(&|r| ms(Some(r.cpu_per_1000())), 1),
-            l(&|r| ms(r.rate.pg_cpu_per_1000()), 1),
+            c(&|r| Some(r.users_per_sec()), Some(0)),
+            c(&|r| Some(r.mb_per_sec()), Some(1)),
+            c(&|r| Some(r.elapsed.as_secs_f64()), Some(2)),
+            c(&|r| r.pg_cores, Some(2)),
+            c(&|r| ms(r.pg_cpu_per_1000()), None),
+            l(&|r| Some(r.rate.users_per_sec()), Some(0)),
+            l(&|r| Some(r.rate.mb_per_sec()), Some(1)),
+            l(&|r| Some(r.rate.elapsed.as_secs_f64()), Some(2)),
+            l(&|r| Some(r.close.as_secs_f64()), Some(2)),
+            l(&|r| mib(r.loading_rss), Some(0)),
+            l(&|r| mib(r.peak_rss), Some(0)),
+            l(&|r| Some(r.cores()), Some(2)),
+            l(&|r| r.rate.pg_cores, Some(2)),
+            l(&|r| ms(Some(r.cpu_per_1000())), None),
+            l(&|r| ms(r.rate.pg_cpu_per_1000()), None),
         )
     }
 
@@ -144,5 +146,71 @@ impl Repeated {
             stats::show(&ratios, 2),
             each.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rate(users_per_sec: u64, pg_cores: f64) -> Rate {
+        Rate {
+            users: users_per_sec * 10,
+            bytes: 0,
+            elapsed: Duration::from_secs(10),
+            pg_cores: Some(pg_cores),
+        }
+    }
+
+    fn loader(users_per_sec: u64, rss_mib: u64) -> LoaderRun {
+        LoaderRun {
+            settings: Vec::new(),
+            rate: rate(users_per_sec, 0.8),
+            wall: Duration::from_secs(10),
+            peak_rss: (rss_mib + 20) << 20,
+            loading_rss: rss_mib << 20,
+            cpu: Duration::from_secs(2),
+            close: Duration::from_secs(3),
+            parquet_files: 12,
+        }
+    }
+
+    #[test]
+    fn ratios_are_per_pair_and_the_medians_pick_the_middle_run() {
+        // The noisy machine: the second pair ran slow on both sides.
+        let r = Repeated {
+            ceilings: vec![rate(8000, 1.0), rate(6000, 0.9), rate(10_000, 1.0)],
+            loaders: vec![loader(5840, 96), loader(5220, 100), loader(8000, 90)],
+        };
+        let ratios = r.ratios();
+        assert_eq!(ratios.len(), 3);
+        for (got, want) in ratios.iter().zip([0.73, 0.87, 0.80]) {
+            assert!((got - want).abs() < 1e-9, "{ratios:?}");
+        }
+        assert_eq!(
+            r.ratio().map(|s| s.show(2)).as_deref(),
+            Some("0.80 (0.73–0.87)")
+        );
+        assert_eq!(r.median_ceiling().users, 80_000);
+        assert_eq!(r.median_loader().rate.users, 58_400);
+        // PostgreSQL at 1 core for 10 s over 80,000 users: 125 ms per 1,000.
+        let pg = r.ceiling(Rate::pg_cpu_per_1000).unwrap();
+        assert!((pg.median - 0.125).abs() < 1e-9, "{pg:?}");
+        let rows = r.rows();
+        assert_eq!(rows.lines().count(), 2, "{rows}");
+        assert!(rows.contains("| 8000 (6000–10000) |"), "{rows}");
+        assert!(
+            rows.contains("| 96 (90–100) / 116 (110–120) MB |"),
+            "{rows}"
+        );
+        assert!(rows.contains("125 (100–150) ms"), "{rows}");
+        assert_eq!(
+            rows.lines()
+                .map(|l| l.matches('|').count())
+                .collect::<Vec<_>>(),
+            [11, 11]
+        );
+        assert!(r.render().contains("0.73, 0.87, 0.80"), "{}", r.render());
     }
 }

@@ -71,6 +71,16 @@ impl Spread {
     }
 }
 
+/// Decimals that give a figure of this size about three significant digits (CPU milliseconds
+/// per 1,000 users run from under 1 to over 1,000).
+pub fn decimals_for(value: f64) -> usize {
+    match value.abs() {
+        v if v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        _ => 2,
+    }
+}
+
 /// [`Spread::show`] of `values`, or an empty cell when there are none.
 pub fn show(values: &[f64], decimals: usize) -> String {
     Spread::of(values).map_or(String::new(), |s| s.show(decimals))
@@ -112,5 +122,10 @@ mod tests {
         assert_eq!(Spread::of(&[8123.4]).unwrap().show(0), "8123");
         assert_eq!(show(&[], 1), "");
         assert_eq!(show(&[2.0, 1.0], 1), "1.5 (1.0–2.0)");
+        assert_eq!(
+            [1375.0, 28.44, 0.5].map(decimals_for),
+            [0, 1, 2],
+            "three significant digits"
+        );
     }
 }

@@ -284,6 +284,12 @@ pub fn tenths(samples: &[Sample], users_per_record: f64) -> Vec<Tenth> {
         .collect()
 }
 
+/// Seconds as milliseconds, about three significant digits.
+fn ms(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    format!("{:.*} ms", crate::stats::decimals_for(ms), ms)
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0
 }
@@ -300,7 +306,7 @@ impl Volume {
         let tenths = tenths(&self.samples, self.users_per_record());
         let _ = writeln!(
             s,
-            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s, single run): {:.0} users/s over {:.1} s; loader CPU {:.1} ms and PostgreSQL CPU {:.1} ms per 1,000 users; peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
+            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s, single run): {:.0} users/s over {:.1} s; loader CPU {} and PostgreSQL CPU {} per 1,000 users; peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
             self.records,
             self.rate.users,
             self.rate.bytes as f64 / 1e6,
@@ -308,8 +314,8 @@ impl Volume {
             SAMPLE.as_secs(),
             self.rate.users_per_sec(),
             self.rate.elapsed.as_secs_f64(),
-            per_1000(self.cpu.as_secs_f64(), self.rate.users) * 1000.0,
-            self.rate.pg_cpu_per_1000().unwrap_or(0.0) * 1000.0,
+            ms(per_1000(self.cpu.as_secs_f64(), self.rate.users)),
+            ms(self.rate.pg_cpu_per_1000().unwrap_or(0.0)),
             mib(self.loading_rss),
             mib(self.peak_rss),
             self.close.as_secs_f64(),
@@ -350,12 +356,8 @@ fn render_tenths(tenths: &[Tenth]) -> String {
     };
     line("done at (s)", &|t| format!("{:.0}", t.to.as_secs_f64()));
     line("users/s", &|t| format!("{:.0}", t.users_per_sec));
-    line("loader CPU per 1,000 users (ms)", &|t| {
-        format!("{:.0}", t.loader_cpu_per_1000 * 1000.0)
-    });
-    line("PostgreSQL CPU per 1,000 users (ms)", &|t| {
-        format!("{:.0}", t.pg_cpu_per_1000 * 1000.0)
-    });
+    line("loader CPU per 1,000 users", &|t| ms(t.loader_cpu_per_1000));
+    line("PostgreSQL CPU per 1,000 users", &|t| ms(t.pg_cpu_per_1000));
     line("loader RSS, min–max (MB)", &|t| {
         format!("{:.0}–{:.0}", mib(t.rss.0), mib(t.rss.1))
     });
