@@ -146,6 +146,7 @@ async fn run(
         let mut first: Option<(Instant, Duration)> = None;
         let mut samples = Vec::new();
         let mut next = Instant::now();
+        let mut last = -1i64;
         loop {
             if let Some(code) = child.try_wait().context("waiting on the loader")? {
                 anyhow::bail!("the loader exited early ({code}):\n{}", tail(&log));
@@ -166,15 +167,20 @@ async fn run(
                     .iter()
                     .all(|(p, end)| committed.get(p).and_then(|c| c.offset) == Some(*end));
                 let now = Instant::now();
-                if done || now >= next {
+                let records: i64 = committed.values().filter_map(|c| c.offset).sum();
+                // Every second, and at each commit (to within the 50 ms poll) for the tenths.
+                if done || now >= next || records != last {
                     samples.push(Sample {
                         at: now - at,
-                        records: committed.values().filter_map(|c| c.offset).sum::<i64>() as f64,
+                        records: records as f64,
                         rss: procfs::rss(pid)?,
                         loader_cpu: procfs::cpu(pid)?,
                         pg_cpu: procfs::postgres_cpu().saturating_sub(pg_before),
                     });
-                    next += SAMPLE;
+                    last = records;
+                    while next <= now {
+                        next += SAMPLE;
+                    }
                 }
                 if done {
                     return Ok((now - at, samples, procfs::peak_rss(pid)?, procfs::cpu(pid)?));
@@ -212,15 +218,25 @@ async fn run(
     })
 }
 
-/// When `records` had first been committed: linear between the two samples around it.
+/// When `records` had been loaded: linear between the two commits around it. A batch's records
+/// were loaded between its commit and the one before, so only each commit's first sample counts
+/// (the samples taken in between, nothing new committed, would put the work too late).
 fn crossing(samples: &[Sample], records: f64) -> Option<Duration> {
-    let i = samples.iter().position(|s| s.records >= records)?;
-    if i == 0 {
-        return Some(samples[0].at);
+    let mut before: Option<&Sample> = None;
+    for s in samples {
+        if before.is_some_and(|b| s.records <= b.records) {
+            continue;
+        }
+        if s.records >= records {
+            let Some(a) = before else {
+                return Some(s.at);
+            };
+            let f = (records - a.records) / (s.records - a.records);
+            return Some(a.at + (s.at - a.at).mul_f64(f.clamp(0.0, 1.0)));
+        }
+        before = Some(s);
     }
-    let (a, b) = (&samples[i - 1], &samples[i]);
-    let f = (records - a.records) / (b.records - a.records);
-    Some(a.at + (b.at - a.at).mul_f64(f.clamp(0.0, 1.0)))
+    None
 }
 
 /// `value` at time `t`: linear between the two samples around it, the first or last outside.
@@ -306,7 +322,7 @@ impl Volume {
         let tenths = tenths(&self.samples, self.users_per_record());
         let _ = writeln!(
             s,
-            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s, single run): {:.0} users/s over {:.1} s; loader CPU {} and PostgreSQL CPU {} per 1,000 users; peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
+            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s and at each commit, single run): {:.0} users/s over {:.1} s; loader CPU {} and PostgreSQL CPU {} per 1,000 users; peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
             self.records,
             self.rate.users,
             self.rate.bytes as f64 / 1e6,
@@ -433,6 +449,21 @@ mod tests {
         assert_eq!(t[1].rss, (10, 10));
         assert_eq!(t[8].rss, (20, 20));
         assert!(tenths(&[], 1.0).is_empty());
+        // A sample between two commits, nothing new committed, is no point of progress: the
+        // batch committed at 2 s was loaded from 0 s on.
+        let flat = [
+            s[0],
+            Sample {
+                at: Duration::from_secs(1),
+                ..s[0]
+            },
+            Sample {
+                at: Duration::from_secs(2),
+                ..s[1]
+            },
+        ];
+        assert_eq!(crossing(&flat, 20.0), Some(Duration::from_secs(1)));
+        assert!((tenths(&flat, 1.0)[0].users_per_sec - 20.0).abs() < 1e-6);
         assert!(tenths(&s[..1], 1.0).is_empty());
     }
 
