@@ -16,7 +16,7 @@ profile="${BENCH_PROFILE:-release}"
 args=()
 for a in "$@"; do
   if [ "$a" = "--tiny" ]; then
-    args+=(--records 20 --users 10 --naive-records 5 --freshness-for 5s --freshness-interval 500ms
+    args+=(--records 20 --users 10 --reps 2 --volume-records 40 --naive-records 5 --freshness-for 5s --freshness-interval 500ms
            --freshness-users 10 --scale-loaders 1,2,4 --rebalance-records 30 --idle-for 3s
            --idle-interval 500ms --idle-users 10 --lake-for 3s --lake-roll-interval 1s
            --lake-big-responses 2 --lake-big-users 100 --out target/bench-tiny.md)

@@ -5,10 +5,12 @@
 //! 2. [`ceiling`]: PostgreSQL's own `COPY` of exactly the rows the loader writes;
 //! 3. [`consume`]: rdkafka reading the topic into nothing;
 //! 4. [`loader_run`]: the real `loader run` binary from offset 0 to zero lag, offsets committed,
-//!    at default settings and at the best settings found;
+//!    at default settings and at the best settings found; the ceiling and the defaults are
+//!    [`reps`]: `--reps` interleaved pairs, reported as medians with their range ([`stats`]);
 //! 5. [`naive`]: one INSERT per user, an offset commit per record;
 //! 6. [`freshness`]: fetch-to-row latency with the real extractor polling the stub steadily;
 //! 7. [`scale`]: 1, 2, 4… loader processes in one group against as many parallel COPY sessions;
+//!    then [`volume`]: ten times the topic, the rate, cost and memory per tenth of it;
 //! 8. [`rebalance`]: how long the group's throughput stalls when a member joins and one leaves;
 //! 9. [`lake`]: freshness to the Delta tables, commits and objects per million users,
 //!    compaction against a copy, peak RSS with a 1 GiB roll of 5,000-user responses;
@@ -30,7 +32,10 @@ pub mod preload;
 pub mod procfs;
 pub mod rebalance;
 pub mod report;
+pub mod reps;
 pub mod scale;
+pub mod stats;
+pub mod volume;
 
 use anyhow::Context;
 use clap::Parser;
@@ -65,6 +70,14 @@ pub struct Config {
     /// Partitions of the preloaded topic.
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Pairs of COPY ceiling and loader at defaults, run interleaved: their medians and ranges
+    /// are the figures the targets rest on (one run on a shared machine can be off by a fifth).
+    #[arg(long, default_value_t = 3, value_parser = positive)]
+    pub reps: usize,
+    /// Records (of `--users` users) in the volume step's own topic, loaded by one loader at
+    /// defaults and watched per tenth; 0 skips the step.
+    #[arg(long, default_value_t = 20_000)]
+    pub volume_records: usize,
     /// Records the naive loader gets through (it is slow; its rate is what counts).
     #[arg(long, default_value_t = 100)]
     pub naive_records: usize,
@@ -195,6 +208,18 @@ impl Rate {
     pub fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// PostgreSQL's CPU time per 1,000 users moved, in seconds, where measured: the cost per
+    /// user the targets are set on, which does not move with how busy the machine was.
+    pub fn pg_cpu_per_1000(&self) -> Option<f64> {
+        self.pg_cores
+            .map(|c| per_1000(c * self.elapsed.as_secs_f64(), self.users))
+    }
+}
+
+/// `seconds` of CPU per 1,000 of `users`.
+pub fn per_1000(seconds: f64, users: u64) -> f64 {
+    seconds / users.max(1) as f64 * 1000.0
 }
 
 /// Runs every step and writes the report.
@@ -233,20 +258,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         produced.bytes as f64 / 1e6
     );
 
-    let ceiling = ceiling::measure(&config.database_url, &topic, &produced, 1).await?;
+    let reps = reps::measure(&config, &bin_dir, &topic, &produced).await?;
+    // The median repetitions stand for the ceiling and the defaults where one run is compared.
+    let ceiling = reps.median_ceiling().clone();
+    let default_run = reps.median_loader().clone();
     eprintln!(
-        "[bench] COPY ceiling: {:.0} users/s",
-        ceiling.users_per_sec()
+        "[bench] COPY ceiling: {} users/s; loader (defaults): {} users/s; loader ÷ COPY per pair: {}",
+        stats::show(
+            &reps
+                .ceilings
+                .iter()
+                .map(Rate::users_per_sec)
+                .collect::<Vec<_>>(),
+            0
+        ),
+        stats::show(
+            &reps
+                .loaders
+                .iter()
+                .map(|l| l.rate.users_per_sec())
+                .collect::<Vec<_>>(),
+            0
+        ),
+        stats::show(&reps.ratios(), 2)
     );
 
     let consume = consume::measure(&config.brokers, &topic, &produced).await?;
     eprintln!("[bench] consume: {:.0} users/s", consume.users_per_sec());
-
-    let default_run = loader_run::measure(&config, &bin_dir, &topic, &produced, &[]).await?;
-    eprintln!(
-        "[bench] loader (defaults): {:.0} users/s",
-        default_run.rate.users_per_sec()
-    );
     let best_run = loader_run::measure(&config, &bin_dir, &topic, &produced, &best).await?;
     eprintln!(
         "[bench] loader ({}): {:.0} users/s",
@@ -284,6 +322,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (produced.records.len(), produced.users, produced.bytes);
     drop(produced);
 
+    let volume = if config.volume_records > 0 {
+        let v = volume::measure(&config, &bin_dir, &run_id).await?;
+        eprintln!(
+            "[bench] volume: {:.0} users/s over {:.0} s, peak RSS {:.0} MB loading",
+            v.rate.users_per_sec(),
+            v.rate.elapsed.as_secs_f64(),
+            v.loading_rss as f64 / 1024.0 / 1024.0
+        );
+        Some(v)
+    } else {
+        None
+    };
+
     let rebalance = rebalance::measure(&config, &bin_dir, &run_id).await?;
     eprintln!(
         "[bench] rebalance: steady {:?} records/s, join {:?}, leave {:?}",
@@ -310,6 +361,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         produced_users,
         produced_bytes,
         ceiling,
+        reps,
         consume,
         default_run,
         best_run,
@@ -317,6 +369,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         naive,
         fresh,
         scale,
+        volume,
         rebalance,
         idle,
         lake,

@@ -40,6 +40,11 @@ impl LoaderRun {
     pub fn cores(&self) -> f64 {
         procfs::cores(self.cpu, self.wall)
     }
+
+    /// The loader's CPU time (user + system, start-up included) per 1,000 users, in seconds.
+    pub fn cpu_per_1000(&self) -> f64 {
+        crate::per_1000(self.cpu.as_secs_f64(), self.rate.users)
+    }
 }
 
 /// A free local port for the loader's status server.
@@ -239,34 +244,8 @@ async fn run_once(
             return Err(e);
         }
     };
-    // SIGTERM closes the open Parquet rolls: timed, and watched for memory while it works.
-    let term = Instant::now();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
     let loading_rss = peak_rss;
-    let mut peak_rss = peak_rss;
-    let closed = loop {
-        if let Some(status) = child.try_wait().context("waiting on the loader")? {
-            anyhow::ensure!(
-                status.success(),
-                "the loader exited with {status}:\n{}",
-                tail(&log)
-            );
-            break term.elapsed();
-        }
-        if term.elapsed() > Duration::from_secs(120) {
-            stop(&mut child);
-            anyhow::bail!(
-                "the loader did not close its rolls within 120 s:\n{}",
-                tail(&log)
-            );
-        }
-        if let Ok(rss) = procfs::peak_rss(child.id()) {
-            peak_rss = peak_rss.max(rss);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (closed, peak_rss) = close(&mut child, &log, peak_rss).await?;
     let files = check_loaded(db, topic).await?;
     Ok(LoaderRun {
         settings: settings.to_vec(),
@@ -283,6 +262,42 @@ async fn run_once(
         close: closed,
         parquet_files: files,
     })
+}
+
+/// Sends SIGTERM, which closes the open Parquet rolls, and waits for a clean exit (at most
+/// 120 s), watching the peak resident set: returns SIGTERM → exit and the whole-life peak
+/// (at least `peak_rss`, the peak read before).
+pub async fn close(
+    child: &mut Child,
+    log: &Path,
+    peak_rss: u64,
+) -> anyhow::Result<(Duration, u64)> {
+    let term = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut peak_rss = peak_rss;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting on the loader")? {
+            anyhow::ensure!(
+                status.success(),
+                "the loader exited with {status}:\n{}",
+                tail(log)
+            );
+            return Ok((term.elapsed(), peak_rss));
+        }
+        if term.elapsed() > Duration::from_secs(120) {
+            stop(child);
+            anyhow::bail!(
+                "the loader did not close its rolls within 120 s:\n{}",
+                tail(log)
+            );
+        }
+        if let Ok(rss) = procfs::peak_rss(child.id()) {
+            peak_rss = peak_rss.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Checks that `db` holds every record and user of `topic` exactly once and that every user is in

@@ -49,9 +49,20 @@ pub struct Topic {
 /// Builds `records` bodies of `users` users each, seeded by `seed`.
 pub fn build(records: usize, users: usize, seed: &str) -> anyhow::Result<Vec<Payload>> {
     let pool = randomuser_stub::fixture_users()?;
-    (0..records)
+    build_pages(&pool, 0..records, users, seed)
+}
+
+/// The bodies of pages `pages` (from 0) of [`build`]'s sequence, from the fixtures' `pool`: a
+/// slice of a topic too big to hold at once.
+fn build_pages(
+    pool: &[serde_json::Value],
+    pages: std::ops::Range<usize>,
+    users: usize,
+    seed: &str,
+) -> anyhow::Result<Vec<Payload>> {
+    pages
         .map(|page| {
-            let (body, uuids) = randomuser_stub::response(&pool, seed, page as u64 + 1, users);
+            let (body, uuids) = randomuser_stub::response(pool, seed, page as u64 + 1, users);
             Ok(Payload {
                 body: serde_json::to_vec(&body).context("serialising a response")?,
                 users: uuids.len(),
@@ -60,23 +71,79 @@ pub fn build(records: usize, users: usize, seed: &str) -> anyhow::Result<Vec<Pay
         .collect()
 }
 
-/// Publishes every body (idempotent, acks=all, lz4 — as the extractor does) and returns where
-/// each landed.
-pub async fn produce(brokers: &str, topic: &str, payloads: Vec<Payload>) -> anyhow::Result<Topic> {
-    let producer: FutureProducer = ClientConfig::new()
+fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("message.max.bytes", "16777216")
         .create()
-        .context("cannot create a Kafka producer")?;
+        .context("cannot create a Kafka producer")
+}
+
+/// Publishes every body (idempotent, acks=all, lz4 — as the extractor does) and returns where
+/// each landed.
+pub async fn produce(brokers: &str, topic: &str, payloads: Vec<Payload>) -> anyhow::Result<Topic> {
+    let producer = producer(brokers)?;
+    let records = send(&producer, topic, &payloads, 0).await?;
+    Ok(Topic {
+        ends: ends(&records),
+        users: payloads.iter().map(|p| p.users as u64).sum(),
+        bytes: payloads.iter().map(|p| p.body.len() as u64).sum(),
+        payloads,
+        records,
+    })
+}
+
+/// [`build`] and [`produce`] for a topic too big to hold: `records` bodies built and published
+/// `chunk` at a time, each chunk's bodies dropped once acknowledged. The returned topic keeps
+/// where every record landed and the counts, not the bodies (`payloads` is empty).
+pub async fn produce_in_chunks(
+    brokers: &str,
+    topic: &str,
+    records: usize,
+    users: usize,
+    seed: &str,
+    chunk: usize,
+) -> anyhow::Result<Topic> {
+    let pool = randomuser_stub::fixture_users()?;
+    let producer = producer(brokers)?;
+    let chunk = chunk.max(1);
+    let mut out = Topic {
+        payloads: Vec::new(),
+        records: Vec::with_capacity(records),
+        ends: BTreeMap::new(),
+        users: 0,
+        bytes: 0,
+    };
+    for start in (0..records).step_by(chunk) {
+        let payloads = build_pages(&pool, start..(start + chunk).min(records), users, seed)?;
+        out.records
+            .extend(send(&producer, topic, &payloads, start).await?);
+        out.users += payloads.iter().map(|p| p.users as u64).sum::<u64>();
+        out.bytes += payloads.iter().map(|p| p.body.len() as u64).sum::<u64>();
+    }
+    out.ends = ends(&out.records);
+    Ok(out)
+}
+
+/// Sends `payloads` (numbered from `first`) 64 at a time and returns where each landed.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    payloads: &[Payload],
+    first: usize,
+) -> anyhow::Result<Vec<Produced>> {
     let mut records = Vec::with_capacity(payloads.len());
-    for (chunk_start, chunk) in payloads.chunks(64).enumerate().map(|(i, c)| (i * 64, c)) {
+    for (chunk_start, chunk) in payloads
+        .chunks(64)
+        .enumerate()
+        .map(|(i, c)| (first + i * 64, c))
+    {
         let sends = chunk.iter().enumerate().map(|(i, p)| {
             let fetched_at = Utc::now();
             let key = uuid::Uuid::now_v7().to_string();
-            let producer = &producer;
             async move {
                 let users = p.users.to_string();
                 let at = contract::format_fetched_at(fetched_at);
@@ -131,16 +198,15 @@ pub async fn produce(brokers: &str, topic: &str, payloads: Vec<Payload>) -> anyh
             records.push(r?);
         }
     }
+    Ok(records)
+}
+
+/// Per partition, one past the last offset of `records`.
+fn ends(records: &[Produced]) -> BTreeMap<i32, i64> {
     let mut ends = BTreeMap::new();
-    for r in &records {
+    for r in records {
         let e = ends.entry(r.partition).or_insert(0);
         *e = (*e).max(r.offset + 1);
     }
-    Ok(Topic {
-        users: payloads.iter().map(|p| p.users as u64).sum(),
-        bytes: payloads.iter().map(|p| p.body.len() as u64).sum(),
-        payloads,
-        records,
-        ends,
-    })
+    ends
 }

@@ -27,11 +27,13 @@ pub struct Results {
     pub produced_users: u64,
     /// Payload bytes in the topic.
     pub produced_bytes: u64,
-    /// PostgreSQL COPY.
+    /// PostgreSQL COPY: the repetition with the median users/s, for the single runs' ratios.
     pub ceiling: Rate,
+    /// The interleaved repetitions of the ceiling and the loader at defaults.
+    pub reps: crate::reps::Repeated,
     /// rdkafka into nothing.
     pub consume: Rate,
-    /// The loader at default settings.
+    /// The loader at default settings: the repetition with the median users/s.
     pub default_run: LoaderRun,
     /// The loader at the best settings.
     pub best_run: LoaderRun,
@@ -43,6 +45,8 @@ pub struct Results {
     pub fresh: Freshness,
     /// N loaders in one group against N COPY sessions.
     pub scale: Vec<ScaleRun>,
+    /// Ten times the volume, per tenth; `None` when skipped (`--volume-records 0`).
+    pub volume: Option<crate::volume::Volume>,
     /// The stall when a member joins and one leaves.
     pub rebalance: Rebalance,
     /// What an idle extractor costs.
@@ -78,6 +82,12 @@ fn secs(d: Duration) -> String {
 
 fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
+}
+
+/// CPU seconds per 1,000 users as milliseconds, about three significant digits.
+fn per_user(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    format!("{:.*} ms", crate::stats::decimals_for(ms), ms)
 }
 
 fn settings(run: &LoaderRun) -> String {
@@ -120,11 +130,11 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| step | users/s | MB/s | time | SIGTERM → Parquet closed | loader peak RSS: loading / with closing | loader CPU (cores) | PostgreSQL CPU (cores) |"
+        "| step | users/s | MB/s | time | SIGTERM → Parquet closed | loader peak RSS: loading / with closing | loader CPU (cores) | PostgreSQL CPU (cores) | loader CPU per 1,000 users | PostgreSQL CPU per 1,000 users |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let row = |s: &mut String, name: &str, rate: &Rate, extra: Option<&LoaderRun>| {
-        let (close, rss, cpu) = extra.map_or((String::new(), String::new(), String::new()), |l| {
+        let (close, rss, cpu, cpu_per_user) = extra.map_or(Default::default(), |l| {
             (
                 format!("{} ({} files)", secs(l.close), l.parquet_files),
                 format!(
@@ -133,25 +143,21 @@ pub fn render(r: &Results) -> String {
                     l.peak_rss as f64 / 1024.0 / 1024.0
                 ),
                 format!("{:.2}", l.cores()),
+                per_user(l.cpu_per_1000()),
             )
         });
         let pg = rate.pg_cores.map_or(String::new(), |c| format!("{c:.2}"));
+        let pg_per_user = rate.pg_cpu_per_1000().map_or(String::new(), per_user);
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.1} | {} | {close} | {rss} | {cpu} | {pg} |",
+            "| {name} | {:.0} | {:.1} | {} | {close} | {rss} | {cpu} | {pg} | {cpu_per_user} | {pg_per_user} |",
             rate.users_per_sec(),
             rate.mb_per_sec(),
             secs(rate.elapsed)
         );
     };
-    row(&mut s, "PostgreSQL COPY (ceiling)", &r.ceiling, None);
+    s.push_str(&r.reps.rows());
     row(&mut s, "rdkafka consume into nothing", &r.consume, None);
-    row(
-        &mut s,
-        &format!("loader, {}", settings(&r.default_run)),
-        &r.default_run.rate,
-        Some(&r.default_run),
-    );
     row(
         &mut s,
         &format!("loader, {}", settings(&r.best_run)),
@@ -179,11 +185,17 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "- loader ÷ ceiling: {:.2} (defaults), {:.2} (best); loader ÷ naive: {:.1} (defaults), {:.1} (best)",
-        r.default_run.rate.users_per_sec() / r.ceiling.users_per_sec(),
+        "- loader ÷ ceiling: {} (defaults, median (min–max) of the pairs), {:.2} (best, one run against the median COPY); loader ÷ naive: {:.1} (defaults, median run), {:.1} (best)",
+        r.reps.ratio().map_or(String::new(), |ratio| ratio.show(2)),
         best.users_per_sec() / r.ceiling.users_per_sec(),
         r.default_run.rate.users_per_sec() / r.naive.users_per_sec(),
         best.users_per_sec() / r.naive.users_per_sec(),
+    );
+    let _ = write!(s, "{}", r.reps.render());
+    let _ = writeln!(
+        s,
+        "- {} repetitions, interleaved COPY, loader, COPY, loader…; the consume, best-settings, bucket and naive rows are single runs, compared with the median COPY and loader runs",
+        r.reps.ceilings.len()
     );
     if let Some(b) = &r.bucket_run {
         let _ = writeln!(
@@ -196,7 +208,7 @@ pub fn render(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "- loader wall time incl. start-up and group join: {} (defaults), {} (best)",
+        "- loader wall time incl. start-up and group join: {} (defaults, median run), {} (best)",
         secs(r.default_run.wall),
         secs(r.best_run.wall)
     );
@@ -210,6 +222,10 @@ pub fn render(r: &Results) -> String {
         ms(r.fresh.max),
         r.fresh.samples
     );
+    if let Some(v) = &r.volume {
+        let _ = write!(s, "{}", v.render());
+        let _ = writeln!(s);
+    }
     let _ = write!(s, "{}", r.rebalance.render());
     let _ = write!(s, "{}", r.lake.render());
     let _ = write!(s, "{}", r.idle.render());
