@@ -18,6 +18,7 @@
 //!
 //! [`report`] writes the figures to `BENCHMARKS.md`, newest run first.
 
+pub mod baseline;
 pub mod ceiling;
 pub mod consume;
 pub mod db;
@@ -129,6 +130,13 @@ pub struct Config {
     /// Users per response in the big roll.
     #[arg(long, default_value_t = 5000, value_parser = positive)]
     pub lake_big_users: usize,
+    /// Another build of `loader` (a directory holding it: e.g. `main` before a change) run at
+    /// its defaults after each COPY/loader pair, so the change is measured against it in one run.
+    #[arg(long)]
+    pub baseline_bin_dir: Option<PathBuf>,
+    /// What `--baseline-bin-dir` is, for the report.
+    #[arg(long, default_value = "the baseline loader")]
+    pub baseline_label: String,
     /// Run only the lake step, and add only its figures to the results file.
     #[arg(long)]
     pub lake_only: bool,

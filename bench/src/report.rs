@@ -192,6 +192,7 @@ pub fn render(r: &Results) -> String {
         best.users_per_sec() / r.naive.users_per_sec(),
     );
     let _ = write!(s, "{}", r.reps.render());
+    let _ = write!(s, "{}", crate::baseline::render(&r.reps, &c.baseline_label));
     let _ = writeln!(
         s,
         "- {} repetitions, interleaved COPY, loader, COPY, loader…; the consume, best-settings, bucket and naive rows are single runs, compared with the median COPY and loader runs",

@@ -17,6 +17,9 @@ pub struct Repeated {
     pub ceilings: Vec<Rate>,
     /// The loader at default settings, one per pair, each run just after its COPY.
     pub loaders: Vec<LoaderRun>,
+    /// The `--baseline-bin-dir` loader at its defaults, run just after each pair (none without
+    /// it).
+    pub baselines: Vec<LoaderRun>,
 }
 
 /// Runs `config.reps` pairs over the preloaded topic.
@@ -30,6 +33,7 @@ pub async fn measure(
     let mut r = Repeated {
         ceilings: Vec::with_capacity(reps),
         loaders: Vec::with_capacity(reps),
+        baselines: Vec::new(),
     };
     for i in 1..=reps {
         let c = ceiling::measure(&config.database_url, topic_name, topic, 1).await?;
@@ -45,6 +49,15 @@ pub async fn measure(
         );
         r.ceilings.push(c);
         r.loaders.push(l);
+        if let Some(dir) = &config.baseline_bin_dir {
+            let b = loader_run::measure(config, dir, topic_name, topic, &[]).await?;
+            eprintln!(
+                "[bench] repetition {i}/{reps}: baseline loader ({}) {:.0} users/s",
+                config.baseline_label,
+                b.rate.users_per_sec()
+            );
+            r.baselines.push(b);
+        }
     }
     Ok(r)
 }
@@ -182,6 +195,7 @@ mod tests {
         let r = Repeated {
             ceilings: vec![rate(8000, 1.0), rate(6000, 0.9), rate(10_000, 1.0)],
             loaders: vec![loader(5840, 96), loader(5220, 100), loader(8000, 90)],
+            baselines: Vec::new(),
         };
         let ratios = r.ratios();
         assert_eq!(ratios.len(), 3);
