@@ -15,6 +15,7 @@
 //! 9. [`lake`]: freshness to the Delta tables, commits and objects per million users,
 //!    compaction against a copy, peak RSS with a 1 GiB roll of 5,000-user responses;
 //! 10. [`extractor_idle`]: the extractor's resident set between fetches and CPU per fetch.
+//! 11. [`peer`]: Kafka Connect with Debezium's JDBC sink on the same users (`--skip-peer`).
 //!
 //! [`report`] writes the figures to `BENCHMARKS.md`, newest run first.
 
@@ -29,6 +30,7 @@ pub mod kafka;
 pub mod lake;
 pub mod loader_run;
 pub mod naive;
+pub mod peer;
 pub mod preload;
 pub mod procfs;
 pub mod rebalance;
@@ -153,6 +155,9 @@ pub struct Config {
     /// at defaults with its Parquet going to a bucket there, beside the local directory.
     #[arg(long, env = "ETL_TEST_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// The peer step: Kafka Connect with Debezium's JDBC sink on the same users.
+    #[command(flatten)]
+    pub peer: peer::PeerArgs,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -251,6 +256,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         eprintln!("[bench] written to {}", config.out.display());
         return Ok(());
     }
+    if config.peer.peer_only {
+        return peer::only(&config, &run_id, started).await;
+    }
     eprintln!(
         "[bench] {run_id}: {} records x {} users, {} partitions",
         config.records, config.users, config.partitions
@@ -324,6 +332,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let scale = scale::measure(&config, &bin_dir, &topic, &produced).await?;
+    let peer_section = peer::step(&config, &run_id, &produced).await?;
     kafka::delete_topic(&config.brokers, &topic).await;
     // The bodies are not needed any more: free them before the rebalance step builds its own.
     let (produced_records, produced_users, produced_bytes) =
@@ -383,6 +392,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lake,
     };
     let text = report::render(&results);
+    let text = text + &peer_section;
     println!("{text}");
     report::prepend(&config.out, &text)?;
     eprintln!("[bench] written to {}", config.out.display());

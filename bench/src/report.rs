@@ -55,7 +55,8 @@ pub struct Results {
     pub lake: crate::lake::Lake,
 }
 
-fn machine() -> String {
+/// The machine, for a run's header.
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
