@@ -46,19 +46,30 @@ impl FreshDb {
             .with_context(|| format!("connecting to {}", self.name))
     }
 
-    /// Drops it; a failure only leaves a database behind, so it is logged.
+    /// Drops it; a failure only leaves a database behind, so it is logged. Tried a few times: an
+    /// autovacuum worker busy on it (after a big load) belongs to the superuser, so `FORCE`
+    /// cannot end it for a role without `pg_signal_backend`, and the drop fails until it is done.
     pub async fn drop(self) {
-        let result = async {
-            let mut conn = PgConnection::connect(&self.admin_url).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await?;
-            anyhow::Ok(())
+        let mut result = Ok(());
+        for attempt in 0..10 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            result = async {
+                let mut conn = PgConnection::connect(&self.admin_url).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                )))
+                .execute(&mut conn)
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if result.is_ok() {
+                return;
+            }
         }
-        .await;
         if let Err(e) = result {
             eprintln!("[bench] could not drop database {}: {e:#}", self.name);
         }

@@ -7,13 +7,16 @@
 //! response into users; this is in its favour). Each repetition gets a fresh worker
 //! ([`connect`], `scripts/peer.sh`), a fresh database with `processed_data` as the migrations make
 //! it (primary key and indexes; without the foreign key to `raw_data`, which the peer does not
-//! write) and a fresh consumer group (a new connector name). Timed: from the connector's creation
-//! until every row is in PostgreSQL (the last row of each partition present, then `count(*)`),
-//! and apart from it the worker's start-up (spawn until its REST API offers the sink). The
-//! documented defaults run first, then each `--peer-config`; repetitions are interleaved so the
-//! machine's background load falls on every configuration alike.
+//! write) and a fresh consumer group (a new connector name). Timed: from the first row in
+//! PostgreSQL until every row is (the last row of each partition present, then `count(*)`), as
+//! the loader is timed from its first record; apart from it the worker's start-up (spawn until its
+//! REST API offers the sink) and the connector's (created until the first row). The documented
+//! defaults run first, then each `--peer-config`; repetitions are interleaved so the machine's
+//! background load falls on every configuration alike.
 
 pub mod connect;
+pub mod render;
+pub mod setup;
 pub mod topic;
 
 use crate::db::FreshDb;
@@ -21,16 +24,13 @@ use crate::preload::Topic;
 use crate::{Config, procfs};
 use anyhow::Context;
 use connect::Worker;
-use serde_json::{Map, Value, json};
+pub use render::render;
+pub use setup::{BEST, Setup};
 use sqlx::Connection;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use topic::UserTopic;
-
-/// The tuned configuration run beside the documented defaults unless `--peer-config` says
-/// otherwise: idempotent (upsert on the primary key), like the loader.
-pub const BEST: &str = "insert.mode=upsert,primary.key.mode=record_key,tasks.max=6,batch.size=2000,consumer.override.max.poll.records=2000";
 
 /// The peer step's settings (flattened into [`Config`]).
 #[derive(Debug, Clone, clap::Args)]
@@ -41,7 +41,8 @@ pub struct PeerArgs {
     pub peer_reps: usize,
     /// A peer configuration run after the documented defaults, repeatable: comma-separated
     /// `KEY=VALUE`, connector properties (e.g. `batch.size=2000`, `consumer.override.…`) and
-    /// `jvm=NAME` (`scripts/peer.sh jvms`), `heap=JVM-HEAP-FLAGS`, `worker.PROP=VALUE`.
+    /// `jvm=NAME` (`scripts/peer.sh jvms`), `heap=JVM-HEAP-FLAGS`, `worker.PROP=VALUE`,
+    /// `jdbc.PARAM=VALUE` (a PostgreSQL JDBC driver parameter, added to `connection.url`).
     #[arg(long = "peer-config", default_value = BEST)]
     pub peer_configs: Vec<String>,
     /// Leave the peer step out.
@@ -58,102 +59,6 @@ pub struct PeerArgs {
     pub peer_script: PathBuf,
 }
 
-/// One configuration of the peer, parsed from `KEY=VALUE,…`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Setup {
-    /// As written, for the report.
-    pub label: String,
-    /// Connector properties over the base ones.
-    pub connector: Vec<(String, String)>,
-    /// `scripts/peer.sh`'s environment: the JVM, its heap, extra worker properties.
-    pub env: Vec<(String, String)>,
-}
-
-impl Setup {
-    /// The documented defaults: nothing set but what the connector cannot run without.
-    pub fn defaults() -> Self {
-        Self {
-            label: "documented defaults (insert.mode=insert, primary.key.mode=none, batch.size=500, tasks.max=1; OpenJDK 17, -Xms256M -Xmx2G)".to_string(),
-            connector: Vec::new(),
-            env: Vec::new(),
-        }
-    }
-
-    /// Parses `KEY=VALUE,…`.
-    pub fn parse(spec: &str) -> anyhow::Result<Self> {
-        let mut setup = Self {
-            label: spec.trim().to_string(),
-            connector: Vec::new(),
-            env: Vec::new(),
-        };
-        let mut worker = Vec::new();
-        for kv in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .with_context(|| format!("--peer-config: {kv:?} is not KEY=VALUE"))?;
-            match k {
-                "jvm" => setup.env.push(("PEER_JVM".into(), v.into())),
-                "heap" => setup.env.push(("PEER_HEAP_OPTS".into(), v.into())),
-                _ => match k.strip_prefix("worker.") {
-                    Some(prop) => worker.push(format!("{prop}={v}")),
-                    None => setup.connector.push((k.into(), v.into())),
-                },
-            }
-        }
-        if !worker.is_empty() {
-            setup
-                .env
-                .push(("PEER_WORKER_PROPS".into(), worker.join("\n")));
-        }
-        Ok(setup)
-    }
-
-    /// The connector's configuration: the base (class, topic, database, target table) and this
-    /// setup's properties over it.
-    pub fn connector_config(&self, topic: &str, db_url: &str) -> anyhow::Result<Value> {
-        let (jdbc, user, password) = jdbc_url(db_url)?;
-        let mut config = Map::new();
-        for (k, v) in [
-            ("connector.class", connect::JDBC_SINK),
-            ("tasks.max", "1"),
-            ("topics", topic),
-            ("connection.url", jdbc.as_str()),
-            ("connection.username", user.as_str()),
-            ("connection.password", password.as_str()),
-            ("collection.name.format", "processed_data"),
-        ] {
-            config.insert(k.to_string(), json!(v));
-        }
-        for (k, v) in &self.connector {
-            config.insert(k.clone(), json!(v));
-        }
-        Ok(Value::Object(config))
-    }
-}
-
-/// `postgres://user:password@host:port/db?sslmode=…` as a JDBC URL, user and password.
-pub fn jdbc_url(db_url: &str) -> anyhow::Result<(String, String, String)> {
-    let url = url::Url::parse(db_url).context("DATABASE_URL is not a URL")?;
-    let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    let host = url.host_str().context("DATABASE_URL has no host")?;
-    let mut jdbc = format!(
-        "jdbc:postgresql://{host}:{}{}",
-        url.port().unwrap_or(5432),
-        url.path()
-    );
-    if let Some((_, mode)) = url.query_pairs().find(|(k, _)| k == "sslmode") {
-        let _ = write!(jdbc, "?sslmode={mode}");
-    }
-    let password = url.password().map(decode).unwrap_or_default();
-    Ok((jdbc, decode(url.username()), password))
-}
-
 /// One repetition's figures.
 #[derive(Debug, Clone)]
 pub struct Rep {
@@ -161,16 +66,26 @@ pub struct Rep {
     pub startup: Duration,
     /// The worker's CPU time by then.
     pub startup_cpu: Duration,
-    /// Connector created until the last row was in PostgreSQL.
-    pub load: Duration,
-    /// First row until the last row.
+    /// Connector created until the first row was in PostgreSQL: the task's own start (its
+    /// consumer joining, Hibernate and the connection pool) and its first batch.
+    pub first_row: Duration,
+    /// First row until the last row: the load, as the loader's is timed from its first record.
     pub rows: Duration,
-    /// The worker's CPU over `load`.
+    /// The worker's CPU over `rows`.
     pub cpu: Duration,
-    /// PostgreSQL's CPU over `load`.
+    /// PostgreSQL's CPU over `rows`.
     pub pg_cpu: Duration,
     /// The worker's peak resident set (VmHWM) at the last row, bytes.
     pub peak_rss: u64,
+}
+
+/// What [`wait_loaded`] saw: when the first row was there, the worker's and PostgreSQL's CPU
+/// time then, and when the last one was.
+struct Loaded {
+    first: Instant,
+    cpu_at_first: Duration,
+    pg_at_first: Duration,
+    done: Instant,
 }
 
 /// One configuration's repetitions.
@@ -270,12 +185,13 @@ pub async fn measure(config: &Config, run_id: &str, source: &Topic) -> anyhow::R
                     format!("peer, {}, repetition {rep}", run.setup.label)
                 })?;
                 eprintln!(
-                    "[bench] peer ({}), repetition {rep}: {:.0} users/s, start-up {:.1} s, Connect {:.2} cores, PostgreSQL {:.2} cores",
+                    "[bench] peer ({}), repetition {rep}: {:.0} users/s, worker start-up {:.1} s, first row after {:.1} s, Connect {:.2} cores, PostgreSQL {:.2} cores",
                     run.setup.label,
-                    topic.users as f64 / r.load.as_secs_f64().max(1e-9),
+                    topic.users as f64 / r.rows.as_secs_f64().max(1e-9),
                     r.startup.as_secs_f64(),
-                    procfs::cores(r.cpu, r.load),
-                    procfs::cores(r.pg_cpu, r.load),
+                    r.first_row.as_secs_f64(),
+                    procfs::cores(r.cpu, r.rows),
+                    procfs::cores(r.pg_cpu, r.rows),
                 );
                 run.reps.push(r);
             }
@@ -325,20 +241,19 @@ async fn once(config: &Config, topic: &UserTopic, setup: &Setup) -> anyhow::Resu
         let startup_cpu = procfs::cpu(pid)?;
         let connector = format!("bench-peer-{}", uuid::Uuid::new_v4().simple());
         let connector_config = setup.connector_config(&topic.name, &db.url)?;
-        let pg_before = procfs::postgres_cpu();
         let created = Instant::now();
         worker.create(&connector, &connector_config).await?;
-        let (first, done) = wait_loaded(&mut worker, &connector, &mut conn, topic).await?;
-        let cpu = procfs::cpu(pid)?.saturating_sub(startup_cpu);
-        let pg_cpu = procfs::postgres_cpu().saturating_sub(pg_before);
+        let loaded = wait_loaded(&mut worker, &connector, &mut conn, topic).await?;
+        let cpu = procfs::cpu(pid)?.saturating_sub(loaded.cpu_at_first);
+        let pg_cpu = procfs::postgres_cpu().saturating_sub(loaded.pg_at_first);
         let peak_rss = procfs::peak_rss(pid)?;
         worker.stop(Duration::from_secs(30)).await;
         let _ = conn.close().await;
         anyhow::Ok(Rep {
             startup,
             startup_cpu,
-            load: done - created,
-            rows: done - first,
+            first_row: loaded.first - created,
+            rows: loaded.done - loaded.first,
             cpu,
             pg_cpu,
             peak_rss,
@@ -356,10 +271,10 @@ async fn wait_loaded(
     connector: &str,
     conn: &mut sqlx::PgConnection,
     topic: &UserTopic,
-) -> anyhow::Result<(Instant, Instant)> {
+) -> anyhow::Result<Loaded> {
     let (ids, indexes): (Vec<uuid::Uuid>, Vec<i32>) = topic.last.values().copied().unzip();
     let started = Instant::now();
-    let mut first = None;
+    let mut first: Option<(Instant, Duration, Duration)> = None;
     let mut checked = Instant::now();
     loop {
         if first.is_none() {
@@ -368,7 +283,11 @@ async fn wait_loaded(
                 .await
                 .context("polling processed_data")?;
             if any {
-                first = Some(Instant::now());
+                first = Some((
+                    Instant::now(),
+                    procfs::cpu(worker.pid())?,
+                    procfs::postgres_cpu(),
+                ));
             }
         }
         if first.is_some() {
@@ -392,8 +311,15 @@ async fn wait_loaded(
                     "{n} rows for {} users",
                     topic.users
                 );
-                if n as u64 == topic.users {
-                    return Ok((first.unwrap_or(done), done));
+                if let Some((first, cpu_at_first, pg_at_first)) = first
+                    && n as u64 == topic.users
+                {
+                    return Ok(Loaded {
+                        first,
+                        cpu_at_first,
+                        pg_at_first,
+                        done,
+                    });
                 }
             }
         }
@@ -408,166 +334,5 @@ async fn wait_loaded(
             topic.users
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Median, minimum and maximum.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spread {
-    /// The median (the mean of the middle two for an even count).
-    pub median: f64,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-}
-
-impl Spread {
-    /// Of `values` (not empty).
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return Self {
-                median: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
-        }
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
-
-    /// `median (min–max)`, with `decimals` decimals; the median alone for one value.
-    pub fn show(&self, decimals: usize) -> String {
-        if self.min == self.max {
-            format!("{:.*}", decimals, self.median)
-        } else {
-            format!(
-                "{:.*} ({:.*}–{:.*})",
-                decimals, self.median, decimals, self.min, decimals, self.max
-            )
-        }
-    }
-}
-
-impl PeerRun {
-    fn spread(&self, f: impl Fn(&Rep) -> f64) -> Spread {
-        Spread::of(self.reps.iter().map(f))
-    }
-}
-
-/// The peer's section, as Markdown.
-pub fn render(p: &Peer) -> String {
-    let mut s = String::new();
-    let users = p.users as f64;
-    let reps = p.runs.first().map_or(0, |r| r.reps.len());
-    let _ = writeln!(
-        s,
-        "\nPeer: Kafka Connect 4.1.1 (a standalone worker from the broker's release jars) with Debezium's JDBC sink 3.4.3.Final and the PostgreSQL driver, from a topic of one record per user ({} users, {:.1} MB with their JSON-schema envelopes, {} partitions, lz4) holding the rows the loader writes into `processed_data` (transformed before, untimed). Each repetition: a fresh worker, database (`processed_data` from the migrations: primary key and indexes, no foreign key to `raw_data`) and consumer group. Medians of {reps} repetition(s) (min–max); rate and CPU from the connector's creation until the last row is in PostgreSQL, start-up apart.\n",
-        p.users,
-        p.bytes as f64 / 1e6,
-        p.partitions
-    );
-    let _ = writeln!(
-        s,
-        "| configuration | users/s | users/s, first row → last | worker start-up (CPU) | Connect CPU (cores) | Connect CPU per 1,000 users | Connect peak RSS | PostgreSQL CPU (cores) | PostgreSQL CPU per 1,000 users |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for run in &p.runs {
-        let rate = run.spread(|r| users / r.load.as_secs_f64().max(1e-9));
-        let rows = run.spread(|r| users / r.rows.as_secs_f64().max(1e-9));
-        let startup = run.spread(|r| r.startup.as_secs_f64());
-        let startup_cpu = run.spread(|r| r.startup_cpu.as_secs_f64());
-        let cores = run.spread(|r| procfs::cores(r.cpu, r.load));
-        let per_k = run.spread(|r| r.cpu.as_secs_f64() * 1e3 / users * 1e3);
-        let rss = run.spread(|r| r.peak_rss as f64 / 1024.0 / 1024.0);
-        let pg = run.spread(|r| procfs::cores(r.pg_cpu, r.load));
-        let pg_per_k = run.spread(|r| r.pg_cpu.as_secs_f64() * 1e3 / users * 1e3);
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} s ({} s) | {} | {} ms | {} MB | {} | {} ms |",
-            run.setup.label,
-            rate.show(0),
-            rows.show(0),
-            startup.show(1),
-            startup_cpu.show(1),
-            cores.show(2),
-            per_k.show(0),
-            rss.show(0),
-            pg.show(2),
-            pg_per_k.show(0),
-        );
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connector_config_of_a_setup() {
-        let setup = Setup::parse(
-            "insert.mode=upsert, primary.key.mode=record_key,tasks.max=6,jvm=temurin,heap=-Xms1G -Xmx1G,worker.plugin.discovery=service_load",
-        )
-        .unwrap();
-        assert_eq!(
-            setup.env,
-            vec![
-                ("PEER_JVM".to_string(), "temurin".to_string()),
-                ("PEER_HEAP_OPTS".to_string(), "-Xms1G -Xmx1G".to_string()),
-                (
-                    "PEER_WORKER_PROPS".to_string(),
-                    "plugin.discovery=service_load".to_string()
-                ),
-            ]
-        );
-        let config = setup
-            .connector_config("t.users", "postgres://etl:p%40ss@localhost:35432/bench_x")
-            .unwrap();
-        assert_eq!(
-            config,
-            json!({
-                "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
-                "tasks.max": "6",
-                "topics": "t.users",
-                "connection.url": "jdbc:postgresql://localhost:35432/bench_x",
-                "connection.username": "etl",
-                "connection.password": "p@ss",
-                "collection.name.format": "processed_data",
-                "insert.mode": "upsert",
-                "primary.key.mode": "record_key",
-            })
-        );
-        let defaults = Setup::defaults()
-            .connector_config("t", "postgres://u@h/d?sslmode=require")
-            .unwrap();
-        assert_eq!(defaults["tasks.max"], "1");
-        assert_eq!(
-            defaults["connection.url"],
-            "jdbc:postgresql://h:5432/d?sslmode=require"
-        );
-        assert!(defaults.get("insert.mode").is_none(), "the default, insert");
-        assert!(Setup::parse("batch.size").is_err());
-        assert!(Setup::parse(BEST).is_ok());
-    }
-
-    #[test]
-    fn spread_of_repetitions() {
-        let s = Spread::of([3.0, 1.0, 2.0]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).median, 2.5);
-        assert_eq!(s.show(1), "2.0 (1.0–3.0)");
-        assert_eq!(Spread::of([5.0]).show(0), "5");
     }
 }
