@@ -199,7 +199,7 @@ pub async fn measure(config: &Config, run_id: &str, source: &Topic) -> anyhow::R
         anyhow::Ok(Peer {
             users: topic.users,
             bytes: topic.bytes,
-            partitions: topic.last.len(),
+            partitions: usize::try_from(config.partitions).unwrap_or(0),
             runs,
         })
     }
