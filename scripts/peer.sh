@@ -45,7 +45,7 @@ log() { printf '[peer] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # The POMs', the settings' and this script's digest: a changed version or rule resolves again.
-stamp() { cat "${BASH_SOURCE[0]}" "$SERVICES/connect-pom.xml" "$SERVICES/connect-jdbc-pom.xml" "$SERVICES/maven-central-settings.xml" | sha256sum | cut -d' ' -f1; }
+stamp() { cat "${BASH_SOURCE[0]}" "$SERVICES/kafka-pom.xml" "$SERVICES/connect-pom.xml" "$SERVICES/connect-jdbc-pom.xml" "$SERVICES/maven-central-settings.xml" | sha256sum | cut -d' ' -f1; }
 
 # An artifact's name without its version: jackson-core-2.19.0.jar -> jackson-core.
 artifact() { basename "$1" .jar | sed -E 's/-[0-9][0-9A-Za-z.]*(-[A-Za-z0-9.]+)*$//'; }
@@ -59,7 +59,7 @@ provision() {
   rm -rf "$CONNECT_LIB" "$PLUGINS"
   mkdir -p "$CONNECT_LIB" "$PLUGIN"
   local mvn=(mvn -q -B -Dstyle.color=never -s "$SERVICES/maven-central-settings.xml" dependency:copy-dependencies -DincludeScope=runtime)
-  "${mvn[@]}" -f "$SERVICES/connect-pom.xml" -DoutputDirectory="$CONNECT_LIB" >&2 \
+  "${mvn[@]}" -f "$SERVICES/connect-pom.xml" -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$CONNECT_LIB" >&2 \
     || die "Maven could not resolve Kafka Connect $KAFKA_VERSION"
   "${mvn[@]}" -f "$SERVICES/connect-jdbc-pom.xml" -DoutputDirectory="$PLUGIN" >&2 \
     || die "Maven could not resolve debezium-connector-jdbc"
