@@ -84,7 +84,7 @@ pub struct Rep {
 struct Loaded {
     first: Instant,
     cpu_at_first: Duration,
-    pg_at_first: Duration,
+    pg_at_first: std::collections::BTreeMap<u32, u64>,
     done: Instant,
 }
 
@@ -245,7 +245,7 @@ async fn once(config: &Config, topic: &UserTopic, setup: &Setup) -> anyhow::Resu
         worker.create(&connector, &connector_config).await?;
         let loaded = wait_loaded(&mut worker, &connector, &mut conn, topic).await?;
         let cpu = procfs::cpu(pid)?.saturating_sub(loaded.cpu_at_first);
-        let pg_cpu = procfs::postgres_cpu().saturating_sub(loaded.pg_at_first);
+        let pg_cpu = procfs::postgres_cpu_since(&loaded.pg_at_first);
         let peak_rss = procfs::peak_rss(pid)?;
         worker.stop(Duration::from_secs(30)).await;
         let _ = conn.close().await;
@@ -274,7 +274,7 @@ async fn wait_loaded(
 ) -> anyhow::Result<Loaded> {
     let (ids, indexes): (Vec<uuid::Uuid>, Vec<i32>) = topic.last.values().copied().unzip();
     let started = Instant::now();
-    let mut first: Option<(Instant, Duration, Duration)> = None;
+    let mut first: Option<(Instant, Duration, std::collections::BTreeMap<u32, u64>)> = None;
     let mut checked = Instant::now();
     loop {
         if first.is_none() {
@@ -286,7 +286,7 @@ async fn wait_loaded(
                 first = Some((
                     Instant::now(),
                     procfs::cpu(worker.pid())?,
-                    procfs::postgres_cpu(),
+                    procfs::postgres_snapshot(),
                 ));
             }
         }
@@ -311,8 +311,8 @@ async fn wait_loaded(
                     "{n} rows for {} users",
                     topic.users
                 );
-                if let Some((first, cpu_at_first, pg_at_first)) = first
-                    && n as u64 == topic.users
+                if let Some((first, cpu_at_first, pg_at_first)) =
+                    first.take_if(|_| n as u64 == topic.users)
                 {
                     return Ok(Loaded {
                         first,

@@ -76,6 +76,35 @@ pub fn postgres_cpu() -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks())
 }
 
+/// CPU ticks of every live `postgres` process, by pid: what [`postgres_cpu_since`] measures from.
+pub fn postgres_snapshot() -> std::collections::BTreeMap<u32, u64> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    stat(&pid.to_string())
+                        .filter(|(n, _)| n == "postgres")
+                        .map(|(_, t)| (pid, t))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time the live `postgres` processes used since `snapshot`, each against its own earlier
+/// reading (from zero if it started since): unlike a difference of [`postgres_cpu`] totals, a
+/// process that exited in between (an autovacuum worker, a closed connection) cannot take its
+/// whole past off the figure; what it used in between is missed all the same.
+pub fn postgres_cpu_since(snapshot: &std::collections::BTreeMap<u32, u64>) -> Duration {
+    let ticks: u64 = postgres_snapshot()
+        .into_iter()
+        .map(|(pid, t)| t.saturating_sub(snapshot.get(&pid).copied().unwrap_or(0)))
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
 /// Cores busy on average: CPU time over wall time.
 pub fn cores(cpu: Duration, wall: Duration) -> f64 {
     cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
