@@ -7,12 +7,14 @@
 //! response into users; this is in its favour). Each repetition gets a fresh worker
 //! ([`connect`], `scripts/peer.sh`), a fresh database with `processed_data` as the migrations make
 //! it (primary key and indexes; without the foreign key to `raw_data`, which the peer does not
-//! write) and a fresh consumer group (a new connector name). Timed: from the first row in
-//! PostgreSQL until every row is (the last row of each partition present, then `count(*)`), as
-//! the loader is timed from its first record; apart from it the worker's start-up (spawn until its
-//! REST API offers the sink) and the connector's (created until the first row). The documented
-//! defaults run first, then each `--peer-config`; repetitions are interleaved so the machine's
-//! background load falls on every configuration alike.
+//! write) and a fresh consumer group (a new connector name). Timed: from the moment the
+//! connector's group has its partitions assigned (the broker says `Stable`: its consumers fetch
+//! from then on, as the loader is timed from its first record) until every row is in PostgreSQL
+//! (the last row of each partition present, then `count(*)`); apart from it the worker's start-up
+//! (spawn until its REST API offers the sink) and the connector's (created until assigned: the
+//! tasks' Hibernate and connection pools, the group's join). The documented defaults run first,
+//! then each `--peer-config`; repetitions are interleaved so the machine's background load falls
+//! on every configuration alike.
 
 pub mod connect;
 pub mod render;
@@ -24,11 +26,15 @@ use crate::preload::Topic;
 use crate::{Config, procfs};
 use anyhow::Context;
 use connect::Worker;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 pub use render::render;
 pub use setup::{BEST, Setup};
 use sqlx::Connection;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use topic::UserTopic;
 
@@ -66,26 +72,66 @@ pub struct Rep {
     pub startup: Duration,
     /// The worker's CPU time by then.
     pub startup_cpu: Duration,
-    /// Connector created until the first row was in PostgreSQL: the task's own start (its
-    /// consumer joining, Hibernate and the connection pool) and its first batch.
+    /// Connector created until its consumer group first had its partitions assigned: the tasks'
+    /// own start (Hibernate, the connection pool) and the group's join.
+    pub connector_start: Duration,
+    /// Partitions assigned until the first row was in PostgreSQL: the first batch.
     pub first_row: Duration,
-    /// First row until the last row: the load, as the loader's is timed from its first record.
-    pub rows: Duration,
-    /// The worker's CPU over `rows`.
+    /// Partitions assigned until the last row was in PostgreSQL: the load, as the loader's is
+    /// timed from its first record consumed.
+    pub load: Duration,
+    /// The worker's CPU over `load`.
     pub cpu: Duration,
-    /// PostgreSQL's CPU over `rows`.
+    /// PostgreSQL's CPU over `load`.
     pub pg_cpu: Duration,
     /// The worker's peak resident set (VmHWM) at the last row, bytes.
     pub peak_rss: u64,
 }
 
-/// What [`wait_loaded`] saw: when the first row was there, the worker's and PostgreSQL's CPU
-/// time then, and when the last one was.
+/// What [`wait_loaded`] saw: when the connector's group first had its partitions (with the
+/// worker's and PostgreSQL's CPU then), the first row, the last.
 struct Loaded {
+    assigned: Instant,
+    cpu_at_start: Duration,
+    pg_at_start: BTreeMap<u32, u64>,
     first: Instant,
-    cpu_at_first: Duration,
-    pg_at_first: std::collections::BTreeMap<u32, u64>,
     done: Instant,
+}
+
+/// The connector's consumer group (`connect-<name>`) as the broker describes it.
+struct GroupWatch {
+    client: Arc<BaseConsumer>,
+    group: String,
+}
+
+impl GroupWatch {
+    fn new(brokers: &str, connector: &str) -> anyhow::Result<Self> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .context("cannot create a Kafka client")?;
+        Ok(Self {
+            client: Arc::new(client),
+            group: format!("connect-{connector}"),
+        })
+    }
+
+    /// True once the group is `Stable` with members: its partitions are assigned, so its
+    /// consumers fetch from now on.
+    async fn assigned(&self) -> anyhow::Result<bool> {
+        let (client, group) = (self.client.clone(), self.group.clone());
+        tokio::task::spawn_blocking(move || {
+            client
+                .fetch_group_list(Some(&group), Duration::from_secs(5))
+                .is_ok_and(|l| {
+                    l.groups()
+                        .iter()
+                        .any(|g| g.state() == "Stable" && !g.members().is_empty())
+                })
+        })
+        .await
+        .context("describing the connector's group")
+    }
 }
 
 /// One configuration's repetitions.
@@ -185,13 +231,13 @@ pub async fn measure(config: &Config, run_id: &str, source: &Topic) -> anyhow::R
                     format!("peer, {}, repetition {rep}", run.setup.label)
                 })?;
                 eprintln!(
-                    "[bench] peer ({}), repetition {rep}: {:.0} users/s, worker start-up {:.1} s, first row after {:.1} s, Connect {:.2} cores, PostgreSQL {:.2} cores",
+                    "[bench] peer ({}), repetition {rep}: {:.0} users/s, worker start-up {:.1} s, connector start {:.1} s, Connect {:.2} cores, PostgreSQL {:.2} cores",
                     run.setup.label,
-                    topic.users as f64 / r.rows.as_secs_f64().max(1e-9),
+                    topic.users as f64 / r.load.as_secs_f64().max(1e-9),
                     r.startup.as_secs_f64(),
-                    r.first_row.as_secs_f64(),
-                    procfs::cores(r.cpu, r.rows),
-                    procfs::cores(r.pg_cpu, r.rows),
+                    r.connector_start.as_secs_f64(),
+                    procfs::cores(r.cpu, r.load),
+                    procfs::cores(r.pg_cpu, r.load),
                 );
                 run.reps.push(r);
             }
@@ -241,19 +287,21 @@ async fn once(config: &Config, topic: &UserTopic, setup: &Setup) -> anyhow::Resu
         let startup_cpu = procfs::cpu(pid)?;
         let connector = format!("bench-peer-{}", uuid::Uuid::new_v4().simple());
         let connector_config = setup.connector_config(&topic.name, &db.url)?;
+        let group = GroupWatch::new(&config.brokers, &connector)?;
         let created = Instant::now();
         worker.create(&connector, &connector_config).await?;
-        let loaded = wait_loaded(&mut worker, &connector, &mut conn, topic).await?;
-        let cpu = procfs::cpu(pid)?.saturating_sub(loaded.cpu_at_first);
-        let pg_cpu = procfs::postgres_cpu_since(&loaded.pg_at_first);
+        let loaded = wait_loaded(&mut worker, &connector, &group, &mut conn, topic).await?;
+        let cpu = procfs::cpu(pid)?.saturating_sub(loaded.cpu_at_start);
+        let pg_cpu = procfs::postgres_cpu_since(&loaded.pg_at_start);
         let peak_rss = procfs::peak_rss(pid)?;
         worker.stop(Duration::from_secs(30)).await;
         let _ = conn.close().await;
         anyhow::Ok(Rep {
             startup,
             startup_cpu,
-            first_row: loaded.first - created,
-            rows: loaded.done - loaded.first,
+            connector_start: loaded.assigned - created,
+            first_row: loaded.first - loaded.assigned,
+            load: loaded.done - loaded.assigned,
             cpu,
             pg_cpu,
             peak_rss,
@@ -264,17 +312,20 @@ async fn once(config: &Config, topic: &UserTopic, setup: &Setup) -> anyhow::Resu
     result
 }
 
-/// Polls PostgreSQL until the first row is there, then until the last row of every partition is
-/// and `count(*)` says all are; watches the worker and the connector's tasks meanwhile.
+/// Watches the connector's group until its partitions are assigned, then polls PostgreSQL until
+/// the first row is there and until the last row of every partition is and `count(*)` says all
+/// are; watches the worker and the connector's tasks meanwhile.
 async fn wait_loaded(
     worker: &mut Worker,
     connector: &str,
+    group: &GroupWatch,
     conn: &mut sqlx::PgConnection,
     topic: &UserTopic,
 ) -> anyhow::Result<Loaded> {
     let (ids, indexes): (Vec<uuid::Uuid>, Vec<i32>) = topic.last.values().copied().unzip();
     let started = Instant::now();
-    let mut first: Option<(Instant, Duration, std::collections::BTreeMap<u32, u64>)> = None;
+    let mut assigned: Option<(Instant, Duration, BTreeMap<u32, u64>)> = None;
+    let mut first: Option<Instant> = None;
     let mut checked = Instant::now();
     loop {
         if first.is_none() {
@@ -282,15 +333,20 @@ async fn wait_loaded(
                 .fetch_one(&mut *conn)
                 .await
                 .context("polling processed_data")?;
-            if any {
-                first = Some((
+            // A group that went Stable and rebalanced again between two looks is seen late: the
+            // first row bounds it.
+            if assigned.is_none() && (any || group.assigned().await?) {
+                assigned = Some((
                     Instant::now(),
                     procfs::cpu(worker.pid())?,
                     procfs::postgres_snapshot(),
                 ));
             }
+            if any {
+                first = Some(Instant::now());
+            }
         }
-        if first.is_some() {
+        if let Some(first_at) = first {
             let present: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM processed_data
                  JOIN unnest($1::uuid[], $2::int4[]) AS k(raw_id, user_index) USING (raw_id, user_index)",
@@ -311,13 +367,14 @@ async fn wait_loaded(
                     "{n} rows for {} users",
                     topic.users
                 );
-                if let Some((first, cpu_at_first, pg_at_first)) =
-                    first.take_if(|_| n as u64 == topic.users)
+                if let Some((at, cpu_at_start, pg_at_start)) =
+                    assigned.take_if(|_| n as u64 == topic.users)
                 {
                     return Ok(Loaded {
-                        first,
-                        cpu_at_first,
-                        pg_at_first,
+                        assigned: at,
+                        cpu_at_start,
+                        pg_at_start,
+                        first: first_at,
                         done,
                     });
                 }

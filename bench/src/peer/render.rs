@@ -66,29 +66,30 @@ pub fn render(p: &Peer) -> String {
     let reps = p.runs.first().map_or(0, |r| r.reps.len());
     let _ = writeln!(
         s,
-        "\nPeer: Kafka Connect 4.1.1 (a standalone worker from the broker's release jars) with Debezium's JDBC sink 3.4.3.Final and the PostgreSQL driver (`scripts/peer.sh`), from a topic of one record per user ({} users, {:.1} MB with their JSON-schema envelopes, {} partitions, lz4) holding the rows the loader writes into `processed_data`, transformed before and untimed. Each repetition: a fresh worker, database (`processed_data` from the migrations: its primary key and indexes, without the foreign key to `raw_data`, which is not written) and consumer group. Medians of {reps} repetition(s) (min–max). Rate and CPU from the first row in PostgreSQL to the last (as the loader is timed from its first record); the worker's start-up and the connector's own (created → first row: its consumer joining, Hibernate, the connection pool, the first batch) apart.\n",
+        "\nPeer: Kafka Connect 4.1.1 (a standalone worker from the broker's release jars) with Debezium's JDBC sink 3.4.3.Final and the PostgreSQL driver (`scripts/peer.sh`), from a topic of one record per user ({} users, {:.1} MB with their JSON-schema envelopes, {} partitions, lz4) holding the rows the loader writes into `processed_data`, transformed before and untimed. Each repetition: a fresh worker, database (`processed_data` from the migrations: its primary key and indexes, without the foreign key to `raw_data`, which is not written) and consumer group. Medians of {reps} repetition(s) (min–max). Rate and CPU from the connector's consumer group having its partitions assigned (as the loader is timed from its first record consumed) until the last row is in PostgreSQL; apart from it the worker's start-up and the connector's own (created → partitions assigned: its tasks' Hibernate and connection pools, the group's join).\n",
         p.users,
         p.bytes as f64 / 1e6,
         p.partitions
     );
     let _ = writeln!(
         s,
-        "| configuration | users/s | Connect CPU (cores) | Connect CPU per 1,000 users | Connect peak RSS | PostgreSQL CPU (cores) | PostgreSQL CPU per 1,000 users | worker start-up (its CPU) | connector created → first row |"
+        "| configuration | users/s | Connect CPU (cores) | Connect CPU per 1,000 users | Connect peak RSS | PostgreSQL CPU (cores) | PostgreSQL CPU per 1,000 users | worker start-up (its CPU) | connector start | assigned → first row |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &p.runs {
-        let rate = run.spread(|r| users / r.rows.as_secs_f64().max(1e-9));
-        let cores = run.spread(|r| procfs::cores(r.cpu, r.rows));
+        let rate = run.spread(|r| users / r.load.as_secs_f64().max(1e-9));
+        let cores = run.spread(|r| procfs::cores(r.cpu, r.load));
         let per_k = run.spread(|r| r.cpu.as_secs_f64() * 1e3 / users * 1e3);
         let rss = run.spread(|r| r.peak_rss as f64 / 1024.0 / 1024.0);
-        let pg = run.spread(|r| procfs::cores(r.pg_cpu, r.rows));
+        let pg = run.spread(|r| procfs::cores(r.pg_cpu, r.load));
         let pg_per_k = run.spread(|r| r.pg_cpu.as_secs_f64() * 1e3 / users * 1e3);
         let startup = run.spread(|r| r.startup.as_secs_f64());
         let startup_cpu = run.spread(|r| r.startup_cpu.as_secs_f64());
+        let start = run.spread(|r| r.connector_start.as_secs_f64());
         let first = run.spread(|r| r.first_row.as_secs_f64());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ms | {} MB | {} | {} ms | {} s ({} s) | {} s |",
+            "| {} | {} | {} | {} ms | {} MB | {} | {} ms | {} s ({} s) | {} s | {} s |",
             run.setup.label,
             rate.show(0),
             cores.show(2),
@@ -98,6 +99,7 @@ pub fn render(p: &Peer) -> String {
             pg_per_k.show(0),
             startup.show(1),
             startup_cpu.show(1),
+            start.show(1),
             first.show(1),
         );
     }
