@@ -4,7 +4,9 @@
 #   provision   resolve the worker and the connector into the state dir (idempotent); prints where
 #   worker      run one standalone worker in the foreground: this script execs the JVM, so the
 #               caller's child pid is the worker's own (bench reads its CPU and memory from /proc)
-#   jvms        one line per JVM this machine offers: a name PEER_JVM takes, and its java binary
+#   jvms        one line per JVM this machine offers: a name PEER_JVM takes, its java binary and
+#               its version
+#   java        the java binary PEER_JVM names, and its version
 #
 # The worker is Kafka Connect from the broker's own release jars (the version in
 # services/kafka-pom.xml, listed in services/connect-pom.xml), resolved by Maven from Maven
@@ -24,7 +26,7 @@
 #
 # Environment: ETL_SERVICES_DIR (state, default <repo>/.services), KAFKA_BROKERS (localhost:9092),
 # CONNECT_PORT (38083), CONNECT_WORKER_DIR ($STATE/connect/worker-$CONNECT_PORT), PEER_JVM (a name
-# from `jvms`, e.g. temurin; a JAVA_HOME; a java binary; default: java on PATH), PEER_HEAP_OPTS
+# from `jvms`, e.g. temurin; `newest`; a JAVA_HOME; a java binary; default: java on PATH), PEER_HEAP_OPTS
 # (-Xms256M -Xmx2G), PEER_JVM_OPTS (Kafka's G1 settings), PEER_WORKER_PROPS.
 set -euo pipefail
 
@@ -82,31 +84,49 @@ provision() {
   printf '%s' "$want" >"$CONNECT_HOME/.complete"
 }
 
-# name<TAB>java binary, for every JVM under /usr/lib/jvm, then the one on PATH as `default`.
+# name<TAB>java binary<TAB>version (the JDK's `release` file, else `java -version`), for every
+# JVM under /usr/lib/jvm and then the one on PATH as `default`.
 jvms() {
-  local d name
+  local d
   for d in /usr/lib/jvm/*/; do
     d="${d%/}"
     [ -L "$d" ] && continue
     [ -x "$d/bin/java" ] || continue
-    name="$(basename "$d")"
-    printf '%s\t%s\n' "$name" "$d/bin/java"
+    printf '%s\t%s\t%s\n' "$(basename "$d")" "$d/bin/java" "$(java_version "$d/bin/java")"
   done
-  command -v java >/dev/null && printf 'default\t%s\n' "$(readlink -f "$(command -v java)")"
+  if command -v java >/dev/null; then
+    d="$(readlink -f "$(command -v java)")"
+    printf 'default\t%s\t%s\n' "$d" "$(java_version "$d")"
+  fi
 }
 
-# The java binary PEER_JVM names.
+java_version() {
+  local release
+  release="$(dirname "$(dirname "$1")")/release"
+  if [ -f "$release" ]; then
+    sed -n 's/^JAVA_RUNTIME_VERSION="\(.*\)"/\1/p' "$release"
+  else
+    "$1" -version 2>&1 | sed -n '1s/.*version "\(.*\)".*/\1/p'
+  fi
+}
+
+# The java binary PEER_JVM names: empty or `default` for java on PATH, `newest` for the highest
+# version `jvms` lists, a name (or part of one) from `jvms`, a JAVA_HOME or a java binary.
 java_bin() {
   local want="${PEER_JVM:-}"
   if [ -z "$want" ] || [ "$want" = "default" ]; then
     command -v java >/dev/null || die "java is required to run Kafka Connect (Debian: apt-get install default-jre-headless)"
-    command -v java
+    readlink -f "$(command -v java)"
     return
   fi
   if [ -x "$want" ] && [ -f "$want" ]; then printf '%s' "$want"; return; fi
   if [ -x "$want/bin/java" ]; then printf '%s' "$want/bin/java"; return; fi
   local found
-  found="$(jvms | awk -F'\t' -v w="$want" 'index($1, w) { print $2; exit }')"
+  if [ "$want" = "newest" ]; then
+    found="$(jvms | sort -t$'\t' -k3,3V | tail -n 1 | cut -f2)"
+  else
+    found="$(jvms | awk -F'\t' -v w="$want" 'index($1, w) { print $2; exit }')"
+  fi
   [ -n "$found" ] || die "PEER_JVM=$want: no such JVM (scripts/peer.sh jvms lists them)"
   printf '%s' "$found"
 }
@@ -146,8 +166,12 @@ case "${1:-}" in
     ;;
   worker) worker ;;
   jvms) jvms ;;
+  java)
+    java="$(java_bin)"
+    printf '%s %s\n' "$java" "$(java_version "$java")"
+    ;;
   *)
-    echo "usage: $0 provision|worker|jvms" >&2
+    echo "usage: $0 provision|worker|jvms|java" >&2
     exit 2
     ;;
 esac

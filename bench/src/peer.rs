@@ -139,6 +139,8 @@ impl GroupWatch {
 pub struct PeerRun {
     /// Its setup.
     pub setup: Setup,
+    /// The JVM it ran on: its JDK and version.
+    pub jvm: String,
     /// Its repetitions.
     pub reps: Vec<Rep>,
 }
@@ -218,13 +220,14 @@ pub async fn measure(config: &Config, run_id: &str, source: &Topic) -> anyhow::R
             topic.users,
             topic.bytes as f64 / 1e6
         );
-        let mut runs: Vec<PeerRun> = setups
-            .into_iter()
-            .map(|setup| PeerRun {
+        let mut runs = Vec::with_capacity(setups.len());
+        for setup in setups {
+            runs.push(PeerRun {
+                jvm: connect::java(script, &setup.env)?,
                 setup,
                 reps: Vec::new(),
-            })
-            .collect();
+            });
+        }
         for rep in 1..=args.peer_reps {
             for run in runs.iter_mut() {
                 let r = once(config, &topic, &run.setup).await.with_context(|| {

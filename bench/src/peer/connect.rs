@@ -28,6 +28,29 @@ pub fn provision(script: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The JVM a worker started with `env` runs on (`script java`): its JDK's name and version.
+pub fn java(script: &Path, env: &[(String, String)]) -> anyhow::Result<String> {
+    let out = Command::new(script)
+        .arg("java")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .with_context(|| format!("running {} java", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} java: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // `/usr/lib/jvm/NAME/bin/java VERSION` → `NAME VERSION`.
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (bin, version) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    let home = Path::new(bin).parent().and_then(Path::parent);
+    let name = home
+        .and_then(Path::file_name)
+        .map_or_else(|| bin.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(format!("{name} {version}").trim().to_string())
+}
+
 /// A running worker; killed when dropped.
 pub struct Worker {
     child: Child,

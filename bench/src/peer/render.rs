@@ -73,9 +73,9 @@ pub fn render(p: &Peer) -> String {
     );
     let _ = writeln!(
         s,
-        "| configuration | users/s | Connect CPU (cores) | Connect CPU per 1,000 users | Connect peak RSS | PostgreSQL CPU (cores) | PostgreSQL CPU per 1,000 users | worker start-up (its CPU) | connector start | assigned → first row |"
+        "| configuration | JVM | users/s | Connect CPU (cores) | Connect CPU per 1,000 users | Connect peak RSS | PostgreSQL CPU (cores) | PostgreSQL CPU per 1,000 users | worker start-up (its CPU) | connector start | assigned → first row |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &p.runs {
         let rate = run.spread(|r| users / r.load.as_secs_f64().max(1e-9));
         let cores = run.spread(|r| procfs::cores(r.cpu, r.load));
@@ -89,8 +89,9 @@ pub fn render(p: &Peer) -> String {
         let first = run.spread(|r| r.first_row.as_secs_f64());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ms | {} MB | {} | {} ms | {} s ({} s) | {} s | {} s |",
+            "| {} | {} | {} | {} | {} ms | {} MB | {} | {} ms | {} s ({} s) | {} s | {} s |",
             run.setup.label,
+            run.jvm,
             rate.show(0),
             cores.show(2),
             per_k.show(0),
