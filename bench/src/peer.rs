@@ -188,7 +188,7 @@ pub async fn only(
         started.format("%Y-%m-%d %H:%M UTC")
     );
     let _ = writeln!(text, "- machine: {}", crate::report::machine());
-    let _ = writeln!(text, "- command: `{}`\n", config.command);
+    let _ = writeln!(text, "- command: `{}`", config.command);
     text.push_str(&render(&result?));
     println!("{text}");
     crate::report::prepend(&config.out, &text)?;

@@ -1,61 +1,25 @@
 //! The peer's section of the report: medians and spread of its repetitions.
 
 use super::{Peer, PeerRun, Rep};
-use crate::procfs;
+use crate::{procfs, stats};
 use std::fmt::Write as _;
 
-/// Median, minimum and maximum.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spread {
-    /// The median (the mean of the middle two for an even count).
-    pub median: f64,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-}
-
-impl Spread {
-    /// Of `values` (not empty).
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return Self {
-                median: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
-        }
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
-
-    /// `median (min–max)`, with `decimals` decimals; the median alone for one value.
-    pub fn show(&self, decimals: usize) -> String {
-        if self.min == self.max {
-            format!("{:.*}", decimals, self.median)
-        } else {
-            format!(
-                "{:.*} ({:.*}–{:.*})",
-                decimals, self.median, decimals, self.min, decimals, self.max
-            )
-        }
-    }
-}
-
 impl PeerRun {
-    fn spread(&self, f: impl Fn(&Rep) -> f64) -> Spread {
-        Spread::of(self.reps.iter().map(f))
+    /// One figure over the repetitions: `median (min–max)`.
+    fn show(&self, decimals: usize, f: impl Fn(&Rep) -> f64) -> String {
+        let values: Vec<f64> = self.reps.iter().map(f).collect();
+        stats::show(&values, decimals)
+    }
+
+    /// CPU per 1,000 users over the repetitions, in milliseconds to about three digits.
+    fn per_1000(&self, users: u64, cpu: impl Fn(&Rep) -> std::time::Duration) -> String {
+        let values: Vec<f64> = self
+            .reps
+            .iter()
+            .map(|r| crate::per_1000(cpu(r).as_secs_f64(), users) * 1e3)
+            .collect();
+        let decimals = stats::median(&values).map_or(0, stats::decimals_for);
+        format!("{} ms", stats::show(&values, decimals))
     }
 }
 
@@ -77,31 +41,21 @@ pub fn render(p: &Peer) -> String {
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &p.runs {
-        let rate = run.spread(|r| users / r.load.as_secs_f64().max(1e-9));
-        let cores = run.spread(|r| procfs::cores(r.cpu, r.load));
-        let per_k = run.spread(|r| r.cpu.as_secs_f64() * 1e3 / users * 1e3);
-        let rss = run.spread(|r| r.peak_rss as f64 / 1024.0 / 1024.0);
-        let pg = run.spread(|r| procfs::cores(r.pg_cpu, r.load));
-        let pg_per_k = run.spread(|r| r.pg_cpu.as_secs_f64() * 1e3 / users * 1e3);
-        let startup = run.spread(|r| r.startup.as_secs_f64());
-        let startup_cpu = run.spread(|r| r.startup_cpu.as_secs_f64());
-        let start = run.spread(|r| r.connector_start.as_secs_f64());
-        let first = run.spread(|r| r.first_row.as_secs_f64());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} ms | {} MB | {} | {} ms | {} s ({} s) | {} s | {} s |",
+            "| {} | {} | {} | {} | {} | {} MB | {} | {} | {} s ({} s) | {} s | {} s |",
             run.setup.label,
             run.jvm,
-            rate.show(0),
-            cores.show(2),
-            per_k.show(0),
-            rss.show(0),
-            pg.show(2),
-            pg_per_k.show(0),
-            startup.show(1),
-            startup_cpu.show(1),
-            start.show(1),
-            first.show(1),
+            run.show(0, |r| users / r.load.as_secs_f64().max(1e-9)),
+            run.show(2, |r| procfs::cores(r.cpu, r.load)),
+            run.per_1000(p.users, |r| r.cpu),
+            run.show(0, |r| r.peak_rss as f64 / 1024.0 / 1024.0),
+            run.show(2, |r| procfs::cores(r.pg_cpu, r.load)),
+            run.per_1000(p.users, |r| r.pg_cpu),
+            run.show(1, |r| r.startup.as_secs_f64()),
+            run.show(1, |r| r.startup_cpu.as_secs_f64()),
+            run.show(1, |r| r.connector_start.as_secs_f64()),
+            run.show(1, |r| r.first_row.as_secs_f64()),
         );
     }
     let _ = writeln!(
@@ -114,13 +68,49 @@ pub fn render(p: &Peer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::Setup;
+    use std::time::Duration;
 
     #[test]
-    fn spread_of_repetitions() {
-        let s = Spread::of([3.0, 1.0, 2.0]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).median, 2.5);
-        assert_eq!(s.show(1), "2.0 (1.0–3.0)");
-        assert_eq!(Spread::of([5.0]).show(0), "5");
+    fn renders_medians_and_spread() {
+        let rep = |load: u64, cpu: u64| Rep {
+            startup: Duration::from_secs(3),
+            startup_cpu: Duration::from_secs(4),
+            connector_start: Duration::from_secs(2),
+            first_row: Duration::from_millis(500),
+            load: Duration::from_secs(load),
+            cpu: Duration::from_secs(cpu),
+            pg_cpu: Duration::from_secs(2),
+            peak_rss: 1 << 30,
+        };
+        let peer = Peer {
+            users: 200_000,
+            bytes: 435_000_000,
+            partitions: 6,
+            runs: vec![PeerRun {
+                setup: Setup::defaults(),
+                jvm: "java-17-openjdk-amd64 17.0.15".into(),
+                reps: vec![rep(20, 18), rep(10, 20), rep(16, 16)],
+            }],
+        };
+        let text = render(&peer);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| documented defaults"))
+            .unwrap();
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!(cells[1], "java-17-openjdk-amd64 17.0.15");
+        assert_eq!(cells[2], "12500 (10000–20000)", "users/s");
+        assert_eq!(cells[3], "1.00 (0.90–2.00)", "Connect cores");
+        assert_eq!(
+            cells[4], "90.0 (80.0–100.0) ms",
+            "Connect CPU per 1,000 users"
+        );
+        assert_eq!(cells[5], "1024 (1024–1024) MB");
+        assert_eq!(
+            cells[7], "10.0 (10.0–10.0) ms",
+            "PostgreSQL CPU per 1,000 users"
+        );
+        assert!(text.contains("200000 users, 435.0 MB"));
     }
 }
