@@ -75,3 +75,51 @@ impl FreshDb {
         }
     }
 }
+
+/// The group's positions as its batches store them in PostgreSQL.
+pub struct StoredPositions {
+    pool: sqlx::PgPool,
+    group: String,
+    topic: String,
+}
+
+impl StoredPositions {
+    /// A one-connection pool on `url`, for `group` on `topic`.
+    pub async fn new(url: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .context("connecting to the rebalance step's database")?;
+        Ok(Self {
+            pool,
+            group: group.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Records below the stored positions (the topic starts at 0); 0 until the first loader has
+    /// created the table.
+    pub async fn records(&self) -> anyhow::Result<i64> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('consumer_offsets') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .context("looking for consumer_offsets")?;
+        if !exists {
+            return Ok(0);
+        }
+        sqlx::query_scalar(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .fetch_one(&self.pool)
+        .await
+        .context("reading the stored positions")
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}

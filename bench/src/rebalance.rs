@@ -109,7 +109,7 @@ async fn run(
     let mut members = vec![spawn(1)?];
     let mut samples = Vec::new();
     let mut kafka_samples = Vec::new();
-    let stored = StoredPositions::new(&db.url, &group_id, topic_name).await?;
+    let stored = crate::db::StoredPositions::new(&db.url, &group_id, topic_name).await?;
     let (mut join_at, mut leave_at, mut joiner_first) = (None, None, None);
     // A zero sample or window would spin or divide by zero: at least 10 ms, and one sample.
     let sample = config.rebalance_sample.max(Duration::from_millis(10));
@@ -196,52 +196,6 @@ async fn run(
         kafka,
         done,
     })
-}
-
-/// The group's positions as its batches store them in PostgreSQL.
-struct StoredPositions {
-    pool: sqlx::PgPool,
-    group: String,
-    topic: String,
-}
-
-impl StoredPositions {
-    async fn new(url: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .context("connecting to the rebalance step's database")?;
-        Ok(Self {
-            pool,
-            group: group.to_string(),
-            topic: topic.to_string(),
-        })
-    }
-
-    /// Records below the stored positions (the topic starts at 0); 0 until the first loader has
-    /// created the table.
-    async fn records(&self) -> anyhow::Result<i64> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('consumer_offsets') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await
-            .context("looking for consumer_offsets")?;
-        if !exists {
-            return Ok(0);
-        }
-        sqlx::query_scalar(
-            "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-        )
-        .bind(&self.group)
-        .bind(&self.topic)
-        .fetch_one(&self.pool)
-        .await
-        .context("reading the stored positions")
-    }
-
-    async fn close(self) {
-        self.pool.close().await;
-    }
 }
 
 /// Records loaded at `t`: the last sample at or before it.

@@ -298,10 +298,8 @@ pub struct RunConfig {
     /// of a response (a 5,000-user response is ~5.5 MB).
     #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_max_bytes: u64,
-    /// PostgreSQL transactions a batch is written in at once, its partitions shared between
-    /// them (each with its partitions' positions, so each is whole on its own): one backend
-    /// parses and indexes while the loader waits on it, two keep the database busy. Below
-    /// DATABASE_MAX_CONNECTIONS, which the Parquet rolls share.
+    /// Transactions a batch is written in at once, whole partitions each with their positions
+    /// (DESIGN.md); below DATABASE_MAX_CONNECTIONS, which the Parquet rolls share.
     #[arg(long = "batch-writers", env = "BATCH_WRITERS", value_name = "BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub batch_writers: u32,
     /// ...or when its oldest record is this old, even if nothing else arrives.

@@ -332,17 +332,7 @@ pub async fn mark_published(
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 && Dataset::of_path(path) == Dataset::Raw {
-        sqlx::query(
-            "DELETE FROM raw_payload_text w USING raw_data r WHERE r.raw_file = $1 AND w.raw_id = r.raw_id",
-        )
-        .bind(path)
-        .execute(&mut *conn)
-        .await?;
-        // Copies a loader of an earlier version left in raw_data (migration 9).
-        sqlx::query("UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL")
-            .bind(path)
-            .execute(conn)
-            .await?;
+        super::postgres::forget_waiting_text(conn, path).await?;
     }
     Ok(done.rows_affected() == 1)
 }

@@ -137,6 +137,25 @@ impl<S: Shape> Unnest<S> {
     }
 }
 
+/// Deletes the waiting payload text of the records of the raw file `path`, once it is
+/// published: in `raw_payload_text`, and (left by a loader of an earlier version, migration 9)
+/// in `raw_data.payload_text`.
+pub async fn forget_waiting_text(conn: &mut PgConnection, path: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM raw_payload_text w USING raw_data r WHERE r.raw_file = $1 AND w.raw_id = r.raw_id",
+    )
+    .bind(path)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE raw_data SET payload_text = NULL WHERE raw_file = $1 AND payload_text IS NOT NULL",
+    )
+    .bind(path)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A record loaded before, as `raw_data` holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {

@@ -707,3 +707,20 @@ pub fn varied(payload: &[u8], tag: &str) -> Vec<u8> {
     out[open + 1..close].copy_from_slice(seed.as_bytes());
     out
 }
+
+/// Both sinks on a migrated `db`, rolling into `dir` at 128 MiB of input (nothing due by age).
+pub async fn migrated_sinks(db: &TestDb, dir: &Path) -> loader::sink::Sinks {
+    loader::migrate::apply(&db.pool).await.unwrap();
+    let store = loader::sink::store::Store::Local(dir.to_path_buf());
+    store.prepare().unwrap();
+    let rolls = loader::sink::Rolls::new(
+        db.pool.clone(),
+        store,
+        loader::sink::RollPolicy {
+            max_bytes: 128 << 20,
+            interval: Duration::from_secs(3600),
+        },
+    )
+    .expect("rolls");
+    loader::sink::Sinks::new(db.pool.clone(), rolls)
+}
