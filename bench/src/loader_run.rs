@@ -213,17 +213,15 @@ async fn run_once(
     let outcome = async {
         let mut first: Option<(Instant, Duration)> = None;
         loop {
-            if let Some(code) = child.try_wait().context("waiting on the loader")? {
-                anyhow::bail!("the loader exited early ({code}):\n{}", tail(&log));
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(1800),
-                "the loader did not catch up within 30 min:\n{}",
-                tail(&log)
-            );
-            if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
-                first = Some((Instant::now(), procfs::postgres_cpu()));
-            }
+            watch(
+                &mut child,
+                &log,
+                started,
+                Duration::from_secs(1800),
+                status,
+                &mut first,
+            )
+            .await?;
             if let Some((at, pg_before)) = first
                 && crate::kafka::caught_up(&offsets, &topic.ends)?
             {
@@ -262,6 +260,33 @@ async fn run_once(
         close: closed,
         parquet_files: files,
     })
+}
+
+/// One turn of watching a loader load: an error if it exited or has run past `limit`; notes
+/// its first record consumed (when, and PostgreSQL's CPU then) in `first`. True on the turn
+/// that noted it.
+pub async fn watch(
+    child: &mut Child,
+    log: &Path,
+    started: Instant,
+    limit: Duration,
+    status: std::net::SocketAddr,
+    first: &mut Option<(Instant, Duration)>,
+) -> anyhow::Result<bool> {
+    if let Some(code) = child.try_wait().context("waiting on the loader")? {
+        anyhow::bail!("the loader exited early ({code}):\n{}", tail(log));
+    }
+    anyhow::ensure!(
+        started.elapsed() < limit,
+        "the loader did not catch up within {} s:\n{}",
+        limit.as_secs(),
+        tail(log)
+    );
+    if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
+        *first = Some((Instant::now(), procfs::postgres_cpu()));
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Sends SIGTERM, which closes the open Parquet rolls, and waits for a clean exit (at most

@@ -7,7 +7,7 @@
 //! read as in [`crate::loader_run`].
 
 use crate::db::FreshDb;
-use crate::loader_run::{check_loaded, close, free_addr, loader_env, metric, spawn, stop, tail};
+use crate::loader_run::{check_loaded, close, free_addr, loader_env, spawn, stop, watch};
 use crate::preload::{self, Topic};
 use crate::{Config, Rate, per_1000, procfs};
 use anyhow::Context;
@@ -148,16 +148,8 @@ async fn run(
         let mut next = Instant::now();
         let mut last = -1i64;
         loop {
-            if let Some(code) = child.try_wait().context("waiting on the loader")? {
-                anyhow::bail!("the loader exited early ({code}):\n{}", tail(&log));
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(3600),
-                "the loader did not load the volume topic within 60 min:\n{}",
-                tail(&log)
-            );
-            if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
-                first = Some((Instant::now(), procfs::postgres_cpu()));
+            let limit = Duration::from_secs(3600);
+            if watch(&mut child, &log, started, limit, status, &mut first).await? {
                 next = Instant::now();
             }
             if let Some((at, pg_before)) = first {
