@@ -299,7 +299,7 @@ pub struct RunConfig {
     #[arg(long = "batch-max-bytes", env = "BATCH_MAX_BYTES", value_name = "BATCH_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_max_bytes: u64,
     /// Transactions a batch is written in at once, whole partitions each with their positions
-    /// (DESIGN.md); below DATABASE_MAX_CONNECTIONS, which the Parquet rolls share.
+    /// (DESIGN.md); at most DATABASE_MAX_CONNECTIONS − 1 ([`RunConfig::writers`]).
     #[arg(long = "batch-writers", env = "BATCH_WRITERS", value_name = "BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub batch_writers: u32,
     /// ...or when its oldest record is this old, even if nothing else arrives.
@@ -385,6 +385,13 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Writers per batch: `BATCH_WRITERS`, leaving the rolls a connection of the pool (≥ 1).
+    pub fn writers(&self) -> usize {
+        self.batch_writers
+            .min(self.db.max_connections.saturating_sub(1))
+            .max(1) as usize
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.topic.trim().is_empty() {
@@ -402,13 +409,6 @@ impl RunConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.session_timeout) {
             anyhow::bail!(
                 "KAFKA_SESSION_TIMEOUT must be between 1s and 5m (the broker's own limits apply too)"
-            );
-        }
-        if self.batch_writers >= self.db.max_connections {
-            anyhow::bail!(
-                "BATCH_WRITERS ({}) must be below DATABASE_MAX_CONNECTIONS ({}): the Parquet rolls need a connection too",
-                self.batch_writers,
-                self.db.max_connections
             );
         }
         if self.batch_linger.is_zero() {

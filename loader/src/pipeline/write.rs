@@ -108,7 +108,7 @@ impl Pipeline {
         good: Vec<LoadRecord>,
         positions: Option<Positions>,
     ) -> Result<sink::WriteOutcome, Cancelled> {
-        let writers = self.config.batch_writers.max(1) as usize;
+        let writers = self.config.writers();
         let groups = split_by_partition(good, positions, writers);
         let outcomes = futures::future::try_join_all(
             groups
