@@ -157,6 +157,60 @@ pub fn loader_env(
     env
 }
 
+/// A `loader run` process started by [`launch`], and what watching it needs.
+pub struct Launched {
+    /// The process.
+    pub child: Child,
+    /// Its status server (`/metrics`).
+    pub status: std::net::SocketAddr,
+    /// Its output.
+    pub log: PathBuf,
+    /// Its group's committed offsets on the topic.
+    pub offsets: loader::replay::GroupOffsets,
+    /// When it was started.
+    pub started: Instant,
+}
+
+/// Starts the real `loader run` on `topic_name` into `db`, in a new group named after
+/// `group_prefix`, with its data directory and log under `dir` and `settings` on top of the
+/// defaults.
+pub fn launch(
+    config: &Config,
+    bin_dir: &Path,
+    topic_name: &str,
+    db: &FreshDb,
+    dir: &Path,
+    settings: &[(String, String)],
+    group_prefix: &str,
+) -> anyhow::Result<Launched> {
+    let group = format!("{group_prefix}-{}", uuid::Uuid::new_v4().simple());
+    let status = free_addr()?;
+    let log = dir.join("loader.log");
+    let env = loader_env(
+        &config.brokers,
+        &db.url,
+        topic_name,
+        &group,
+        &dir.join("data"),
+        status,
+        settings,
+    );
+    let offsets = loader::replay::GroupOffsets::new(
+        &KafkaArgs::for_brokers(&config.brokers),
+        &group,
+        topic_name,
+    )?;
+    let started = Instant::now();
+    let child = spawn(&bin_dir.join("loader"), &["run"], &env, &log)?;
+    Ok(Launched {
+        child,
+        status,
+        log,
+        offsets,
+        started,
+    })
+}
+
 /// Runs the loader over the whole preloaded topic.
 pub async fn measure(
     config: &Config,
@@ -190,26 +244,21 @@ async fn run_once(
     db: &FreshDb,
     dir: &Path,
 ) -> anyhow::Result<LoaderRun> {
-    let group = format!("bench-loader-{}", uuid::Uuid::new_v4().simple());
-    let status = free_addr()?;
-    let data_dir: PathBuf = dir.join("data");
-    let log = dir.join("loader.log");
-    let env = loader_env(
-        &config.brokers,
-        &db.url,
-        topic_name,
-        &group,
-        &data_dir,
+    let Launched {
+        mut child,
         status,
-        settings,
-    );
-    let offsets = loader::replay::GroupOffsets::new(
-        &KafkaArgs::for_brokers(&config.brokers),
-        &group,
+        log,
+        offsets,
+        started,
+    } = launch(
+        config,
+        bin_dir,
         topic_name,
+        db,
+        dir,
+        settings,
+        "bench-loader",
     )?;
-    let started = Instant::now();
-    let mut child = spawn(&bin_dir.join("loader"), &["run"], &env, &log)?;
     let outcome = async {
         let mut first: Option<(Instant, Duration)> = None;
         loop {

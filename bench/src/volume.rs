@@ -7,11 +7,10 @@
 //! read as in [`crate::loader_run`].
 
 use crate::db::FreshDb;
-use crate::loader_run::{check_loaded, close, free_addr, loader_env, spawn, stop, watch};
+use crate::loader_run::{Launched, check_loaded, close, launch, stop, watch};
 use crate::preload::{self, Topic};
 use crate::{Config, Rate, per_1000, procfs};
 use anyhow::Context;
-use etl_common::kafka::KafkaArgs;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -121,26 +120,14 @@ async fn run(
     db: &FreshDb,
     dir: &Path,
 ) -> anyhow::Result<Volume> {
-    let group = format!("bench-volume-{}", uuid::Uuid::new_v4().simple());
-    let status = free_addr()?;
-    let log = dir.join("loader.log");
-    let env = loader_env(
-        &config.brokers,
-        &db.url,
-        topic_name,
-        &group,
-        &dir.join("data"),
+    let Launched {
+        mut child,
         status,
-        &[],
-    );
-    let offsets = loader::replay::GroupOffsets::new(
-        &KafkaArgs::for_brokers(&config.brokers),
-        &group,
-        topic_name,
-    )?;
+        log,
+        offsets,
+        started,
+    } = launch(config, bin_dir, topic_name, db, dir, &[], "bench-volume")?;
     let partitions: Vec<i32> = topic.ends.keys().copied().collect();
-    let started = Instant::now();
-    let mut child = spawn(&bin_dir.join("loader"), &["run"], &env, &log)?;
     let pid = child.id();
     let outcome = async {
         let mut first: Option<(Instant, Duration)> = None;
