@@ -296,21 +296,19 @@ pub async fn records_in(
     after: (i64, Uuid),
     limit: i64,
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
-    let sql = match dataset {
-        Dataset::Raw => {
-            "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
-                    coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
-             FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
-             WHERE r.raw_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
-        }
-        Dataset::Processed => {
-            "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
-                    coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
-             FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
-             WHERE r.processed_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
-        }
+    // The text waiting for the raw file, else (left by an earlier version) in raw_data, else
+    // rendered from the jsonb (a crash emptied the unlogged table, or the file is rewritten).
+    let file = match dataset {
+        Dataset::Raw => "raw_file",
+        Dataset::Processed => "processed_file",
     };
-    let rows = sqlx::query(sql)
+    let sql = format!(
+        "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
+                coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
+         FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
+         WHERE r.{file} = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(path)
         .bind(after.0)
         .bind(after.1)
