@@ -182,12 +182,18 @@ fn split_by_partition(
     by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let groups = writers.clamp(1, by_size.len().max(1));
     let mut load = vec![0usize; groups];
-    let mut group_of: HashMap<(String, i32), usize> = HashMap::new();
-    for ((topic, partition), size) in by_size {
+    let mut group_of: HashMap<(&str, i32), usize> = HashMap::with_capacity(by_size.len());
+    for (key, size) in by_size {
         let lightest = (0..groups).min_by_key(|&g| (load[g], g)).unwrap_or(0);
         load[lightest] += size;
-        group_of.insert((topic.to_string(), partition), lightest);
+        group_of.insert(key, lightest);
     }
+    let group = |topic: &str, partition: i32| group_of.get(&(topic, partition)).copied();
+    // Decided while `good` is borrowed, so no key is copied per record.
+    let of_record: Vec<usize> = good
+        .iter()
+        .map(|r| group(&r.source.topic, r.source.partition).unwrap_or(0))
+        .collect();
     let mut out: Vec<(Vec<LoadRecord>, Option<Positions>)> = (0..groups)
         .map(|_| {
             let positions = positions.as_ref().map(|p| Positions {
@@ -198,20 +204,16 @@ fn split_by_partition(
             (Vec::new(), positions)
         })
         .collect();
-    for r in good {
-        let g = group_of
-            .get(&(r.source.topic.clone(), r.source.partition))
-            .copied()
-            .unwrap_or(0);
-        out[g].0.push(r);
-    }
     if let Some(positions) = positions {
-        for (key, next) in positions.next {
-            let g = group_of.get(&key).copied().unwrap_or(0);
+        for ((topic, partition), next) in positions.next {
+            let g = group(&topic, partition).unwrap_or(0);
             if let Some(p) = out[g].1.as_mut() {
-                p.next.insert(key, next);
+                p.next.insert((topic, partition), next);
             }
         }
+    }
+    for (r, g) in good.into_iter().zip(of_record) {
+        out[g].0.push(r);
     }
     out
 }
