@@ -101,21 +101,17 @@ impl StoredPositions {
     /// Records below the stored positions (the topic starts at 0); 0 until the first loader has
     /// created the table.
     pub async fn records(&self) -> anyhow::Result<i64> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('consumer_offsets') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await
-            .context("looking for consumer_offsets")?;
-        if !exists {
-            return Ok(0);
-        }
-        sqlx::query_scalar(
+        let sum = sqlx::query_scalar(
             "SELECT coalesce(sum(next_offset), 0)::int8 FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
         )
         .bind(&self.group)
         .bind(&self.topic)
         .fetch_one(&self.pool)
-        .await
-        .context("reading the stored positions")
+        .await;
+        match sum {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(0),
+            other => other.context("reading the stored positions"),
+        }
     }
 
     /// Closes the pool.

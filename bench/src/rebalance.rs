@@ -165,8 +165,7 @@ async fn run(
     group::stop_all(&mut members, Duration::from_secs(120)).await?;
     check_loaded(db, topic).await?;
 
-    let window = join_at.map_or(floor, |j| judging_window(&samples, j, floor));
-    let steady = join_at.and_then(|j| steady_rate(&samples, j, window));
+    // (the window, the steady rate, the join, the leave) as `samples` tell them.
     let changes = |samples: &[(Duration, f64)]| {
         let window = join_at.map_or(floor, |j| judging_window(samples, j, floor));
         let steady = join_at.and_then(|j| steady_rate(samples, j, window));
@@ -175,12 +174,14 @@ async fn run(
             dip: steady.and_then(|s| dip(samples, window, s, at, until)),
         };
         (
+            window,
+            steady,
             join_at.map(|j| change(j, leave_at.unwrap_or(done))),
             leave_at.map(|l| change(l, done)),
         )
     };
-    let (join, leave) = changes(&samples);
-    let kafka = changes(&kafka_samples);
+    let (window, steady, join, leave) = changes(&samples);
+    let (_, _, kafka_join, kafka_leave) = changes(&kafka_samples);
     stored.close().await;
     Ok(Rebalance {
         records: topic.records.len(),
@@ -193,7 +194,7 @@ async fn run(
         join,
         joiner_first,
         leave,
-        kafka,
+        kafka: (kafka_join, kafka_leave),
         done,
     })
 }
