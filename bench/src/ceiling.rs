@@ -170,7 +170,7 @@ pub async fn measure(
                 .context("beginning a COPY transaction")?;
             conns.push(conn);
         }
-        let pg_before = crate::procfs::postgres_cpu();
+        let pg_before = crate::procfs::postgres_snapshot();
         let started = Instant::now();
         let copies = conns
             .iter_mut()
@@ -187,7 +187,7 @@ pub async fn measure(
             });
         let counts = futures::future::try_join_all(copies).await?;
         let elapsed = started.elapsed();
-        let pg = crate::procfs::postgres_cpu().saturating_sub(pg_before);
+        let pg = crate::procfs::postgres_cpu_since(&pg_before);
         for conn in conns {
             let _ = conn.close().await;
         }

@@ -260,7 +260,7 @@ async fn run_once(
         "bench-loader",
     )?;
     let outcome = async {
-        let mut first: Option<(Instant, Duration)> = None;
+        let mut first: Option<(Instant, procfs::PgSnapshot)> = None;
         loop {
             watch(
                 &mut child,
@@ -271,14 +271,14 @@ async fn run_once(
                 &mut first,
             )
             .await?;
-            if let Some((at, pg_before)) = first
+            if let Some((at, pg_before)) = &first
                 && crate::kafka::caught_up(&offsets, &topic.ends)?
             {
                 let done = Instant::now();
-                let pg = procfs::postgres_cpu().saturating_sub(pg_before);
+                let pg = procfs::postgres_cpu_since(pg_before);
                 let peak_rss = procfs::peak_rss(child.id())?;
                 let cpu = procfs::cpu(child.id())?;
-                return Ok((at, done, peak_rss, cpu, pg));
+                return Ok((*at, done, peak_rss, cpu, pg));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -320,7 +320,7 @@ pub async fn watch(
     started: Instant,
     limit: Duration,
     status: std::net::SocketAddr,
-    first: &mut Option<(Instant, Duration)>,
+    first: &mut Option<(Instant, procfs::PgSnapshot)>,
 ) -> anyhow::Result<bool> {
     if let Some(code) = child.try_wait().context("waiting on the loader")? {
         anyhow::bail!("the loader exited early ({code}):\n{}", tail(log));
@@ -332,7 +332,7 @@ pub async fn watch(
         tail(log)
     );
     if first.is_none() && metric(status, "etl_loader_records_consumed_total").await > 0.0 {
-        *first = Some((Instant::now(), procfs::postgres_cpu()));
+        *first = Some((Instant::now(), procfs::postgres_snapshot()));
         return Ok(true);
     }
     Ok(false)

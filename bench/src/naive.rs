@@ -49,7 +49,7 @@ async fn run(
     let want = config.naive_records.min(topic.records.len());
     let (mut users, mut bytes, mut seen) = (0u64, 0u64, 0usize);
     let mut started = None;
-    let pg_before = crate::procfs::postgres_cpu();
+    let pg_before = crate::procfs::postgres_snapshot();
     while seen < want {
         let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
@@ -111,9 +111,10 @@ async fn run(
         bytes += payload.len() as u64;
         seen += 1;
     }
-    pool.close().await;
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-    let pg = crate::procfs::postgres_cpu().saturating_sub(pg_before);
+    // Before the pool closes: a backend that has exited can no longer be read.
+    let pg = crate::procfs::postgres_cpu_since(&pg_before);
+    pool.close().await;
     Ok(Rate {
         users,
         bytes,

@@ -55,29 +55,11 @@ fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// CPU time used so far by every live process named `postgres` on this machine (backends
-/// that exited in between are missed, so read it around work done on long-lived connections).
-pub fn postgres_cpu() -> Duration {
-    let ticks: u64 = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name();
-                    let pid = name.to_str()?;
-                    if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                        return None;
-                    }
-                    stat(pid).filter(|(n, _)| n == "postgres").map(|(_, t)| t)
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / clock_ticks())
-}
-
 /// CPU ticks of every live `postgres` process, by pid: what [`postgres_cpu_since`] measures from.
-pub fn postgres_snapshot() -> std::collections::BTreeMap<u32, u64> {
+pub type PgSnapshot = std::collections::BTreeMap<u32, u64>;
+
+/// [`PgSnapshot`] now.
+pub fn postgres_snapshot() -> PgSnapshot {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -94,10 +76,11 @@ pub fn postgres_snapshot() -> std::collections::BTreeMap<u32, u64> {
 }
 
 /// CPU time the live `postgres` processes used since `snapshot`, each against its own earlier
-/// reading (from zero if it started since): unlike a difference of [`postgres_cpu`] totals, a
-/// process that exited in between (an autovacuum worker, a closed connection) cannot take its
-/// whole past off the figure; what it used in between is missed all the same.
-pub fn postgres_cpu_since(snapshot: &std::collections::BTreeMap<u32, u64>) -> Duration {
+/// reading (from zero if it started since): unlike a difference of two totals, a process that
+/// exited in between (an autovacuum worker, a closed connection) cannot take its whole past off
+/// the figure; what it used in between is missed all the same, so read it before closing the
+/// connections whose work is measured.
+pub fn postgres_cpu_since(snapshot: &PgSnapshot) -> Duration {
     let ticks: u64 = postgres_snapshot()
         .into_iter()
         .map(|(pid, t)| t.saturating_sub(snapshot.get(&pid).copied().unwrap_or(0)))

@@ -111,7 +111,7 @@ async fn run_group(
         }
     }
     let outcome = async {
-        let mut first: Option<(Instant, Duration)> = None;
+        let mut first: Option<(Instant, procfs::PgSnapshot)> = None;
         loop {
             for m in members.iter_mut() {
                 m.poll()?;
@@ -123,18 +123,18 @@ async fn run_group(
             if first.is_none() {
                 futures::future::join_all(members.iter_mut().map(Member::read_counters)).await;
                 if members.iter().any(|m| m.consumed > 0.0) {
-                    first = Some((Instant::now(), procfs::postgres_cpu()));
+                    first = Some((Instant::now(), procfs::postgres_snapshot()));
                 }
             }
-            if let Some((at, pg_before)) = first
+            if let Some((at, pg_before)) = &first
                 && crate::kafka::caught_up(&offsets, &topic.ends)?
             {
                 let done = Instant::now();
-                let pg = procfs::postgres_cpu().saturating_sub(pg_before);
+                let pg = procfs::postgres_cpu_since(pg_before);
                 for m in members.iter_mut() {
                     m.poll()?;
                 }
-                return Ok((at, done, pg));
+                return Ok((*at, done, pg));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

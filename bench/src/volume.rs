@@ -130,7 +130,7 @@ async fn run(
     let partitions: Vec<i32> = topic.ends.keys().copied().collect();
     let pid = child.id();
     let outcome = async {
-        let mut first: Option<(Instant, Duration)> = None;
+        let mut first: Option<(Instant, procfs::PgSnapshot)> = None;
         let mut samples = Vec::new();
         let mut next = Instant::now();
         let mut last = -1i64;
@@ -139,7 +139,8 @@ async fn run(
             if watch(&mut child, &log, started, limit, status, &mut first).await? {
                 next = Instant::now();
             }
-            if let Some((at, pg_before)) = first {
+            if let Some((at, pg_before)) = &first {
+                let at = *at;
                 let committed = offsets.committed(&partitions)?;
                 let done = topic
                     .ends
@@ -154,7 +155,7 @@ async fn run(
                         records: records as f64,
                         rss: procfs::rss(pid)?,
                         loader_cpu: procfs::cpu(pid)?,
-                        pg_cpu: procfs::postgres_cpu().saturating_sub(pg_before),
+                        pg_cpu: procfs::postgres_cpu_since(pg_before),
                     });
                     last = records;
                     while next <= now {
