@@ -221,8 +221,22 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
-/// A loader config for a test.
+/// Sends the in-process loader's log to the test's captured output, so a failing test shows
+/// what the loader did (`TEST_LOG` filters it; info by default). Installed once per binary.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A loader config for a test (its log captured: [`capture_logs`]).
 pub fn loader_config(db: &TestDb, topic: &str, group: &str, data_dir: &Path) -> RunConfig {
+    capture_logs();
     RunConfig::for_test(&db.url, &brokers(), topic, group, data_dir).expect("loader test config")
 }
 
