@@ -142,6 +142,13 @@ pub struct Config {
     /// Run only the lake step, and add only its figures to the results file.
     #[arg(long)]
     pub lake_only: bool,
+    /// Run only the rebalance step and print it (the results file is left alone); the loaders'
+    /// logs are kept in `--rebalance-logs` when given, to read what each did around a change.
+    #[arg(long)]
+    pub rebalance_only: bool,
+    /// Where the rebalance step keeps its loaders' logs (by default they go with its data).
+    #[arg(long)]
+    pub rebalance_logs: Option<PathBuf>,
     /// Where the `loader` and `extractor` binaries are (default: beside this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -258,6 +265,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if config.peer.peer_only {
         return peer::only(&config, &run_id, started).await;
+    }
+    if config.rebalance_only {
+        let rebalance = rebalance::measure(&config, &bin_dir, &run_id).await?;
+        println!("{}", rebalance.render());
+        return Ok(());
     }
     eprintln!(
         "[bench] {run_id}: {} records x {} users, {} partitions",

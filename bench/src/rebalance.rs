@@ -82,11 +82,29 @@ pub async fn measure(config: &Config, bin_dir: &Path, run_id: &str) -> anyhow::R
         let dir = tempfile::tempdir().context("creating a data directory")?;
         let result = run(config, bin_dir, &topic_name, &topic, &db, dir.path()).await;
         db.drop().await;
+        if let Some(keep) = &config.rebalance_logs {
+            keep_logs(dir.path(), keep)?;
+        }
         result
     }
     .await;
     crate::kafka::delete_topic(&config.brokers, &topic_name).await;
     result
+}
+
+/// Copies the step's loader logs (`loader-<i>.log`) into `to`.
+fn keep_logs(dir: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, to.join(name))
+                .with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn run(

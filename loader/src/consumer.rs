@@ -1,5 +1,15 @@
 //! The Kafka consumer: its client settings, librdkafka's rebalance callbacks turned into
-//! ordered events, and the one offset commit (the pipeline's and `loader replay`'s).
+//! ordered events, the offsets a batch stores once it is in PostgreSQL (committed to Kafka by
+//! librdkafka in the background) and the synchronous commit `loader replay` makes.
+//!
+//! Why the pipeline stores offsets rather than committing them itself: a commit sent while the
+//! group rebalances waits for the rebalance and is then refused (`IllegalGeneration`), so a loop
+//! that waits for its commit stops loading the partitions it keeps for as long as the other
+//! members take to rejoin (3.5 s measured with a member joining). librdkafka's own commit skips
+//! a rebalance, commits a revoked partition's stored offset as it is revoked, and commits the
+//! rest at close. Kafka's committed offset is not what a loader starts from (PostgreSQL's stored
+//! position is, [`crate::pipeline`]): it serves lag monitoring and `loader status`, and lags the
+//! rows by at most [`COMMIT_INTERVAL`].
 //!
 //! The callbacks run inside our own poll, before the poll returns the next record, so the run
 //! loop applies every queued event before it adds that record: the order in which the loop sees
@@ -11,7 +21,10 @@
 
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
-use crate::events::{BrokerStatistics, PartitionsAssigned, PartitionsRevoked, Telemetry};
+use crate::events::{
+    BrokerStatistics, CommitFailed, OffsetsCommitted, PartitionsAssigned, PartitionsRevoked,
+    Telemetry,
+};
 use crate::sink::offsets::KafkaOffset;
 use anyhow::Context;
 use chrono::Utc;
@@ -20,7 +33,7 @@ use rdkafka::consumer::{
     StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -38,7 +51,13 @@ pub fn create(
 ) -> anyhow::Result<LoaderConsumer> {
     let mut cfg = config.kafka.client_config()?;
     cfg.set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
+        // Offsets are stored by the pipeline once a batch is in PostgreSQL, never by librdkafka
+        // as records are handed over; librdkafka commits what was stored (see the module doc).
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            COMMIT_INTERVAL.as_millis().to_string(),
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -53,8 +72,8 @@ pub fn create(
         )
         .set(
             "heartbeat.interval.ms",
-            (config.session_timeout.as_millis() / 3)
-                .max(100)
+            heartbeat_interval(config.session_timeout)
+                .as_millis()
                 .to_string(),
         )
         // librdkafka prefetches up to 64 MiB by default; 8 MiB keeps two batches' worth of
@@ -70,19 +89,76 @@ pub fn create(
         .context("cannot create the Kafka consumer")
 }
 
+/// How often librdkafka commits the offsets the pipeline stored.
+pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A third of the session timeout (the client's rule), at most a second: a member learns that
+/// the group rebalances from its next heartbeat, and a rebalance waits for every member to
+/// rejoin, so this bounds how long a joining member waits for the others (a cooperative
+/// rebalance takes two rounds). One small request a second per member.
+pub fn heartbeat_interval(session_timeout: std::time::Duration) -> std::time::Duration {
+    (session_timeout / 3).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(1),
+    )
+}
+
+/// The offset metadata every loader stamps: `{"committed_at", "by"}`, because Kafka does not
+/// report when an offset was committed and `loader status` shows it. `committed_at` is when the
+/// rows were in PostgreSQL (the pipeline stores offsets then; the commit follows within
+/// [`COMMIT_INTERVAL`]).
+fn stamp(by: &str) -> String {
+    serde_json::json!({
+        "committed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "by": by,
+    })
+    .to_string()
+}
+
+/// Stores `offsets` (topic, partition, next offset) for librdkafka's next commit, stamped as
+/// [`stamp`] says. Returns the partitions it could not store: no longer assigned to this member
+/// (revoked while the batch was written; their next owner starts from PostgreSQL's position).
+pub fn store<'a>(
+    consumer: &LoaderConsumer,
+    offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    by: &str,
+) -> anyhow::Result<Vec<(String, i32)>> {
+    let meta = stamp(by);
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, o) in offsets {
+        let mut e = tpl.add_partition(topic, p);
+        e.set_offset(Offset::Offset(o))?;
+        e.set_metadata(&meta);
+    }
+    if tpl.count() == 0 {
+        return Ok(Vec::new());
+    }
+    // Fails as a whole only when no partition could be stored; each element says why.
+    let stored = consumer.store_offsets(&tpl);
+    let moved: Vec<(String, i32)> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.error().is_err())
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    match stored {
+        Ok(()) => Ok(moved),
+        Err(KafkaError::StoreOffset(RDKafkaErrorCode::State))
+        | Err(KafkaError::StoreOffset(RDKafkaErrorCode::UnknownPartition)) => Ok(moved),
+        Err(e) => Err(e).context("cannot store the batch's offsets for commit"),
+    }
+}
+
 /// Commits `offsets` (topic, partition, next offset) synchronously, each stamped with
 /// `{"committed_at", "by"}` as offset metadata, because Kafka does not report when an offset was
-/// committed and `loader status` shows it. The pipeline and `loader replay` both commit here.
+/// committed and `loader status` shows it. `loader replay` commits here (the pipeline
+/// [`store`]s).
 pub fn commit<'a, C: ConsumerContext + 'static>(
     consumer: &impl Consumer<C>,
     offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
     by: &str,
 ) -> anyhow::Result<()> {
-    let meta = serde_json::json!({
-        "committed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "by": by,
-    })
-    .to_string();
+    let meta = stamp(by);
     let mut tpl = TopicPartitionList::new();
     for (topic, p, o) in offsets {
         let mut e = tpl.add_partition(topic, p);
@@ -98,6 +174,10 @@ pub fn commit<'a, C: ConsumerContext + 'static>(
 /// waiting for a record).
 pub struct LoaderContext {
     events: Mutex<VecDeque<Rebalanced>>,
+    /// Woken when an event is queued: a deferred assignment (or the empty one that lets a
+    /// cooperative rebalance go on to its second round) must not wait for the next record, which
+    /// never comes while nothing is assigned.
+    queued: tokio::sync::Notify,
     telemetry: Telemetry,
     /// Assignments are left to the run loop ([`assign_at`]), which first asks PostgreSQL where
     /// each partition starts: the callback cannot wait for a database without stopping the
@@ -110,6 +190,7 @@ impl LoaderContext {
     pub fn new(telemetry: Telemetry) -> Self {
         Self {
             events: Mutex::new(VecDeque::new()),
+            queued: tokio::sync::Notify::new(),
             telemetry,
             defer_assignments: false,
         }
@@ -118,6 +199,12 @@ impl LoaderContext {
     /// The rebalances since the last call, oldest first.
     pub fn take_events(&self) -> Vec<Rebalanced> {
         lock(&self.events).drain(..).collect()
+    }
+
+    /// Resolves once a rebalance event is queued (at once if one was queued since the last
+    /// wait).
+    pub async fn rebalanced(&self) {
+        self.queued.notified().await;
     }
 
     /// True when assignments wait for the run loop's [`assign_at`].
@@ -220,6 +307,29 @@ impl ConsumerContext for LoaderContext {
         self.post_rebalance(consumer, &rebalance);
     }
 
+    /// librdkafka's commits of what the pipeline stored: counted, and a refusal logged (the
+    /// partition's next owner starts from PostgreSQL's position, so nothing waits on it).
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => self.telemetry.emit(OffsetsCommitted),
+            Err(e) => {
+                let offsets: Vec<(String, i32, Option<i64>)> = offsets
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition(), e.offset().to_raw()))
+                    .collect();
+                self.telemetry.emit(CommitFailed {
+                    error: &anyhow::Error::new(e),
+                    offsets: &offsets,
+                });
+            }
+        }
+    }
+
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let parts = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
             tpl.elements()
@@ -232,11 +342,13 @@ impl ConsumerContext for LoaderContext {
                 let parts = parts(tpl);
                 self.telemetry.emit(PartitionsRevoked(&parts));
                 lock(&self.events).push_back(Rebalanced::Revoked(parts));
+                self.queued.notify_one();
             }
             Rebalance::Assign(tpl) => {
                 let parts = parts(tpl);
                 self.telemetry.emit(PartitionsAssigned(&parts));
                 lock(&self.events).push_back(Rebalanced::Assigned(parts));
+                self.queued.notify_one();
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }

@@ -126,8 +126,8 @@ impl Event for OffsetsCommitted {
     }
 }
 
-/// The group refused the commit (the partition moved in a rebalance) or the commit failed: not
-/// retried, the new owner re-reads from the last commit and the sinks absorb what we wrote.
+/// A commit of the stored offsets failed (or storing them did): not retried, the next commit
+/// carries later offsets, and a partition's next owner starts from PostgreSQL's position.
 pub struct CommitFailed<'a> {
     /// Why.
     pub error: &'a anyhow::Error,
@@ -137,9 +137,22 @@ pub struct CommitFailed<'a> {
 
 impl Event for CommitFailed<'_> {
     fn emit(self, t: &Telemetry) {
-        tracing::warn!(error = format!("{:#}", self.error), offsets = ?self.offsets, "offset commit refused; records will be re-delivered and absorbed");
+        tracing::warn!(error = format!("{:#}", self.error), offsets = ?self.offsets, "offset commit failed; the next one carries later offsets");
         t.metrics.commit_errors.inc();
         t.update(|s| s.commit_errors += 1);
+    }
+}
+
+/// Partitions revoked while their batch was written: their offsets are not stored (not ours
+/// to commit); their next owner starts from the position the batch stored in PostgreSQL.
+pub struct OffsetsNotStored<'a> {
+    /// The partitions.
+    pub partitions: &'a [(String, i32)],
+}
+
+impl Event for OffsetsNotStored<'_> {
+    fn emit(self, _t: &Telemetry) {
+        tracing::info!(partitions = ?self.partitions, "partitions moved while their batch was written; their next owner starts from PostgreSQL's position");
     }
 }
 

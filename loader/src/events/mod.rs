@@ -19,7 +19,7 @@ mod tests;
 
 pub use batch::{
     BatchCommitted, BatchRefused, BatchWriting, BatchWritten, CommitFailed, DatabaseNotReady,
-    DatabaseReady, OffsetsCommitted, RecordDeadLettered, SinkWriteFailed,
+    DatabaseReady, OffsetsCommitted, OffsetsNotStored, RecordDeadLettered, SinkWriteFailed,
 };
 pub use kafka::{
     BrokerStatistics, ConsumerFailed, DeadLetterFailed, LeftGroup, PartitionsAssigned,

@@ -19,7 +19,7 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::events::{
     BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
-    LeftGroup, OffsetsCommitted, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
+    LeftGroup, OffsetsNotStored, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
 };
 use crate::migrate;
 use crate::roller::Roller;
@@ -95,6 +95,8 @@ impl Pipeline {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = beat.tick() => false,
+                // Applied below, before anything else is added.
+                _ = consumer.context().rebalanced() => false,
                 _ = progress.tick(), if self.range.is_some() => {
                     progress.log(self.telemetry.snapshot().consumed);
                     false
@@ -302,7 +304,7 @@ impl Pipeline {
         });
         let outcome = self.write_split(good, positions).await?;
         crate::failpoint::hit("after-sinks");
-        self.commit(&offsets).await;
+        self.commit(&offsets);
         self.telemetry.emit(BatchCommitted {
             records: n,
             outcome: &outcome,
@@ -312,31 +314,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Commits the batch's offsets. A refused commit (we lost the partition in a rebalance) is
-    /// logged and counted, not retried: the new owner re-reads from the last commit and the
-    /// sinks absorb what we already wrote.
-    async fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        let consumer = self.consumer.clone();
-        let list: Vec<(String, i32, i64)> = offsets
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
-            .collect();
+    /// Stores the batch's offsets for librdkafka's next commit ([`consumer::store`]): the rows
+    /// are in PostgreSQL, so this is the last step, and it never waits on the group coordinator.
+    /// A partition revoked meanwhile cannot be stored; its next owner starts from the position
+    /// PostgreSQL holds, so nothing is re-delivered for it.
+    fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) {
         let by = format!("loader {}", std::process::id());
-        let result = self
-            .liveness
-            .waiting(tokio::task::spawn_blocking(move || {
-                consumer::commit(
-                    consumer.as_ref(),
-                    list.iter().map(|(t, p, o)| (t.as_str(), *p, *o)),
-                    &by,
-                )
-            }))
-            .await;
-        let committed = result
-            .map_err(|e| anyhow::Error::new(e).context("the offset commit task failed"))
-            .and_then(|r| r);
-        match committed {
-            Ok(()) => self.telemetry.emit(OffsetsCommitted),
+        let stored = consumer::store(
+            self.consumer.as_ref(),
+            offsets.iter().map(|((t, p), o)| (t.as_str(), *p, *o)),
+            &by,
+        );
+        match stored {
+            Ok(moved) if moved.is_empty() => {}
+            Ok(moved) => self.telemetry.emit(OffsetsNotStored { partitions: &moved }),
             Err(error) => self.telemetry.emit(CommitFailed {
                 error: &error,
                 offsets,
