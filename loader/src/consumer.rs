@@ -358,3 +358,25 @@ impl ConsumerContext for LoaderContext {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::heartbeat_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn heartbeats_come_every_third_of_the_session_but_at_least_every_second() {
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(2)),
+            Duration::from_millis(666)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_millis(150)),
+            Duration::from_millis(100)
+        );
+    }
+}

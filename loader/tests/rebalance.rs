@@ -204,3 +204,58 @@ async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
     );
     db.drop_db().await;
 }
+
+/// A member joining a loading group: the member that stays goes on loading the partitions it
+/// keeps and never has a commit refused. Before the fix, each batch's synchronous commit, sent
+/// while the group rebalanced, waited for the rebalance and was then refused with
+/// `IllegalGeneration`; now batches store their offsets and librdkafka commits them outside
+/// rebalances. Both members load with small batches, so dozens of commits fall in the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_a_loading_group_has_no_commit_refused() {
+    let topic = unique("join");
+    create_topic(&topic, 4).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let group = unique("g");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    const RECORDS: i64 = 2000;
+    for chunk in 0..(RECORDS / 100) {
+        futures::future::join_all(
+            (0..100).map(|i| produce_to(&producer, &topic, ((chunk * 100 + i) % 4) as i32)),
+        )
+        .await;
+    }
+    let config = || {
+        let mut c = loader_config(&db, &topic, &group, data.path());
+        c.batch_max_records = 5;
+        c
+    };
+    let a = RunningLoader::start(config()).await;
+    a.until("A is loading", |s| s.loaded >= 50).await;
+    let b = RunningLoader::start(config()).await;
+    b.until("B loads the partitions it took", |s| s.loaded >= 1)
+        .await;
+    let (a_during, b_first) = (a.summary.borrow().loaded, b.summary.borrow().loaded);
+    eventually(Duration::from_secs(120), "everything loaded", || async {
+        db.count("SELECT count(*) FROM raw_data").await == RECORDS
+    })
+    .await;
+    let (a_end, b_end) = (a.summary.borrow().clone(), b.summary.borrow().clone());
+    a.shutdown().await;
+    b.shutdown().await;
+    assert!(
+        a_end.loaded > a_during && b_end.loaded > b_first,
+        "both members loaded after the join: A {a_during} -> {}, B {b_first} -> {}",
+        a_end.loaded,
+        b_end.loaded
+    );
+    assert_eq!(
+        (a_end.commit_errors, b_end.commit_errors),
+        (0, 0),
+        "no commit refused across the join (A, B)"
+    );
+    db.drop_db().await;
+}
