@@ -372,7 +372,7 @@ mod tests {
         );
         assert_eq!(
             heartbeat_interval(Duration::from_secs(2)),
-            Duration::from_millis(666)
+            Duration::from_secs(2) / 3
         );
         assert_eq!(
             heartbeat_interval(Duration::from_millis(150)),
