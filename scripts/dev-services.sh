@@ -6,6 +6,8 @@
 #   env      print the export lines for KAFKA_BROKERS and DATABASE_URL (and the TLS test settings)
 #   start-kafka | stop-kafka | start-postgres | stop-postgres | start-s3 | stop-s3
 #            one service alone, data kept (for fault tests that stop a service mid-load)
+#   crash-postgres      an immediate shutdown (a crash: unflushed WAL is lost)
+#   slow-wal-postgres   the WAL writer slowed to 10 s until the next start (widens what a crash loses)
 #
 # Kafka: a single-node KRaft broker from the release jars, resolved by Maven from Maven Central
 # into the state dir, run with the machine's Java. PostgreSQL: Debian's packages (apt-get installs
@@ -199,6 +201,8 @@ start_postgres() {
     fi
     pg_as mkdir -p "$PG_SOCK"
     pg_tls_files >/dev/null
+    # A slowed WAL writer (slow-wal-postgres) never outlives the test that asked for it.
+    [ -f "$PGDATA_DIR/postgresql.auto.conf" ] && pg_as sed -i '/^wal_writer_delay/d' "$PGDATA_DIR/postgresql.auto.conf"
     log "starting PostgreSQL on localhost:$PG_PORT (TLS accepted)"
     pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 start \
       -o "-p $PG_PORT -k $PG_SOCK -c listen_addresses=localhost -c max_connections=200 -c shared_buffers=128MB -c ssl=on" >/dev/null \
@@ -231,6 +235,27 @@ stop_postgres() {
   if pg_running; then
     log "stopping PostgreSQL"
     pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
+  else
+    log "PostgreSQL not running"
+  fi
+}
+
+# The WAL writer slowed to its 10 s maximum: an asynchronous commit then waits that long to reach
+# the disk, so a crash (crash-postgres) takes back seconds of them. The next start undoes it.
+slow_wal_postgres() {
+  pg_dirs
+  psql_admin -c "ALTER SYSTEM SET wal_writer_delay = '10s'" -c "SELECT pg_reload_conf()" >/dev/null
+  log "PostgreSQL's WAL writer slowed to 10 s"
+}
+
+# An immediate shutdown, which is what a crash does: no checkpoint, and WAL not yet flushed is
+# lost (recovery replays the rest at the next start).
+crash_postgres() {
+  local bin
+  bin="$(pg_bindir)" || { log "PostgreSQL not installed"; return 0; }
+  if pg_running; then
+    log "crashing PostgreSQL (immediate shutdown)"
+    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 60 stop >/dev/null
   else
     log "PostgreSQL not running"
   fi
@@ -491,10 +516,12 @@ case "$cmd" in
   stop-kafka) stop_kafka ;;
   start-postgres) mkdir -p "$STATE"; start_postgres ;;
   stop-postgres) stop_postgres ;;
+  crash-postgres) crash_postgres ;;
+  slow-wal-postgres) slow_wal_postgres ;;
   start-s3) mkdir -p "$STATE"; start_s3 ;;
   stop-s3) stop_s3 ;;
   *)
-    echo "usage: $0 up|down|status|env|start-kafka|stop-kafka|start-postgres|stop-postgres|start-s3|stop-s3" >&2
+    echo "usage: $0 up|down|status|env|start-kafka|stop-kafka|start-postgres|stop-postgres|crash-postgres|slow-wal-postgres|start-s3|stop-s3" >&2
     exit 2
     ;;
 esac

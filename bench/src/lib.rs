@@ -146,6 +146,10 @@ pub struct Config {
     /// logs are kept in `--rebalance-logs` when given, to read what each did around a change.
     #[arg(long)]
     pub rebalance_only: bool,
+    /// Run only the 10× volume step (`--volume-records`) and print it (the results file is left
+    /// alone).
+    #[arg(long)]
+    pub volume_only: bool,
     /// Where the rebalance step keeps its loaders' logs (by default they go with its data).
     #[arg(long)]
     pub rebalance_logs: Option<PathBuf>,
@@ -265,6 +269,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if config.peer.peer_only {
         return peer::only(&config, &run_id, started).await;
+    }
+    if config.volume_only {
+        let volume = volume::measure(&config, &bin_dir, &run_id).await?;
+        println!("{}", volume.render());
+        return Ok(());
     }
     if config.rebalance_only {
         let rebalance = rebalance::measure(&config, &bin_dir, &run_id).await?;

@@ -63,12 +63,17 @@ impl Application {
         config.validate()?;
         let telemetry = Telemetry::new()?;
         let url = config.db.url()?;
-        let pool = sink::lazy_pool(url.expose_secret(), config.db.max_connections)?;
+        let server = std::sync::Arc::new(sink::ServerWatch::default());
+        let pool = sink::watched_pool(
+            url.expose_secret(),
+            config.db.max_connections,
+            server.clone(),
+        )?;
         let store = config.parquet.store(&config.data_dir)?;
         store.prepare().with_context(|| store.describe())?;
         let parquet_url = store.describe();
         let rolls = Rolls::new(pool.clone(), store, config.parquet.policy())?;
-        let sinks = Sinks::new(pool, rolls);
+        let sinks = Sinks::new(pool, rolls).with_server(server, Some(config.synchronous_commit));
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
         let dlq_admin = TopicAdmin::new(&config.kafka)?;
 

@@ -24,13 +24,24 @@ fn main() -> ExitCode {
 /// that loaded 5,000-user responses and then rolled them held half as much again
 /// (346 MiB against 233 MiB, `loader/tests/memory.rs`). Same as `MALLOC_ARENA_MAX=2`, which
 /// still wins when set.
+///
+/// And buffers of 1 MiB or more (a batch's records, a row group, an upload part) get pages of
+/// their own, handed back when freed, instead of glibc's threshold that grows to 32 MiB as
+/// large buffers are freed, after which they stay in the heap: a loader building 128 MiB rolls
+/// during a long load grew from 102 to 206 MB (`bench --volume-only`, BENCHMARKS.md). Same as
+/// `MALLOC_MMAP_THRESHOLD_=1048576`, which still wins when set.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn few_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists,
+    // as glibc asks.
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before any other thread
-        // exists, as glibc asks.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
         }
     }
 }

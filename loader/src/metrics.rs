@@ -23,6 +23,8 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     /// Failed offset commits (the records will be re-delivered and absorbed).
     pub commit_errors: IntCounter,
+    /// Times the partitions were read again because PostgreSQL restarted or changed.
+    pub read_again: IntCounter,
     /// Seconds from a batch's flush start to its offsets committed.
     pub batch_seconds: Histogram,
     /// Records per flushed batch.
@@ -108,6 +110,10 @@ impl Metrics {
         )?;
         let commit_errors =
             IntCounter::new("etl_loader_commit_errors_total", "Failed offset commits")?;
+        let read_again = IntCounter::new(
+            "etl_loader_read_again_total",
+            "Times the partitions were read again from PostgreSQL's positions after it restarted or changed",
+        )?;
         let batch_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "etl_loader_batch_duration_seconds",
@@ -202,6 +208,7 @@ impl Metrics {
             Box::new(rows_written.clone()),
             Box::new(sink_errors.clone()),
             Box::new(commit_errors.clone()),
+            Box::new(read_again.clone()),
             Box::new(batch_seconds.clone()),
             Box::new(batch_records.clone()),
             Box::new(consumer_lag.clone()),
@@ -218,6 +225,7 @@ impl Metrics {
             rows_written,
             sink_errors,
             commit_errors,
+            read_again,
             batch_seconds,
             batch_records,
             consumer_lag,

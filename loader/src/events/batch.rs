@@ -143,6 +143,20 @@ impl Event for CommitFailed<'_> {
     }
 }
 
+/// PostgreSQL restarted or changed under the loader: its partitions are read again from the
+/// positions the server holds.
+pub struct ReadingAgain<'a> {
+    /// The partitions.
+    pub partitions: &'a [(String, i32)],
+}
+
+impl Event for ReadingAgain<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::warn!(partitions = ?self.partitions, "PostgreSQL restarted or changed: reading the partitions again from the positions it holds");
+        t.metrics.read_again.inc();
+    }
+}
+
 /// Partitions revoked while their batch was written: their offsets are not stored (not ours
 /// to commit); their next owner starts from the position the batch stored in PostgreSQL.
 pub struct OffsetsNotStored<'a> {

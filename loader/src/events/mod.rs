@@ -19,7 +19,8 @@ mod tests;
 
 pub use batch::{
     BatchCommitted, BatchRefused, BatchWriting, BatchWritten, CommitFailed, DatabaseNotReady,
-    DatabaseReady, OffsetsCommitted, OffsetsNotStored, RecordDeadLettered, SinkWriteFailed,
+    DatabaseReady, OffsetsCommitted, OffsetsNotStored, ReadingAgain, RecordDeadLettered,
+    SinkWriteFailed,
 };
 pub use kafka::{
     BrokerStatistics, ConsumerFailed, DeadLetterFailed, LeftGroup, PartitionsAssigned,

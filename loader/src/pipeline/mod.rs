@@ -19,7 +19,8 @@ use crate::consumer::{self, LoaderConsumer};
 use crate::dlq::DeadLetters;
 use crate::events::{
     BatchCommitted, BatchWriting, CommitFailed, ConsumerFailed, DatabaseNotReady, DatabaseReady,
-    LeftGroup, OffsetsNotStored, ParquetLeftOpen, RecordConsumed, RevokedRecordsDropped, Telemetry,
+    LeftGroup, OffsetsNotStored, ParquetLeftOpen, ReadingAgain, RecordConsumed,
+    RevokedRecordsDropped, Telemetry,
 };
 use crate::migrate;
 use crate::roller::Roller;
@@ -302,7 +303,13 @@ impl Pipeline {
             by: format!("loader {}", std::process::id()),
             next: offsets.clone(),
         });
-        let outcome = self.write_split(good, positions).await?;
+        let outcome = match self.write_split(good, positions).await {
+            Ok(outcome) => outcome,
+            Err(write::Halt::Cancelled) => return Err(Cancelled),
+            // Nothing of this batch is committed on the server as it is now, and what it held
+            // before may be gone: read everything again from what it holds.
+            Err(write::Halt::ServerChanged) => return self.read_again().await,
+        };
         crate::failpoint::hit("after-sinks");
         self.commit(&offsets);
         self.telemetry.emit(BatchCommitted {
@@ -311,6 +318,35 @@ impl Pipeline {
             dead_lettered: self.telemetry.snapshot().dead_lettered - dead_before,
             elapsed: started.elapsed(),
         });
+        Ok(())
+    }
+
+    /// PostgreSQL restarted or changed under a running loader: a batch it committed
+    /// asynchronously may be gone, so every partition this member owns is read again from the
+    /// position the server holds — given up and taken again at once, as an assignment is taken
+    /// ([`Pipeline::take_assignment`]). Records already fetched are dropped with the old
+    /// assignment.
+    async fn read_again(&self) -> Result<(), Cancelled> {
+        let epoch = self.sinks.server_epoch();
+        let owned = match self.consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the partitions to read again");
+                return Ok(());
+            }
+        };
+        let parts: Vec<(String, i32)> = owned
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        self.telemetry.emit(ReadingAgain { partitions: &parts });
+        if let Err(e) = self.consumer.incremental_unassign(&owned) {
+            tracing::error!(error = %e, "cannot give the partitions up to read them again");
+            return Ok(());
+        }
+        self.take_assignment(&parts).await?;
+        self.sinks.caught_up(epoch);
         Ok(())
     }
 

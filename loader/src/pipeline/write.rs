@@ -14,6 +14,22 @@ use etl_common::backoff::Backoff;
 use etl_common::retry::{Cancelled, GaveUp, Outage, retry, until_cancelled};
 use std::collections::{BTreeMap, HashMap};
 
+/// Why a write stopped short of its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Halt {
+    /// Shutdown came first.
+    Cancelled,
+    /// PostgreSQL restarted or changed ([`sink::SinkError::ServerChanged`]): the partitions must
+    /// be read again from the positions it holds before anything more is written.
+    ServerChanged,
+}
+
+impl From<Cancelled> for Halt {
+    fn from(_: Cancelled) -> Self {
+        Halt::Cancelled
+    }
+}
+
 impl Pipeline {
     pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Cancelled> {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
@@ -42,10 +58,11 @@ impl Pipeline {
         &self,
         good: &[LoadRecord],
         positions: Option<&Positions>,
-    ) -> Result<sink::WriteOutcome, Cancelled> {
+    ) -> Result<sink::WriteOutcome, Halt> {
         let outcome = match self.write_with_retry(good, positions).await {
             Ok(outcome) => outcome,
-            Err(GaveUp::Cancelled) => return Err(Cancelled),
+            Err(GaveUp::Cancelled) => return Err(Halt::Cancelled),
+            Err(GaveUp::Permanent(SinkError::ServerChanged)) => return Err(Halt::ServerChanged),
             Err(GaveUp::Permanent(e)) => {
                 self.telemetry.emit(BatchRefused {
                     error: &e,
@@ -63,7 +80,10 @@ impl Pipeline {
                             }
                             total.add(outcome)
                         }
-                        Err(GaveUp::Cancelled) => return Err(Cancelled),
+                        Err(GaveUp::Cancelled) => return Err(Halt::Cancelled),
+                        Err(GaveUp::Permanent(SinkError::ServerChanged)) => {
+                            return Err(Halt::ServerChanged);
+                        }
                         Err(GaveUp::Permanent(e)) => {
                             let poison = Poison {
                                 source: original_source(record),
@@ -91,9 +111,13 @@ impl Pipeline {
         if let Some(positions) = positions
             && !outcome.positions_stored
         {
-            self.write_with_retry(&[], Some(positions))
-                .await
-                .map_err(|_| Cancelled)?;
+            match self.write_with_retry(&[], Some(positions)).await {
+                Ok(_) => {}
+                Err(GaveUp::Permanent(SinkError::ServerChanged)) => {
+                    return Err(Halt::ServerChanged);
+                }
+                Err(_) => return Err(Halt::Cancelled),
+            }
         }
         Ok(outcome)
     }
@@ -107,7 +131,7 @@ impl Pipeline {
         &self,
         good: Vec<LoadRecord>,
         positions: Option<Positions>,
-    ) -> Result<sink::WriteOutcome, Cancelled> {
+    ) -> Result<sink::WriteOutcome, Halt> {
         let writers = self.config.writers();
         let groups = split_by_partition(good, positions, writers);
         let outcomes = futures::future::try_join_all(

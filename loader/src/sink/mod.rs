@@ -83,12 +83,20 @@ pub enum SinkError {
     /// The Parquet store is unwritable, full, throttling or gone.
     #[error("Parquet: {0:#}")]
     Parquet(anyhow::Error),
+    /// The pool reached a PostgreSQL server other than the one the loader's read positions
+    /// were checked against (a restart, a promoted standby): a batch committed asynchronously
+    /// before may be gone, so nothing more is written until the partitions are read again from
+    /// the positions the server holds ([`Sinks::caught_up`]). Not retried, not poison.
+    #[error(
+        "PostgreSQL: the server restarted or changed; the partitions are read again from its positions"
+    )]
+    ServerChanged,
 }
 
 /// An outage is waited out; PostgreSQL refusing the data is not ([`SinkError::is_data_error`]).
 impl etl_common::retry::Transient for SinkError {
     fn is_transient(&self) -> bool {
-        !self.is_data_error()
+        !self.is_data_error() && !matches!(self, SinkError::ServerChanged)
     }
 }
 
@@ -108,7 +116,7 @@ impl SinkError {
     /// The `sink` label.
     pub fn sink(&self) -> crate::events::Sink {
         match self {
-            SinkError::Postgres(_) => crate::events::Sink::Postgres,
+            SinkError::Postgres(_) | SinkError::ServerChanged => crate::events::Sink::Postgres,
             SinkError::Parquet(_) => crate::events::Sink::Parquet,
         }
     }
@@ -119,6 +127,72 @@ impl SinkError {
 pub struct Sinks {
     pool: PgPool,
     rolls: Rolls,
+    /// The server the pool's connections reach ([`watched_pool`]).
+    server: std::sync::Arc<ServerWatch>,
+    /// The [`ServerWatch::epoch`] the pipeline's read positions were last checked against.
+    caught_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `synchronous_commit` for a batch that stores its positions (`None`: the server's).
+    synchronous_commit: Option<SynchronousCommit>,
+}
+
+/// `synchronous_commit` for the batches that store their positions (`DATABASE_SYNCHRONOUS_COMMIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynchronousCommit {
+    /// The commit returns before its WAL is flushed: a server crash can take back the last
+    /// fraction of a second of batches, which the loader reads again ([`SinkError::ServerChanged`]).
+    Off,
+    /// Flushed locally; a standby may still miss it.
+    Local,
+    /// Received by the synchronous standbys.
+    #[value(name = "remote_write")]
+    RemoteWrite,
+    /// Flushed locally and by the synchronous standbys.
+    On,
+    /// Applied by the synchronous standbys.
+    #[value(name = "remote_apply")]
+    RemoteApply,
+}
+
+impl SynchronousCommit {
+    fn sql(self) -> &'static str {
+        match self {
+            SynchronousCommit::Off => "SET LOCAL synchronous_commit = off",
+            SynchronousCommit::Local => "SET LOCAL synchronous_commit = local",
+            SynchronousCommit::RemoteWrite => "SET LOCAL synchronous_commit = remote_write",
+            SynchronousCommit::On => "SET LOCAL synchronous_commit = on",
+            SynchronousCommit::RemoteApply => "SET LOCAL synchronous_commit = remote_apply",
+        }
+    }
+}
+
+/// Which PostgreSQL server the pool's connections reach, told by its start time: every
+/// connection made after a restart, a crash or a failover sees another. The epoch counts the
+/// changes; the pipeline compares it with the one it caught up with before it writes.
+#[derive(Debug, Default)]
+pub struct ServerWatch {
+    started: std::sync::Mutex<Option<String>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl ServerWatch {
+    /// Notes the start time a new connection saw.
+    pub fn observe(&self, started: String) {
+        let mut known = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        match known.as_deref() {
+            None => *known = Some(started),
+            Some(k) if k != started => {
+                tracing::warn!(was = k, now = %started, "PostgreSQL restarted or changed: batches it did not keep are read again");
+                *known = Some(started);
+                self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// How many times the server has changed since the first connection.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Server-side limits on every loader connection, so no session can hold the others up for
@@ -133,19 +207,90 @@ pub const SESSION_LIMITS: [(&str, &str); 3] = [
 
 /// A pool that connects lazily, so a database that is down at start is waited for, not fatal.
 pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
+}
+
+/// [`lazy_pool`], each new connection telling `watch` which server it reached.
+pub fn watched_pool(
+    url: &str,
+    max_connections: u32,
+    watch: std::sync::Arc<ServerWatch>,
+) -> anyhow::Result<PgPool> {
+    Ok(pool_options(max_connections)
+        .after_connect(move |conn, _| {
+            let watch = watch.clone();
+            Box::pin(async move {
+                let started: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+                    .fetch_one(conn)
+                    .await?;
+                watch.observe(started);
+                Ok(())
+            })
+        })
+        .connect_lazy_with(connect_options(url)?))
+}
+
+fn connect_options(url: &str) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    Ok(sqlx::postgres::PgConnectOptions::from_str(url)
         .context("DATABASE_URL")?
-        .options(SESSION_LIMITS);
-    Ok(PgPoolOptions::new()
+        .options(SESSION_LIMITS))
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options))
 }
 
 impl Sinks {
-    /// Both sinks.
+    /// Both sinks, on the server's own `synchronous_commit` and with no server watch (a pool
+    /// not made by [`watched_pool`]).
     pub fn new(pool: PgPool, rolls: Rolls) -> Self {
-        Self { pool, rolls }
+        Self {
+            pool,
+            rolls,
+            server: Default::default(),
+            caught_up: Default::default(),
+            synchronous_commit: None,
+        }
+    }
+
+    /// Watches the server through `watch` (the one given to [`watched_pool`]), and commits the
+    /// batches that store positions with `synchronous_commit` (`None`: the server's). Such a
+    /// batch is refused with [`SinkError::ServerChanged`] once the server has changed since
+    /// [`Sinks::caught_up`].
+    pub fn with_server(
+        mut self,
+        watch: std::sync::Arc<ServerWatch>,
+        synchronous_commit: Option<SynchronousCommit>,
+    ) -> Self {
+        self.caught_up = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(watch.epoch()));
+        self.server = watch;
+        self.synchronous_commit = synchronous_commit;
+        self
+    }
+
+    /// The server's epoch now: read it before the positions are read again, and pass it to
+    /// [`Sinks::caught_up`] after.
+    pub fn server_epoch(&self) -> u64 {
+        self.server.epoch()
+    }
+
+    /// The partitions were read again from the positions of the server as it was at `epoch`.
+    pub fn caught_up(&self, epoch: u64) {
+        self.caught_up
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// [`SinkError::ServerChanged`] if a connection has reached another server since the
+    /// pipeline caught up. Called once the write's connection is open: a connection made after
+    /// a change has told the watch before it is handed out.
+    fn same_server(&self) -> Result<(), SinkError> {
+        if self.server.epoch() == self.caught_up.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(SinkError::ServerChanged)
+        }
     }
 
     /// The pool.
@@ -167,6 +312,8 @@ impl Sinks {
     /// record, a batch with conflicts once they are dead-lettered).
     pub async fn store_positions(&self, positions: &offsets::Positions) -> Result<(), SinkError> {
         let mut conn = self.pool.acquire().await?;
+        // The rows before these positions may have been committed asynchronously.
+        self.same_server()?;
         offsets::store(&mut conn, positions).await?;
         Ok(())
     }
@@ -217,6 +364,15 @@ impl Sinks {
             }
         }
         let mut tx = self.pool.begin().await?;
+        if positions.is_some() {
+            // A batch that stores its positions is read again if the server loses it, so it
+            // may commit asynchronously; one without (a backfill, a record written on its own)
+            // keeps the server's setting.
+            self.same_server()?;
+            if let Some(level) = self.synchronous_commit {
+                sqlx::query(level.sql()).execute(&mut *tx).await?;
+            }
+        }
         let new_ids = postgres::insert_raw(&mut tx, &unique, now).await?;
         let fresh: Vec<&LoadRecord> = unique
             .iter()
