@@ -30,6 +30,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod events;
 pub mod failpoint;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod pipeline;

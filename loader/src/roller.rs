@@ -138,6 +138,7 @@ impl Roller {
     /// member may own them now, and the ledger's claims keep the two from writing a file twice.
     pub async fn close_for(&self, owned: &HashSet<(String, i32)>) -> Result<RollReport, SinkError> {
         let mut report = self.sinks.recover().await?;
+        crate::memory::release_freed();
         report.add(self.roll_once(true, owned).await?);
         self.telemetry.emit(ParquetCaughtUp);
         self.telemetry.emit(ParquetWritten {
@@ -270,6 +271,9 @@ impl Roller {
         metrics
             .parquet_files_failed
             .set(rolls.failed_files().await?);
+        if report.written > 0 {
+            crate::memory::release_freed();
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(report),

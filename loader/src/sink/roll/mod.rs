@@ -30,13 +30,14 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Records read from PostgreSQL per row group while a raw file is built: about this many
-/// payload bytes.
-const READ_BYTES: i64 = 4 << 20;
+/// Records read from PostgreSQL at a time while a raw file is built: about this many payload
+/// bytes (each decoded to be checked, so a page holds several times this while it is written).
+/// 2 MiB rather than 4: a roll built during a load adds its pages to what the batches hold.
+const READ_BYTES: i64 = 2 << 20;
 
 /// Users read from PostgreSQL at a time while a processed file is built (a few MB of rows;
 /// row groups are cut by their encoded size, [`parquet::ROW_GROUP_BYTES`]).
-const READ_USERS: i64 = 5_000;
+const READ_USERS: i64 = 2_500;
 
 /// Temporary files older than this in the local store's staging directory are a crash's leftovers.
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);

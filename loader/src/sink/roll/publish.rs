@@ -440,7 +440,7 @@ impl Rolls {
     }
 
     /// Writes the rows that name `path` into `writer`, read a page at a time — pages of about
-    /// 4 MiB of payload (raw) or 20,000 users (processed), sized by the file's largest record;
+    /// `READ_BYTES` of payload (raw) or `READ_USERS` users (processed), sized by the file's largest record;
     /// the reason it cannot be built if no record names it or (raw) one no longer decodes. A
     /// processed file holds `processed_data`'s rows as they are, not a new transform's.
     async fn build(
