@@ -146,6 +146,10 @@ pub struct Config {
     /// logs are kept in `--rebalance-logs` when given, to read what each did around a change.
     #[arg(long)]
     pub rebalance_only: bool,
+    /// Run only the COPY/loader repetitions (and `--baseline-bin-dir` after each pair) and print
+    /// their figures (the results file is left alone): an A/B of two builds or settings.
+    #[arg(long)]
+    pub reps_only: bool,
     /// Run only the 10× volume step (`--volume-records`) and print it (the results file is left
     /// alone).
     #[arg(long)]
@@ -320,6 +324,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stats::show(&reps.ratios(), 2)
     );
 
+    if config.reps_only {
+        print!(
+            "{}{}",
+            reps.render(),
+            baseline::render(&reps, &config.baseline_label)
+        );
+        kafka::delete_topic(&config.brokers, &topic).await;
+        return Ok(());
+    }
     let consume = consume::measure(&config.brokers, &topic, &produced).await?;
     eprintln!("[bench] consume: {:.0} users/s", consume.users_per_sec());
     let best_run = loader_run::measure(&config, &bin_dir, &topic, &produced, &best).await?;
