@@ -73,7 +73,7 @@ impl Application {
         store.prepare().with_context(|| store.describe())?;
         let parquet_url = store.describe();
         let rolls = Rolls::new(pool.clone(), store, config.parquet.policy())?;
-        let sinks = Sinks::new(pool, rolls).with_server(server, Some(config.synchronous_commit));
+        let sinks = Sinks::new(pool, rolls).with_server(server, config.synchronous_commit);
         let dlq = DeadLetters::new(&config.kafka, &config.dlq_topic)?;
         let dlq_admin = TopicAdmin::new(&config.kafka)?;
 

@@ -574,7 +574,7 @@ async fn database_down_for_30_seconds_mid_load() {
 }
 
 /// 16. PostgreSQL crashes mid-load (an immediate shutdown: WAL not yet on disk is lost) while
-///     the batches commit asynchronously (`DATABASE_SYNCHRONOUS_COMMIT=off`, the default), with
+///     the batches commit asynchronously (`DATABASE_SYNCHRONOUS_COMMIT=off`), with
 ///     the WAL writer slowed to 10 s and no roll due (a roll's commit is synchronous and would
 ///     flush the batches before it), so the crash takes back the seconds of batches the loader
 ///     had already counted and moved past. The running loader must notice that the server
@@ -586,6 +586,7 @@ async fn database_crash_takes_back_asynchronous_commits() {
     let (topic, db, data) = setup(2).await;
     let (stub, loader, producing) = load_under_way_with(&db, &topic, data.path(), |c| {
         c.parquet.roll_interval = Duration::from_secs(45);
+        c.synchronous_commit = Some(loader::sink::SynchronousCommit::Off);
     })
     .await;
     services("slow-wal-postgres");
