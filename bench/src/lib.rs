@@ -101,8 +101,9 @@ pub struct Config {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4", value_parser = positive)]
     pub scale_loaders: Vec<usize>,
     /// Records (of `--users` users) in the rebalance step's own topic: long enough for a steady
-    /// rate before a 2nd loader joins (at 1/3) and after the 1st leaves (at 2/3).
-    #[arg(long, default_value_t = 4000, value_parser = positive)]
+    /// rate before a 2nd loader joins (at 1/3) and after the 1st leaves (at 2/3). 8,000: at
+    /// ~30,000 users/s, 4,000 left too little before the join to measure a steady rate.
+    #[arg(long, default_value_t = 8000, value_parser = positive)]
     pub rebalance_records: usize,
     /// Time between the rebalance step's samples of the group's committed offsets.
     #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
