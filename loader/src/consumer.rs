@@ -120,6 +120,21 @@ fn stamp(by: &str) -> String {
     .to_string()
 }
 
+/// `offsets` (topic, partition, next offset) as a list, each with [`stamp`]'s metadata.
+fn stamped<'a>(
+    offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    by: &str,
+) -> anyhow::Result<TopicPartitionList> {
+    let meta = stamp(by);
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, o) in offsets {
+        let mut e = tpl.add_partition(topic, p);
+        e.set_offset(Offset::Offset(o))?;
+        e.set_metadata(&meta);
+    }
+    Ok(tpl)
+}
+
 /// Stores `offsets` (topic, partition, next offset) for librdkafka's next commit, stamped as
 /// [`stamp`] says. Returns the partitions it could not store: no longer assigned to this member
 /// (revoked while the batch was written; their next owner starts from PostgreSQL's position).
@@ -128,13 +143,7 @@ pub fn store<'a>(
     offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
     by: &str,
 ) -> anyhow::Result<Vec<(String, i32)>> {
-    let meta = stamp(by);
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p, o) in offsets {
-        let mut e = tpl.add_partition(topic, p);
-        e.set_offset(Offset::Offset(o))?;
-        e.set_metadata(&meta);
-    }
+    let tpl = stamped(offsets, by)?;
     if tpl.count() == 0 {
         return Ok(Vec::new());
     }
@@ -163,14 +172,7 @@ pub fn commit<'a, C: ConsumerContext + 'static>(
     offsets: impl IntoIterator<Item = (&'a str, i32, i64)>,
     by: &str,
 ) -> anyhow::Result<()> {
-    let meta = stamp(by);
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p, o) in offsets {
-        let mut e = tpl.add_partition(topic, p);
-        e.set_offset(Offset::Offset(o))?;
-        e.set_metadata(&meta);
-    }
-    consumer.commit(&tpl, CommitMode::Sync)?;
+    consumer.commit(&stamped(offsets, by)?, CommitMode::Sync)?;
     Ok(())
 }
 

@@ -11,6 +11,26 @@ use support::*;
 
 const V13: &[u8] = include_bytes!("../../fixtures/randomuser/v1.3-compact-20-users.json");
 
+/// A topic of `partitions`, a fresh database, a data directory, a group and a producer.
+async fn setup(
+    prefix: &str,
+    partitions: i32,
+) -> (String, TestDb, tempfile::TempDir, String, FutureProducer) {
+    let topic = unique(prefix);
+    create_topic(&topic, partitions).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (
+        topic,
+        TestDb::new().await,
+        tempfile::tempdir().unwrap(),
+        unique("g"),
+        producer,
+    )
+}
+
 /// One extractor-shaped record (its own fetch id) to `partition`.
 async fn produce_to(producer: &FutureProducer, topic: &str, partition: i32) {
     use etl_common::contract::{self, header};
@@ -46,15 +66,7 @@ async fn produce_to(producer: &FutureProducer, topic: &str, partition: i32) {
 /// commit skipped it for good. A loader started afterwards in the same group finds everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_taken_and_given_back_loses_no_record() {
-    let topic = unique("giveback");
-    create_topic(&topic, 2).await;
-    let db = TestDb::new().await;
-    let data = tempfile::tempdir().unwrap();
-    let group = unique("g");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let (topic, db, data, group, producer) = setup("giveback", 2).await;
     // No periodic sweep in the way: its tick used to apply queued revocations by chance.
     let mut config = loader_config(&db, &topic, &group, data.path());
     config.recovery_interval = Duration::from_secs(3600);
@@ -124,15 +136,7 @@ async fn a_partition_taken_and_given_back_loses_no_record() {
 /// still closing. Whatever A left open waits in PostgreSQL and B's own closing writes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
-    let topic = unique("leave");
-    create_topic(&topic, 2).await;
-    let db = TestDb::new().await;
-    let data = tempfile::tempdir().unwrap();
-    let group = unique("g");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let (topic, db, data, group, producer) = setup("leave", 2).await;
     let port = free_port();
     let a_status: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
@@ -212,15 +216,7 @@ async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
 /// rebalances. Both members load with small batches, so dozens of commits fall in the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_a_loading_group_has_no_commit_refused() {
-    let topic = unique("join");
-    create_topic(&topic, 4).await;
-    let db = TestDb::new().await;
-    let data = tempfile::tempdir().unwrap();
-    let group = unique("g");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let (topic, db, data, group, producer) = setup("join", 4).await;
     const RECORDS: i64 = 2000;
     for chunk in 0..(RECORDS / 100) {
         futures::future::join_all(
