@@ -96,8 +96,6 @@ impl Pipeline {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = beat.tick() => false,
-                // Applied below, before anything else is added.
-                _ = consumer.context().rebalanced() => false,
                 _ = progress.tick(), if self.range.is_some() => {
                     progress.log(self.telemetry.snapshot().consumed);
                     false
@@ -110,6 +108,8 @@ impl Pipeline {
                     }
                     false
                 }
+                // Applied below, before anything else is added.
+                _ = consumer.context().rebalanced() => false,
                 _ = sleep_until(deadline) => true,
                 msg = consumer.recv() => match msg {
                     Ok(m) => {
