@@ -21,7 +21,8 @@ pub struct Metrics {
     pub rows_written: IntCounterVec,
     /// Failed sink writes (outages, retried), by sink.
     pub sink_errors: IntCounterVec,
-    /// Failed offset commits (the records will be re-delivered and absorbed).
+    /// Failed offset commits (the next commit carries later offsets; a loader starts from
+    /// PostgreSQL's position, so nothing is re-read for them).
     pub commit_errors: IntCounter,
     /// Times the partitions were read again because PostgreSQL restarted or changed.
     pub read_again: IntCounter,

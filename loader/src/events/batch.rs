@@ -170,7 +170,7 @@ impl Event for OffsetsNotStored<'_> {
     }
 }
 
-/// A batch is written and its offsets committed (or refused: [`CommitFailed`] said so).
+/// A batch is written and its offsets stored for commit (a failure: [`CommitFailed`]).
 pub struct BatchCommitted<'a> {
     /// Records in the batch, poison included.
     pub records: usize,
