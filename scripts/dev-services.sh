@@ -229,12 +229,14 @@ start_postgres() {
   log "PostgreSQL ready: postgres://etl:***@localhost:$PG_PORT/$PG_USER_DB"
 }
 
+# A clean shutdown, or with "immediate" what a crash does: no checkpoint, and WAL not yet
+# flushed is lost (recovery replays the rest at the next start).
 stop_postgres() {
-  local bin
+  local mode="${1:-fast}" bin
   bin="$(pg_bindir)" || { log "PostgreSQL not installed"; return 0; }
   if pg_running; then
-    log "stopping PostgreSQL"
-    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
+    if [ "$mode" = immediate ]; then log "crashing PostgreSQL (immediate shutdown)"; else log "stopping PostgreSQL"; fi
+    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m "$mode" -w -t 60 stop >/dev/null
   else
     log "PostgreSQL not running"
   fi
@@ -246,19 +248,6 @@ slow_wal_postgres() {
   pg_dirs
   psql_admin -c "ALTER SYSTEM SET wal_writer_delay = '10s'" -c "SELECT pg_reload_conf()" >/dev/null
   log "PostgreSQL's WAL writer slowed to 10 s"
-}
-
-# An immediate shutdown, which is what a crash does: no checkpoint, and WAL not yet flushed is
-# lost (recovery replays the rest at the next start).
-crash_postgres() {
-  local bin
-  bin="$(pg_bindir)" || { log "PostgreSQL not installed"; return 0; }
-  if pg_running; then
-    log "crashing PostgreSQL (immediate shutdown)"
-    pg_as "$bin/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 60 stop >/dev/null
-  else
-    log "PostgreSQL not running"
-  fi
 }
 
 # ---------------------------------------------------------------- Kafka
@@ -516,7 +505,7 @@ case "$cmd" in
   stop-kafka) stop_kafka ;;
   start-postgres) mkdir -p "$STATE"; start_postgres ;;
   stop-postgres) stop_postgres ;;
-  crash-postgres) crash_postgres ;;
+  crash-postgres) stop_postgres immediate ;;
   slow-wal-postgres) slow_wal_postgres ;;
   start-s3) mkdir -p "$STATE"; start_s3 ;;
   stop-s3) stop_s3 ;;

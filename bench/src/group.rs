@@ -152,6 +152,25 @@ impl Member {
     }
 }
 
+/// Waits (at most `limit`) until the running members own all `partitions` between them, as a
+/// group does once a rebalance is over: each member then closes the rolls of what it owns when
+/// stopped. Stopped mid-rebalance, a partition revoked in a cooperative rebalance's first round
+/// belongs to nobody, and its rows wait in PostgreSQL for the next loader to start (the lake
+/// check would count them missing). Not reaching it is not an error: the check says what waits.
+pub async fn settle(members: &[Member], partitions: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let mut owned = 0.0;
+        for m in members.iter().filter(|m| m.running()) {
+            owned += metric(m.status, "etl_loader_assigned_partitions").await;
+        }
+        if owned >= f64::from(partitions) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends SIGTERM to every member still running and waits (watching memory) until all have
 /// exited cleanly, at most `limit`.
 pub async fn stop_all(members: &mut [Member], limit: Duration) -> anyhow::Result<()> {
@@ -161,10 +180,18 @@ pub async fn stop_all(members: &mut [Member], limit: Duration) -> anyhow::Result
     let deadline = Instant::now() + limit;
     while members.iter().any(Member::running) {
         if Instant::now() > deadline {
+            let stuck: Vec<String> = members
+                .iter()
+                .filter(|m| m.running())
+                .map(|m| format!("loader {}:\n{}", m.index, tail(&m.log)))
+                .collect();
             for m in members.iter_mut() {
                 m.kill();
             }
-            anyhow::bail!("the loaders did not close their rolls within {limit:?}");
+            anyhow::bail!(
+                "the loaders did not close their rolls within {limit:?}:\n{}",
+                stuck.join("\n")
+            );
         }
         for m in members.iter_mut() {
             m.poll()?;

@@ -180,6 +180,7 @@ async fn run(
             return Err(e);
         }
     };
+    group::settle(&members, config.partitions, Duration::from_secs(60)).await;
     group::stop_all(&mut members, Duration::from_secs(120)).await?;
     check_loaded(db, topic).await?;
 

@@ -148,6 +148,7 @@ async fn run_group(
         }
     };
     let cpu = members.iter().map(|m| m.cpu).sum();
+    group::settle(&members, config.partitions, Duration::from_secs(60)).await;
     let term = Instant::now();
     group::stop_all(&mut members, Duration::from_secs(120)).await?;
     let close = term.elapsed();

@@ -140,6 +140,9 @@ impl Application {
     /// sinks are out, or the drain takes longer than `LOADER_SHUTDOWN_GRACE` — is left
     /// uncommitted (it will be re-delivered).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+        // However it ends (drained, out of grace, refused), an assignment librdkafka still
+        // waits on is answered before the consumer closes, or the close would poll for ever.
+        let _answered = AnswerOnExit(self.consumer.clone());
         let status_task = tokio::spawn(self.status_server);
         let checked = check_dlq(
             &self.config,
@@ -200,6 +203,15 @@ impl Application {
             return Err(e);
         }
         result.map(|()| pipeline.telemetry.snapshot())
+    }
+}
+
+/// Answers, when dropped, any assignment the consumer has not taken ([`consumer::leaving`]).
+struct AnswerOnExit(Arc<LoaderConsumer>);
+
+impl Drop for AnswerOnExit {
+    fn drop(&mut self) {
+        consumer::leaving(&self.0);
     }
 }
 

@@ -18,6 +18,9 @@
 //! An assigned partition starts where PostgreSQL says its records end, not at the offset
 //! committed to Kafka: the callback only queues the assignment, and the run loop takes it with
 //! the positions in it ([`assign_at`]; a seek after the assignment would race the fetcher).
+//! librdkafka goes no further with the group until an assignment it reported is answered, so a
+//! member that stops before taking one answers it first ([`leaving`]): otherwise its leave (and
+//! the close at exit, which polls until librdkafka is done) would wait for ever.
 
 use crate::batch::Rebalanced;
 use crate::config::RunConfig;
@@ -37,6 +40,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The loader's consumer.
 pub type LoaderConsumer = StreamConsumer<LoaderContext>;
@@ -190,6 +194,11 @@ pub struct LoaderContext {
     /// each partition starts: the callback cannot wait for a database without stopping the
     /// consumer's thread, and librdkafka waits for the assignment call as long as it takes.
     defer_assignments: bool,
+    /// Deferred assignments not answered yet, oldest first: librdkafka waits for each, even an
+    /// empty one (a cooperative rebalance's first round).
+    unanswered: Mutex<VecDeque<Vec<(String, i32)>>>,
+    /// Set once the member stops ([`leaving`]): assignments are then applied in the callback.
+    leaving: AtomicBool,
 }
 
 impl LoaderContext {
@@ -200,6 +209,8 @@ impl LoaderContext {
             queued: tokio::sync::Notify::new(),
             telemetry,
             defer_assignments: false,
+            unanswered: Mutex::new(VecDeque::new()),
+            leaving: AtomicBool::new(false),
         }
     }
 
@@ -214,9 +225,14 @@ impl LoaderContext {
         self.queued.notified().await;
     }
 
+    /// The oldest deferred assignment has been taken (or tried: a failure is logged).
+    pub fn answered(&self) {
+        lock(&self.unanswered).pop_front();
+    }
+
     /// True when assignments wait for the run loop's [`assign_at`].
     pub fn defers_assignments(&self) -> bool {
-        self.defer_assignments
+        self.defer_assignments && !self.leaving.load(Ordering::SeqCst)
     }
 }
 
@@ -238,6 +254,25 @@ pub fn assign_at(
     consumer
         .incremental_assign(&tpl)
         .context("cannot take the assigned partitions")
+}
+
+/// The member stops: from now on an assignment is applied as librdkafka reports it, and those
+/// reported but not taken yet are taken now, from the group's committed offsets, so librdkafka
+/// can run the revocation that leaving (or closing) needs. Nothing is read from them: records
+/// fetched while leaving are dropped. Returns those partitions (the member closes their rolls
+/// as well as its own, which the ledger's claims make safe).
+pub fn leaving(consumer: &LoaderConsumer) -> Vec<(String, i32)> {
+    let context = consumer.context();
+    context.leaving.store(true, Ordering::SeqCst);
+    let waiting = std::mem::take(&mut *lock(&context.unanswered));
+    let mut taken = Vec::new();
+    for parts in waiting {
+        if let Err(e) = assign_at(consumer, &parts, &BTreeMap::new()) {
+            tracing::error!(error = %format!("{e:#}"), partitions = ?parts, "cannot answer the assignment before leaving");
+        }
+        taken.extend(parts);
+    }
+    taken
 }
 
 /// The group's committed offsets in Kafka for `partitions` (a blocking broker call).
@@ -301,8 +336,17 @@ impl ConsumerContext for LoaderContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        let deferred = assigning && self.defer_assignments && !self.leaving.load(Ordering::SeqCst);
+        if deferred {
+            lock(&self.unanswered).push_back(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect(),
+            );
+        }
         let applied = match (assigning, cooperative) {
-            (true, _) if self.defer_assignments => Ok(()),
+            (true, _) if deferred => Ok(()),
             (true, true) => consumer.incremental_assign(tpl),
             (true, false) => consumer.assign(tpl),
             (false, true) => consumer.incremental_unassign(tpl),

@@ -255,3 +255,144 @@ async fn a_member_joining_a_loading_group_has_no_commit_refused() {
     );
     db.drop_db().await;
 }
+
+/// What a member is stopped before answering, in
+/// [`stop_with_an_unanswered_assignment`].
+enum Unanswered {
+    /// A partition given back as the other member leaves.
+    GivenBack,
+    /// The empty first round of a cooperative rebalance as another member joins.
+    FirstRound,
+}
+
+/// A member told to stop while an assignment waits to be taken (its start is looked up in
+/// PostgreSQL, which it cannot reach): librdkafka waits for every assignment it reported to be
+/// answered, even an empty one, before it runs the revocation that leaving the group needs.
+/// Before the fix, nothing answered it: the member's leave timed out, it stayed in the group
+/// while it closed its rolls (here for good: they hang), a member started meanwhile was given
+/// nothing, and the close at exit (which polls until librdkafka is done) never returned —
+/// `bench` saw a loader not exit in 120 s. Now the leaving member answers the assignment and
+/// leaves at once: the others own every partition while it is still closing its rolls.
+async fn stop_with_an_unanswered_assignment(case: Unanswered) {
+    let (topic, db, data, group, producer) = setup("unanswered", 2).await;
+    let pg_port = url::Url::parse(&db.url).unwrap().port().unwrap_or(5432);
+    let proxy_port = free_port();
+    let a_pg = HoldingProxy::start(
+        ([127, 0, 0, 1], proxy_port).into(),
+        ([127, 0, 0, 1], pg_port).into(),
+    )
+    .await;
+    let mut a_url = url::Url::parse(&db.url).unwrap();
+    a_url.set_port(Some(proxy_port)).unwrap();
+    let a_status: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .arg("run")
+        .env("DATABASE_URL", a_url.as_str())
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", &topic)
+        .env("KAFKA_GROUP_ID", &group)
+        .env("DATA_DIR", data.path())
+        .env("METRICS_ADDR", a_status.to_string())
+        .env("LOG_DIR", "")
+        .env("LOADER_SHUTDOWN_GRACE", "120s")
+        .env("ETL_FAILPOINTS", "before-roll-close=hang")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "A owns both partitions",
+        || async {
+            reqwest::get(format!("http://{a_status}/health"))
+                .await
+                .is_ok()
+                && assigned(a_status).await == 2
+        },
+    )
+    .await;
+    for partition in [0, 1] {
+        produce_to(&producer, &topic, partition).await;
+    }
+    // A's own count: its batch is over (not only its rows visible).
+    eventually(Duration::from_secs(60), "A loads both records", || async {
+        metric(a_status, "etl_loader_records_loaded_total").await == 2.0
+    })
+    .await;
+    let config = || loader_config(&db, &topic, &group, data.path());
+    // From here A cannot reach PostgreSQL: what it is given next waits to be taken.
+    let others = match case {
+        Unanswered::GivenBack => {
+            let b = RunningLoader::start(config()).await;
+            eventually(Duration::from_secs(60), "A and B own one each", || async {
+                assigned(b.status).await == 1 && assigned(a_status).await == 1
+            })
+            .await;
+            a_pg.hold();
+            b.shutdown().await;
+            eventually(
+                Duration::from_secs(60),
+                "A is given B's partition back",
+                || async { assigned(a_status).await == 2 },
+            )
+            .await;
+            vec![]
+        }
+        Unanswered::FirstRound => {
+            a_pg.hold();
+            let b = RunningLoader::start(config()).await;
+            eventually(
+                Duration::from_secs(60),
+                "A gives a partition up for B",
+                || async { assigned(a_status).await == 1 },
+            )
+            .await;
+            vec![b]
+        }
+    };
+    std::process::Command::new("kill")
+        .args(["-TERM", &a.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let c = RunningLoader::start(config()).await;
+    let mut stay = others;
+    stay.push(c);
+    eventually(
+        Duration::from_secs(60),
+        "the others own both partitions: A left the group",
+        || async {
+            let mut owned = 0;
+            for m in &stay {
+                owned += assigned(m.status).await;
+            }
+            owned == 2
+        },
+    )
+    .await;
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "A is still closing its rolls (they hang): it left the group before"
+    );
+    a.kill().await.unwrap();
+    a_pg.release();
+    produce_to(&producer, &topic, 0).await;
+    eventually(
+        Duration::from_secs(60),
+        "what arrives is loaded",
+        || async { db.count("SELECT count(*) FROM raw_data").await == 3 },
+    )
+    .await;
+    for m in stay {
+        m.shutdown().await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopping_before_it_takes_a_partition_given_back_leaves_the_group() {
+    stop_with_an_unanswered_assignment(Unanswered::GivenBack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopping_before_it_answers_a_first_round_leaves_the_group() {
+    stop_with_an_unanswered_assignment(Unanswered::FirstRound).await;
+}

@@ -40,7 +40,11 @@ impl Pipeline {
                 retry_in,
             });
         });
-        let (stored, loaded_before) = self.liveness.waiting(read).await.map_err(|_| Cancelled)?;
+        // Shutdown does not wait for a read stuck on an unreachable server (the pool's timeout).
+        let (stored, loaded_before) =
+            etl_common::retry::until_cancelled(&self.shutdown, self.liveness.waiting(read))
+                .await?
+                .map_err(|_| Cancelled)?;
         // Kafka's side, to tell a re-created topic from a restored database (and to log which).
         let (c, asked) = (self.consumer.clone(), parts.to_vec());
         let kafka = tokio::task::spawn_blocking(move || consumer::committed_in_kafka(&c, &asked))

@@ -26,8 +26,9 @@ use crate::migrate;
 use crate::roller::Roller;
 use crate::sink::Sinks;
 use crate::sink::offsets::Positions;
+use anyhow::Context;
 use etl_common::backoff::Backoff;
-use etl_common::retry::{Cancelled, retry};
+use etl_common::retry::{Cancelled, Outage, retry};
 use etl_common::status::Liveness;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -70,6 +71,8 @@ impl Pipeline {
             self.config.recovery_interval,
         )
         .with_upkeep(&self.config.upkeep);
+        // Read before the loader can report ready, and every DISK_INTERVAL after.
+        self.observe_data_dir();
         if !self.prepare_database().await {
             return Ok(());
         }
@@ -80,7 +83,8 @@ impl Pipeline {
         let max_age = self.config.batch_max_age;
         let linger = self.config.batch_linger;
         let consumer = self.consumer.clone();
-        let mut disk = tokio::time::interval(DISK_INTERVAL);
+        let mut disk =
+            tokio::time::interval_at(tokio::time::Instant::now() + DISK_INTERVAL, DISK_INTERVAL);
         disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(BEAT_INTERVAL);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,11 +105,7 @@ impl Pipeline {
                     false
                 }
                 _ = disk.tick() => {
-                    if let Some(root) = self.sinks.rolls().store().local_root()
-                        && let Err(e) = self.telemetry.metrics().observe_data_dir(root)
-                    {
-                        tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
-                    }
+                    self.observe_data_dir();
                     false
                 }
                 // Applied below, before anything else is added.
@@ -181,9 +181,11 @@ impl Pipeline {
         // Hand the partitions over before closing the rolls, which may take seconds: the group
         // goes on loading meanwhile. Then close the rolls of what we owned, once: if the store is
         // out they wait in PostgreSQL for the partitions' next owner.
-        let owned = roller.owned();
+        // An assignment not taken yet is answered first: librdkafka cannot revoke before it is.
+        consumer::leaving(&self.consumer);
+        let mut owned = roller.owned();
         if self.range.is_none() {
-            self.leave_group().await;
+            owned.extend(self.leave_group().await);
         }
         crate::failpoint::hit("before-roll-close");
         if let Err(e) = roller.close_for(&owned).await {
@@ -194,12 +196,20 @@ impl Pipeline {
 
     /// Leaves the consumer group: unsubscribes and polls until librdkafka has run the revocation
     /// (it runs during a poll), so the group rebalances now rather than when this process exits.
-    /// Records fetched meanwhile are dropped uncommitted: their next owner reads them.
-    async fn leave_group(&self) {
+    /// Records fetched meanwhile are dropped uncommitted: their next owner reads them. Returns
+    /// the partitions the group gave this member while it left (a rebalance under way finishes
+    /// first), whose rolls it closes with its own.
+    async fn leave_group(&self) -> Vec<(String, i32)> {
         self.consumer.unsubscribe();
         let gone = tokio::time::sleep(LEAVE_TIMEOUT);
         tokio::pin!(gone);
+        let mut given = Vec::new();
         loop {
+            for event in self.consumer.context().take_events() {
+                if let batch::Rebalanced::Assigned(parts) = event {
+                    given.extend(parts);
+                }
+            }
             if self.consumer.assignment().is_ok_and(|a| a.count() == 0) {
                 break;
             }
@@ -213,6 +223,16 @@ impl Pipeline {
             }
         }
         self.telemetry.emit(LeftGroup);
+        given
+    }
+
+    /// Refreshes the `DATA_DIR` free-space gauges (a local lake only).
+    fn observe_data_dir(&self) {
+        if let Some(root) = self.sinks.rolls().store().local_root()
+            && let Err(e) = self.telemetry.metrics().observe_data_dir(root)
+        {
+            tracing::debug!(error = %e, "cannot read DATA_DIR's free space");
+        }
     }
 
     /// True when a bounded read has nothing left to read.
@@ -265,6 +285,7 @@ impl Pipeline {
                 && self.consumer.context().defers_assignments()
             {
                 self.take_assignment(parts).await?;
+                self.consumer.context().answered();
             }
         }
         Ok(())
@@ -328,23 +349,32 @@ impl Pipeline {
     /// assignment.
     async fn read_again(&self) -> Result<(), Cancelled> {
         let epoch = self.sinks.server_epoch();
-        let owned = match self.consumer.assignment() {
-            Ok(tpl) => tpl,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the partitions to read again");
-                return Ok(());
-            }
+        // librdkafka refusing is retried with backoff, as a database outage is: no batch may be
+        // written before the partitions are read again.
+        let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        let give_up = || async {
+            let owned = self
+                .consumer
+                .assignment()
+                .context("cannot list the partitions to read again")
+                .map_err(Outage)?;
+            self.consumer
+                .incremental_unassign(&owned)
+                .context("cannot give the partitions up to read them again")
+                .map_err(Outage)?;
+            Ok(owned)
         };
+        let owned = retry(&self.shutdown, backoff, give_up, |Outage(error), retry_in| {
+            tracing::error!(error = %format!("{error:#}"), ?retry_in, "cannot read the partitions again yet");
+        })
+        .await
+        .map_err(|_| Cancelled)?;
         let parts: Vec<(String, i32)> = owned
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         self.telemetry.emit(ReadingAgain { partitions: &parts });
-        if let Err(e) = self.consumer.incremental_unassign(&owned) {
-            tracing::error!(error = %e, "cannot give the partitions up to read them again");
-            return Ok(());
-        }
         self.take_assignment(&parts).await?;
         self.sinks.caught_up(epoch);
         Ok(())

@@ -30,6 +30,16 @@ impl From<Cancelled> for Halt {
     }
 }
 
+/// What a write that gave up leaves to handle: the sink's refusal (`Ok`), or the halt that ends
+/// the batch — shutdown, or a changed server that means reading again.
+fn refusal(gave_up: GaveUp<SinkError>) -> Result<SinkError, Halt> {
+    match gave_up {
+        GaveUp::Cancelled => Err(Halt::Cancelled),
+        GaveUp::Permanent(SinkError::ServerChanged) => Err(Halt::ServerChanged),
+        GaveUp::Permanent(e) => Ok(e),
+    }
+}
+
 impl Pipeline {
     pub(super) async fn dead_letter(&self, p: &Poison) -> Result<(), Cancelled> {
         let backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
@@ -61,9 +71,8 @@ impl Pipeline {
     ) -> Result<sink::WriteOutcome, Halt> {
         let outcome = match self.write_with_retry(good, positions).await {
             Ok(outcome) => outcome,
-            Err(GaveUp::Cancelled) => return Err(Halt::Cancelled),
-            Err(GaveUp::Permanent(SinkError::ServerChanged)) => return Err(Halt::ServerChanged),
-            Err(GaveUp::Permanent(e)) => {
+            Err(gave_up) => {
+                let e = refusal(gave_up)?;
                 self.telemetry.emit(BatchRefused {
                     error: &e,
                     records: good.len(),
@@ -80,11 +89,8 @@ impl Pipeline {
                             }
                             total.add(outcome)
                         }
-                        Err(GaveUp::Cancelled) => return Err(Halt::Cancelled),
-                        Err(GaveUp::Permanent(SinkError::ServerChanged)) => {
-                            return Err(Halt::ServerChanged);
-                        }
-                        Err(GaveUp::Permanent(e)) => {
+                        Err(gave_up) => {
+                            let e = refusal(gave_up)?;
                             let poison = Poison {
                                 source: original_source(record),
                                 error: PoisonReason::RejectedBySink(e.to_string()),
@@ -111,12 +117,10 @@ impl Pipeline {
         if let Some(positions) = positions
             && !outcome.positions_stored
         {
-            match self.write_with_retry(&[], Some(positions)).await {
-                Ok(_) => {}
-                Err(GaveUp::Permanent(SinkError::ServerChanged)) => {
-                    return Err(Halt::ServerChanged);
-                }
-                Err(_) => return Err(Halt::Cancelled),
+            // The positions alone refused: left unstored, as at shutdown (read again later).
+            if let Err(gave_up) = self.write_with_retry(&[], Some(positions)).await {
+                refusal(gave_up)?;
+                return Err(Halt::Cancelled);
             }
         }
         Ok(outcome)
