@@ -113,9 +113,18 @@ pub struct LoadRecord {
     pub payload_text: String,
     /// The users.
     pub users: Vec<ProcessedUser>,
+    /// How many users `raw_data` says the payload holds, for a raw file built from the stored
+    /// rows without decoding them again (`users` is then empty); `None` everywhere else.
+    pub stored_user_count: Option<i32>,
 }
 
 impl LoadRecord {
+    /// Users in the payload: the decoded ones, or the stored count of a raw roll's row.
+    pub fn user_count(&self) -> i32 {
+        self.stored_user_count
+            .unwrap_or_else(|| i32::try_from(self.users.len()).unwrap_or(i32::MAX))
+    }
+
     /// The record's payload byte for byte, as the topic holds it (for the dead-letter topic).
     pub fn original(&self) -> &[u8] {
         self.source
@@ -303,6 +312,7 @@ fn decode_one(
                 source,
                 payload_text: t.stored,
                 users: t.users,
+                stored_user_count: None,
             })
         }
         Err(error) => Decoded::Poison(Poison {

@@ -278,17 +278,23 @@ impl Pipeline {
     /// record of its new assignment. A deferred assignment is taken here, from the positions
     /// PostgreSQL holds ([`Pipeline::take_assignment`]); `Cancelled` if shutdown came first.
     async fn apply_rebalances(&mut self, batch: &mut Batch) -> Result<(), Cancelled> {
+        // After a shutdown, the later events still drop what they revoke from the final batch;
+        // the assignments left untaken are answered as the member leaves (`consumer::leaving`).
+        let mut cancelled = false;
         for event in self.consumer.context().take_events() {
             let records = batch.apply(&event);
             self.telemetry.emit(RevokedRecordsDropped { records });
             if let batch::Rebalanced::Assigned(parts) = &event
                 && self.consumer.context().defers_assignments()
+                && !cancelled
             {
-                self.take_assignment(parts).await?;
-                self.consumer.context().answered();
+                match self.take_assignment(parts).await {
+                    Ok(()) => self.consumer.context().answered(),
+                    Err(Cancelled) => cancelled = true,
+                }
             }
         }
-        Ok(())
+        if cancelled { Err(Cancelled) } else { Ok(()) }
     }
 
     /// Decode, dead-letter, write, commit: offsets last.

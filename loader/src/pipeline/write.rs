@@ -268,6 +268,7 @@ mod tests {
             },
             payload_text: "x".repeat(bytes),
             users: Vec::new(),
+            stored_user_count: None,
         }
     }
 

@@ -24,8 +24,7 @@ row_shape! {
         /// The fetch time.
         fetched_at: DateTime<Utc> = |r| r.source.fetched_at => Plain, Column;
         /// Users in the payload.
-        user_count: i32 = |r| i32::try_from(r.users.len()).unwrap_or(i32::MAX)
-            => Dictionary, Column;
+        user_count: i32 = |r| r.user_count() => Dictionary, Column;
         /// The payload as UTF-8 JSON (`jsonb` in PostgreSQL).
         payload: &str = |r| r.payload_text.as_str() => Plain, Jsonb;
         /// The record's identity, unique in PostgreSQL.

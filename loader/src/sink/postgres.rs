@@ -335,6 +335,55 @@ pub async fn records_in(
         .collect()
 }
 
+/// The rows (at most `limit`, after `after` in (offset, raw id) order) of the raw file `path`
+/// as `raw_data` holds them, with the payload text as [`records_in`] finds it and the stored
+/// user count: a raw file needs no users, so its rows are not decoded again to be written.
+/// Only the fields the raw Parquet columns read are filled.
+pub async fn raw_rows_in(
+    conn: &mut PgConnection,
+    path: &str,
+    after: (i64, Uuid),
+    limit: i64,
+) -> sqlx::Result<Vec<LoadRecord>> {
+    let rows = sqlx::query(
+        "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
+                coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id,
+                r.user_count
+         FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
+         WHERE r.raw_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3)
+         ORDER BY r.kafka_offset, r.raw_id LIMIT $4",
+    )
+    .bind(path)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let fetch_id: Option<String> = r.try_get(3)?;
+            Ok(LoadRecord {
+                raw_id: r.try_get(6)?,
+                record_key: String::new(),
+                digest: [0; 32],
+                source: SourceRecord {
+                    topic: r.try_get(0)?,
+                    partition: r.try_get(1)?,
+                    offset: r.try_get(2)?,
+                    key: fetch_id.clone(),
+                    fetch_id,
+                    payload: None,
+                    fetched_at: r.try_get(5)?,
+                    headers: Vec::new(),
+                },
+                payload_text: r.try_get(4)?,
+                users: Vec::new(),
+                stored_user_count: Some(r.try_get(7)?),
+            })
+        })
+        .collect()
+}
+
 /// The records (at most `limit`, after `after` in (offset, raw id) order) of the processed file
 /// `path` with their users exactly as `processed_data` holds them: a processed file is built
 /// from the rows PostgreSQL holds, not recomputed at roll time, so the two sinks agree and a
@@ -385,6 +434,7 @@ pub async fn processed_rows_in(
                 },
                 payload_text: String::new(),
                 users: Vec::new(),
+                stored_user_count: None,
             });
         }
         let Some(user_index) = r.try_get::<Option<i32>, _>(7)? else {

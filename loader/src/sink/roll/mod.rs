@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Records read from PostgreSQL at a time while a raw file is built: about this many payload
-/// bytes (each decoded to be checked, so a page holds several times this while it is written).
+/// bytes (and its Arrow copy while it is written).
 /// 2 MiB rather than 4: a roll built during a load adds its pages to what the batches hold.
 const READ_BYTES: i64 = 2 << 20;
 
