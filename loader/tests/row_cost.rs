@@ -82,5 +82,14 @@ async fn waiting_payloads_are_unlogged_and_a_crash_that_empties_them_loses_nothi
         .map(|r| serde_json::from_str(&r.payload_text).unwrap())
         .collect();
     assert_eq!(in_file, want, "the raw file holds the same JSON values");
+    // Its user counts are raw_data's (not decoded again when the file is built).
+    let mut counts: Vec<String> = parquet_rows(&dir.path().join("raw"), &["user_count"])
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    let mut want_counts: Vec<String> = batch.iter().map(|r| r.users.len().to_string()).collect();
+    counts.sort();
+    want_counts.sort();
+    assert_eq!(counts, want_counts, "the raw file's user counts");
     db.drop_db().await;
 }
