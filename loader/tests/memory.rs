@@ -172,9 +172,11 @@ async fn a_connection_back_in_the_pool_gives_up_its_large_buffers() {
         held.push(conn);
     }
     drop(held);
-    eventually(Duration::from_secs(30), "all four back in the pool", || async {
-        pool.num_idle() == 4
-    })
+    eventually(
+        Duration::from_secs(30),
+        "all four back in the pool",
+        || async { pool.num_idle() == 4 },
+    )
     .await;
     let after = rss_now();
     assert!(
