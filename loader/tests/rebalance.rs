@@ -31,6 +31,33 @@ async fn setup(
     )
 }
 
+/// A `loader run` process (so it can get SIGTERM) whose closing of its rolls hangs for good once
+/// it has left the group: what it did before closing can be watched while it still runs.
+/// Returns it and its status address.
+fn spawn_hanging_at_close(
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    data: &std::path::Path,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let status: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
+        .arg("run")
+        .env("DATABASE_URL", db_url)
+        .env("KAFKA_BROKERS", brokers())
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", group)
+        .env("DATA_DIR", data)
+        .env("METRICS_ADDR", status.to_string())
+        .env("LOG_DIR", "")
+        .env("LOADER_SHUTDOWN_GRACE", "120s")
+        .env("ETL_FAILPOINTS", "before-roll-close=hang")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, status)
+}
+
 /// One extractor-shaped record (its own fetch id) to `partition`.
 async fn produce_to(producer: &FutureProducer, topic: &str, partition: i32) {
     use etl_common::contract::{self, header};
@@ -137,22 +164,7 @@ async fn a_partition_taken_and_given_back_loses_no_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
     let (topic, db, data, group, producer) = setup("leave", 2).await;
-    let port = free_port();
-    let a_status: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
-        .arg("run")
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BROKERS", brokers())
-        .env("KAFKA_TOPIC", &topic)
-        .env("KAFKA_GROUP_ID", &group)
-        .env("DATA_DIR", data.path())
-        .env("METRICS_ADDR", a_status.to_string())
-        .env("LOG_DIR", "")
-        .env("LOADER_SHUTDOWN_GRACE", "120s")
-        .env("ETL_FAILPOINTS", "before-roll-close=hang")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut a, a_status) = spawn_hanging_at_close(&db.url, &topic, &group, data.path());
     // A is a process: its status endpoint answers only once it has started.
     eventually(Duration::from_secs(60), "A's status endpoint", || async {
         reqwest::get(format!("http://{a_status}/health"))
@@ -284,21 +296,7 @@ async fn stop_with_an_unanswered_assignment(case: Unanswered) {
     .await;
     let mut a_url = url::Url::parse(&db.url).unwrap();
     a_url.set_port(Some(proxy_port)).unwrap();
-    let a_status: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_loader"))
-        .arg("run")
-        .env("DATABASE_URL", a_url.as_str())
-        .env("KAFKA_BROKERS", brokers())
-        .env("KAFKA_TOPIC", &topic)
-        .env("KAFKA_GROUP_ID", &group)
-        .env("DATA_DIR", data.path())
-        .env("METRICS_ADDR", a_status.to_string())
-        .env("LOG_DIR", "")
-        .env("LOADER_SHUTDOWN_GRACE", "120s")
-        .env("ETL_FAILPOINTS", "before-roll-close=hang")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut a, a_status) = spawn_hanging_at_close(a_url.as_str(), &topic, &group, data.path());
     eventually(
         Duration::from_secs(60),
         "A owns both partitions",
