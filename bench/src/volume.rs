@@ -71,6 +71,9 @@ pub struct Volume {
     pub peak_rss: u64,
     /// SIGTERM to exit.
     pub close: Duration,
+    /// The loader's CPU over its whole life: `cpu` plus closing, whose rolls hold the Parquet
+    /// work a short run leaves to the end.
+    pub whole_cpu: Duration,
     /// Parquet files published.
     pub parquet_files: i64,
     /// The samples, the last taken at the last commit.
@@ -177,7 +180,7 @@ async fn run(
             return Err(e);
         }
     };
-    let (close, peak_rss) = close(&mut child, &log, loading_rss).await?;
+    let closed = close(&mut child, &log, loading_rss).await?;
     let parquet_files = check_loaded(db, topic).await?;
     let pg = samples.last().map_or(Duration::ZERO, |s| s.pg_cpu);
     Ok(Volume {
@@ -191,8 +194,9 @@ async fn run(
         },
         cpu,
         loading_rss,
-        peak_rss,
-        close,
+        peak_rss: closed.peak_rss,
+        close: closed.took,
+        whole_cpu: closed.cpu.max(cpu),
         parquet_files,
         samples,
     })
@@ -302,7 +306,7 @@ impl Volume {
         let tenths = tenths(&self.samples, self.users_per_record());
         let _ = writeln!(
             s,
-            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s and at each commit, single run): {:.0} users/s over {:.1} s; loader CPU {} and PostgreSQL CPU {} per 1,000 users; peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
+            "- 10× volume ({} records, {} users, {:.0} MB of JSON, its own topic preloaded in {:.0} s; one loader at defaults from offset 0 to the last commit, sampled every {} s and at each commit, single run): {:.0} users/s over {:.1} s; loader CPU {} and PostgreSQL CPU {} per 1,000 users ({} of loader CPU over its whole life, closing's rolls included); peak RSS {:.0} MB loading, {:.0} MB with closing (SIGTERM → Parquet closed {:.1} s, {} files)",
             self.records,
             self.rate.users,
             self.rate.bytes as f64 / 1e6,
@@ -312,6 +316,7 @@ impl Volume {
             self.rate.elapsed.as_secs_f64(),
             ms(per_1000(self.cpu.as_secs_f64(), self.rate.users)),
             ms(self.rate.pg_cpu_per_1000().unwrap_or(0.0)),
+            ms(per_1000(self.whole_cpu.as_secs_f64(), self.rate.users)),
             mib(self.loading_rss),
             mib(self.peak_rss),
             self.close.as_secs_f64(),
@@ -462,11 +467,16 @@ mod tests {
             loading_rss: 90 << 20,
             peak_rss: 120 << 20,
             close: Duration::from_secs(5),
+            whole_cpu: Duration::from_secs(3),
             parquet_files: 12,
             samples: slowing(),
         };
         let text = v.render();
         assert!(text.contains("750 users/s over 20.0 s"), "{text}");
+        assert!(
+            text.contains("(200 ms of loader CPU over its whole life"),
+            "{text}"
+        );
         assert!(
             text.contains("last tenth ÷ first tenth: users/s 0.50"),
             "{text}"

@@ -7,7 +7,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 mod identity;
@@ -75,22 +77,8 @@ impl TransformError {
     }
 }
 
-#[derive(Deserialize)]
-struct ApiUser {
-    #[serde(default)]
-    gender: Option<String>,
-    name: Name,
-    #[serde(default)]
-    location: Option<Location>,
-    email: String,
-    #[serde(default)]
-    login: Option<Login>,
-    #[serde(default)]
-    dob: Option<Dated>,
-    registered: Dated,
-    #[serde(default)]
-    nat: Option<String>,
-}
+mod parse;
+use parse::{Envelope, LoginEntries, Street, UserFields};
 
 #[derive(Deserialize)]
 struct Name {
@@ -113,12 +101,6 @@ struct Location {
 }
 
 #[derive(Deserialize)]
-struct Login {
-    #[serde(default)]
-    uuid: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct Dated {
     date: String,
 }
@@ -127,35 +109,65 @@ struct Dated {
 /// (even fake ones) that nothing downstream needs.
 pub const LOGIN_SECRETS: [&str; 5] = ["password", "salt", "md5", "sha1", "sha256"];
 
-/// The payload without the users' [`LOGIN_SECRETS`], key order otherwise kept; `None` when
-/// there was nothing to remove (or the text is not a JSON object, which the transform refuses
-/// anyway). The raw copies in PostgreSQL and Parquet store this; the topic keeps the original.
+/// The payload without the users' [`LOGIN_SECRETS`]; `None` when there was nothing to remove
+/// (or the text is not a JSON object, which the transform refuses anyway). Only the `login`
+/// objects that held a secret change (rewritten without it, their other entries as they were):
+/// every other byte is the payload's. The raw copies in PostgreSQL and Parquet store this; the
+/// topic keeps the original.
 pub fn strip_login_secrets(payload: &str) -> Option<String> {
-    let mut doc: Value = serde_json::from_str(payload).ok()?;
-    if strip_parsed(&mut doc) {
-        serde_json::to_string(&doc).ok()
-    } else {
-        None
-    }
+    let envelope: Envelope = serde_json::from_str(payload).ok()?;
+    let users: Vec<&RawValue> = serde_json::from_str(envelope.results?.get()).ok()?;
+    let logins = users.iter().filter_map(|user| {
+        let fields: UserFields = serde_json::from_str(user.get()).ok()?;
+        fields.login
+    });
+    without_secrets(payload, logins)
 }
 
-/// Removes the users' [`LOGIN_SECRETS`] from a parsed response; true if anything went.
-fn strip_parsed(doc: &mut Value) -> bool {
-    let mut removed = false;
-    let users = doc
-        .get_mut("results")
-        .and_then(Value::as_array_mut)
-        .map(|a| a.iter_mut())
-        .into_iter()
-        .flatten();
-    for user in users {
-        if let Some(login) = user.get_mut("login").and_then(Value::as_object_mut) {
-            for key in LOGIN_SECRETS {
-                removed |= login.shift_remove(key).is_some();
-            }
+/// The text with each of `logins` (values borrowed from it, in order) rewritten without its
+/// [`LOGIN_SECRETS`]; `None` if none held one.
+fn without_secrets<'a>(
+    text: &str,
+    logins: impl IntoIterator<Item = &'a RawValue>,
+) -> Option<String> {
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for login in logins {
+        if !parse::is_object(login) {
+            continue;
         }
+        let Ok(LoginEntries(entries)) = serde_json::from_str::<LoginEntries>(login.get()) else {
+            continue;
+        };
+        if !entries.iter().any(|(name, _)| is_secret(name)) {
+            continue;
+        }
+        let Some(span) = parse::span_in(text, login).filter(|s| s.start >= copied) else {
+            continue;
+        };
+        let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        out.push_str(&text[copied..span.start]);
+        out.push('{');
+        let kept = entries.iter().filter(|(name, _)| !is_secret(name));
+        for (i, (name, value)) in kept.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            parse::push_name(out, name);
+            out.push(':');
+            out.push_str(value.get());
+        }
+        out.push('}');
+        copied = span.end;
     }
-    removed
+    out.map(|mut out| {
+        out.push_str(&text[copied..]);
+        out
+    })
+}
+
+fn is_secret(name: &str) -> bool {
+    LOGIN_SECRETS.contains(&name)
 }
 
 /// Checks the payload's envelope without transforming: used where only validity matters.
@@ -177,9 +189,8 @@ pub fn transform(
 ) -> Result<Vec<ProcessedUser>, TransformError> {
     let text =
         std::str::from_utf8(payload).map_err(|e| TransformError::InvalidUtf8(e.to_string()))?;
-    let doc: Value =
-        serde_json::from_str(text).map_err(|e| TransformError::NotJson(e.to_string()))?;
-    users_of(text, &doc, raw_id, processed_at)
+    let users = users_in(text)?;
+    rows_of(&users, raw_id, processed_at)
 }
 
 /// What the loader keeps of a record that transformed.
@@ -207,34 +218,39 @@ pub fn transform_owned(
         let error = TransformError::InvalidUtf8(e.utf8_error().to_string());
         (error, e.into_bytes())
     })?;
-    let mut doc: Value = match serde_json::from_str(&text) {
-        Ok(doc) => doc,
-        Err(e) => return Err((TransformError::NotJson(e.to_string()), text.into_bytes())),
-    };
-    let users = match users_of(&text, &doc, raw_id, processed_at) {
-        Ok(users) => users,
+    let (users, stripped) = match transform_text(&text, raw_id, processed_at, strip) {
+        Ok(done) => done,
         Err(e) => return Err((e, text.into_bytes())),
     };
-    if strip && strip_parsed(&mut doc) {
-        match serde_json::to_string(&doc) {
-            Ok(stored) => {
-                return Ok(Transformed {
-                    users,
-                    stored,
-                    original: Some(text.into_bytes()),
-                });
-            }
-            Err(e) => {
-                let error = TransformError::WrongShape(format!("cannot re-serialise: {e}"));
-                return Err((error, text.into_bytes()));
-            }
-        }
-    }
-    Ok(Transformed {
-        users,
-        stored: text,
-        original: None,
+    Ok(match stripped {
+        Some(stored) => Transformed {
+            users,
+            stored,
+            original: Some(text.into_bytes()),
+        },
+        None => Transformed {
+            users,
+            stored: text,
+            original: None,
+        },
     })
+}
+
+/// The rows and, with `strip`, the text without the login secrets (if it held any).
+fn transform_text(
+    text: &str,
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+    strip: bool,
+) -> Result<(Vec<ProcessedUser>, Option<String>), TransformError> {
+    let users = users_in(text)?;
+    let rows = rows_of(&users, raw_id, processed_at)?;
+    let stripped = if strip {
+        without_secrets(text, users.iter().filter_map(|u| u.login))
+    } else {
+        None
+    };
+    Ok((rows, stripped))
 }
 
 /// Whether JSON text holds a `\u0000` escape (a NUL, which jsonb refuses), as opposed to an
@@ -257,75 +273,130 @@ fn has_nul_escape(text: &str) -> bool {
     false
 }
 
-/// The checks and rows of a parsed response.
-fn users_of(
-    text: &str,
-    doc: &Value,
-    raw_id: Uuid,
-    processed_at: DateTime<Utc>,
-) -> Result<Vec<ProcessedUser>, TransformError> {
-    let envelope = doc.as_object().ok_or_else(|| {
-        TransformError::NotJson(format!("expected a JSON object, found {}", json_type(doc)))
-    })?;
+/// How deep a payload may nest: serde_json's own limit, which the members skipped unparsed
+/// would otherwise escape (and jsonb, and every engine reading the raw files, would meet).
+const MAX_DEPTH: usize = 128;
+
+/// The envelope's checks, in the order their errors take precedence, and the users' members.
+fn users_in(text: &str) -> Result<Vec<UserFields<'_>>, TransformError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<IgnoredAny>(text) {
+            Err(e) => TransformError::NotJson(e.to_string()),
+            Ok(_) => TransformError::NotJson(format!(
+                "expected a JSON object, found {}",
+                parse::json_type_of(text)
+            )),
+        });
+    }
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|e| TransformError::NotJson(e.to_string()))?;
+    if parse::nested_deeper_than(text, MAX_DEPTH) {
+        return Err(TransformError::NotJson(format!(
+            "nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     if has_nul_escape(text) {
         return Err(TransformError::Unstorable);
     }
-    match envelope.get("error") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => return Err(TransformError::ApiError(s.clone())),
-        Some(other) => return Err(TransformError::ApiError(other.to_string())),
+    if let Some(error) = envelope.error {
+        let message = match serde_json::from_str::<String>(error.get()) {
+            Ok(text) => text,
+            Err(_) => error.get().to_string(),
+        };
+        return Err(TransformError::ApiError(message));
     }
-    let results = match envelope.get("results") {
-        None | Some(Value::Null) => {
-            return Err(TransformError::WrongShape("no `results` array".to_string()));
-        }
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(TransformError::NotJson(format!(
-                "`results` is {}, expected an array",
-                json_type(other)
-            )));
-        }
+    let Some(results) = envelope.results else {
+        return Err(TransformError::WrongShape("no `results` array".to_string()));
     };
-    if results.is_empty() {
+    if !results.get().starts_with('[') {
+        return Err(TransformError::NotJson(format!(
+            "`results` is {}, expected an array",
+            parse::json_type_of(results.get())
+        )));
+    }
+    let users: Vec<&RawValue> =
+        serde_json::from_str(results.get()).map_err(|e| TransformError::NotJson(e.to_string()))?;
+    if users.is_empty() {
         return Err(TransformError::EmptyResults);
     }
-    results
-        .iter()
+    users
+        .into_iter()
         .enumerate()
-        .map(|(index, value)| user_row(index, value, raw_id, processed_at))
+        .map(|(index, user)| {
+            if !parse::is_object(user) {
+                return Err(TransformError::WrongShape(format!(
+                    "user {index}: expected an object, found {}",
+                    parse::json_type_of(user.get())
+                )));
+            }
+            serde_json::from_str(user.get())
+                .map_err(|e| TransformError::WrongShape(format!("user {index}: {e}")))
+        })
         .collect()
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+/// One row per user.
+fn rows_of(
+    users: &[UserFields<'_>],
+    raw_id: Uuid,
+    processed_at: DateTime<Utc>,
+) -> Result<Vec<ProcessedUser>, TransformError> {
+    users
+        .iter()
+        .enumerate()
+        .map(|(index, user)| user_row(index, user, raw_id, processed_at))
+        .collect()
+}
+
+/// A member the row needs: absent (or `null`) and mistyped are both the wrong shape.
+fn required<T: DeserializeOwned>(
+    index: usize,
+    name: &str,
+    raw: Option<&RawValue>,
+) -> Result<T, TransformError> {
+    let raw = raw.ok_or_else(|| {
+        TransformError::WrongShape(format!("user {index}: missing field `{name}`"))
+    })?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| TransformError::WrongShape(format!("user {index}: `{name}`: {e}")))
+}
+
+/// A member the row may go without; mistyped is still the wrong shape.
+fn optional<T: DeserializeOwned>(
+    index: usize,
+    name: &str,
+    raw: Option<&RawValue>,
+) -> Result<Option<T>, TransformError> {
+    raw.map(|raw| required(index, name, Some(raw))).transpose()
+}
+
+#[derive(Deserialize)]
+struct Login {
+    #[serde(default)]
+    uuid: Option<String>,
 }
 
 fn user_row(
     index: usize,
-    value: &Value,
+    user: &UserFields<'_>,
     raw_id: Uuid,
     processed_at: DateTime<Utc>,
 ) -> Result<ProcessedUser, TransformError> {
-    if let Some(detail) = legacy_marker(value) {
+    if let Some(detail) = legacy_marker(user) {
         return Err(TransformError::LegacyShape { index, detail });
     }
-    let user = ApiUser::deserialize(value)
-        .map_err(|e| TransformError::WrongShape(format!("user {index}: {e}")))?;
-    let registered_date = parse_date(&user.registered.date).ok_or_else(|| {
+    let name: Name = required(index, "name", user.name)?;
+    let email: String = required(index, "email", user.email)?;
+    let registered: Dated = required(index, "registered", user.registered)?;
+    let dob: Option<Dated> = optional(index, "dob", user.dob)?;
+    let login: Option<Login> = optional(index, "login", user.login)?;
+    let registered_date = parse_date(&registered.date).ok_or_else(|| {
         TransformError::WrongShape(format!(
             "user {index}: registered.date {:?} is not ISO-8601",
-            user.registered.date
+            registered.date
         ))
     })?;
-    let date_of_birth = match &user.dob {
+    let date_of_birth = match &dob {
         Some(d) => Some(parse_date(&d.date).ok_or_else(|| {
             TransformError::WrongShape(format!(
                 "user {index}: dob.date {:?} is not ISO-8601",
@@ -334,17 +405,13 @@ fn user_row(
         })?),
         None => None,
     };
-    let full_name = [
-        user.name.title.as_deref().unwrap_or(""),
-        &user.name.first,
-        &user.name.last,
-    ]
-    .iter()
-    .map(|s| s.trim())
-    .filter(|s| !s.is_empty())
-    .collect::<Vec<_>>()
-    .join(" ");
-    let location = user.location.unwrap_or(Location {
+    let full_name = [name.title.as_deref().unwrap_or(""), &name.first, &name.last]
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let location: Location = optional(index, "location", user.location)?.unwrap_or(Location {
         city: None,
         state: None,
         country: None,
@@ -364,14 +431,14 @@ fn user_row(
         raw_id,
         user_index: i32::try_from(index)
             .map_err(|_| TransformError::WrongShape("too many users".to_string()))?,
-        user_uuid: user.login.and_then(|l| l.uuid),
+        user_uuid: login.and_then(|l| l.uuid),
         full_name,
-        title: user.name.title,
-        first_name: user.name.first,
-        last_name: user.name.last,
-        email: user.email,
-        gender: user.gender,
-        nationality: user.nat,
+        title: name.title,
+        first_name: name.first,
+        last_name: name.last,
+        email,
+        gender: optional(index, "gender", user.gender)?,
+        nationality: optional(index, "nat", user.nat)?,
         city: location.city,
         state: location.state,
         country: location.country,
@@ -383,20 +450,22 @@ fn user_row(
 }
 
 /// What marks a user as the legacy (v1.0) shape rather than merely malformed.
-fn legacy_marker(user: &Value) -> Option<String> {
-    if user.get("registered").is_some_and(Value::is_number) {
+fn legacy_marker(user: &UserFields<'_>) -> Option<String> {
+    if user.registered.is_some_and(parse::is_number) {
         return Some("`registered` is a Unix timestamp, not {date, age}".to_string());
     }
-    if user.get("dob").is_some_and(Value::is_number) {
+    if user.dob.is_some_and(parse::is_number) {
         return Some("`dob` is a Unix timestamp, not {date, age}".to_string());
     }
-    if user
-        .pointer("/location/street")
-        .is_some_and(Value::is_string)
-    {
+    let street = user
+        .location
+        .filter(|l| parse::is_object(l))
+        .and_then(|l| serde_json::from_str::<Street>(l.get()).ok())
+        .and_then(|l| l.street);
+    if street.is_some_and(|s| s.get().starts_with('"')) {
         return Some("`location.street` is a string, not {number, name}".to_string());
     }
-    if user.get("user").is_some() {
+    if user.user {
         return Some("users are wrapped in a `user` object".to_string());
     }
     None

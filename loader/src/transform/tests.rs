@@ -229,3 +229,71 @@ fn identity_is_the_fetch_id_or_the_payload_never_the_position() {
     assert_ne!(Identity::of(None, V14).raw_id, c.raw_id);
     assert_ne!(c.raw_id, a.raw_id);
 }
+
+const USER: &str =
+    r#"{"name":{"first":"a","last":"b"},"email":"e","registered":{"date":"2020-01-01T00:00:00Z"}"#;
+
+#[test]
+fn stripping_keeps_every_byte_outside_the_login_objects() {
+    let payload = format!(
+        "{{ \"results\": [\n  {USER}, \"login\": {{ \"uuid\": \"u-1\", \"password\" : \"p\",\n \
+         \"salt\":\"s\", \"user\\\"name\": \"x\" }}, \"cell\": 1.50e2 }}\n ], \"info\": {{}} }}"
+    );
+    let stripped = strip_login_secrets(&payload).expect("a password and a salt");
+    let expected = format!(
+        "{{ \"results\": [\n  {USER}, \"login\": {{\"uuid\":\"u-1\",\"user\\\"name\":\"x\"}}, \
+         \"cell\": 1.50e2 }}\n ], \"info\": {{}} }}"
+    );
+    assert_eq!(stripped, expected);
+
+    // An escaped name is still a secret's name.
+    let escaped =
+        format!(r#"{{"results":[{USER},"login":{{"pass\u0077ord":"p","uuid":"u-2"}}}}]}}"#);
+    let stripped = strip_login_secrets(&escaped).expect("an escaped `password`");
+    assert!(
+        stripped.ends_with(r#""login":{"uuid":"u-2"}}]}"#),
+        "{stripped}"
+    );
+
+    // The loader's path stores the same text and keeps the original for the dead-letter topic.
+    let t = transform_owned(payload.clone().into_bytes(), Uuid::nil(), at(), true).unwrap();
+    assert_eq!(t.stored, expected);
+    assert_eq!(t.original.as_deref(), Some(payload.as_bytes()));
+    let kept = transform_owned(payload.clone().into_bytes(), Uuid::nil(), at(), false).unwrap();
+    assert_eq!(
+        (kept.stored.as_str(), kept.original),
+        (payload.as_str(), None)
+    );
+}
+
+#[test]
+fn nesting_past_the_limit_is_refused_even_where_the_transform_does_not_look() {
+    let deep = |levels: usize| {
+        format!(
+            r#"{{"results":[{USER},"picture":{}{}}}]}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    let err = transform(deep(200).as_bytes(), Uuid::nil(), at()).unwrap_err();
+    assert_eq!(err.kind(), "not_json", "{err}");
+    assert_eq!(
+        transform(deep(20).as_bytes(), Uuid::nil(), at())
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Brackets inside strings (and after escaped quotes) are text, not nesting.
+    let brackets = format!(
+        r#"{{"results":[{USER},"picture":"\"{}{}"}}]}}"#,
+        "[{".repeat(200),
+        "\\\\"
+    );
+    assert_eq!(
+        transform(brackets.as_bytes(), Uuid::nil(), at())
+            .unwrap()
+            .len(),
+        1
+    );
+}
