@@ -271,101 +271,96 @@ pub async fn processed_files_of(
         .await
 }
 
-/// Every record in the processed file `path`, as the loader consumed it, with its stored raw id.
+/// The records of the processed file `path`, as the loader consumed them (the payload as the raw
+/// file holds it), with their raw ids: what a processed file is recomputed from.
 pub async fn records_in_file(
     tx: &mut PgConnection,
     path: &str,
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
-    records_in(
+    let page = stored_records(
         tx,
-        Dataset::Processed,
+        "processed_file",
         path,
         (i64::MIN, Uuid::nil()),
         i64::MAX,
-    )
-    .await
-}
-
-/// Up to `limit` records of the `dataset` file `path` after `after` in (offset, raw id) order,
-/// as the loader consumed them, with their raw ids. (A re-created topic can put two records at
-/// one offset, hence the raw id.)
-pub async fn records_in(
-    tx: &mut PgConnection,
-    dataset: Dataset,
-    path: &str,
-    after: (i64, Uuid),
-    limit: i64,
-) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
-    // The text waiting for the raw file, else (left by an earlier version) in raw_data, else
-    // rendered from the jsonb (a crash emptied the unlogged table, or the file is rewritten).
-    let file = match dataset {
-        Dataset::Raw => "raw_file",
-        Dataset::Processed => "processed_file",
-    };
-    let sql = format!(
-        "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
-                coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id
-         FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
-         WHERE r.{file} = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3) ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(path)
-        .bind(after.0)
-        .bind(after.1)
-        .bind(limit)
-        .fetch_all(tx)
-        .await?;
-    rows.iter()
+    Ok(page
+        .await?
+        .into_iter()
         .map(|r| {
-            let key: Option<String> = r.try_get(3)?;
-            Ok((
-                r.try_get(6)?,
-                SourceRecord {
-                    topic: r.try_get(0)?,
-                    partition: r.try_get(1)?,
-                    offset: r.try_get(2)?,
-                    fetch_id: key.clone(),
-                    key,
-                    payload: Some(r.try_get::<String, _>(4)?.into_bytes()),
-                    fetched_at: r.try_get(5)?,
-                    headers: Vec::new(),
-                },
-            ))
+            let mut source = r.source;
+            source.payload = Some(r.payload_text.into_bytes());
+            (r.raw_id, source)
         })
-        .collect()
+        .collect())
 }
 
 /// The rows (at most `limit`, after `after` in (offset, raw id) order) of the raw file `path`
-/// as `raw_data` holds them, with the payload text as [`records_in`] finds it and the stored
-/// user count: a raw file needs no users, so its rows are not decoded again to be written.
-/// Only the fields the raw Parquet columns read are filled.
+/// as `raw_data` holds them, with the stored user count: a raw file needs no users, so its rows
+/// are not decoded again to be written. Only the fields the raw Parquet columns read are filled.
 pub async fn raw_rows_in(
     conn: &mut PgConnection,
     path: &str,
     after: (i64, Uuid),
     limit: i64,
 ) -> sqlx::Result<Vec<LoadRecord>> {
-    let rows = sqlx::query(
+    let page = stored_records(conn, "raw_file", path, after, limit).await?;
+    Ok(page
+        .into_iter()
+        .map(|r| LoadRecord {
+            raw_id: r.raw_id,
+            record_key: String::new(),
+            digest: [0; 32],
+            source: r.source,
+            payload_text: r.payload_text,
+            users: Vec::new(),
+            stored_user_count: Some(r.user_count),
+        })
+        .collect())
+}
+
+/// A record of a file as `raw_data` holds it.
+struct StoredRecord {
+    raw_id: Uuid,
+    /// Where it was consumed from (no payload).
+    source: SourceRecord,
+    /// The payload as the raw file holds it.
+    payload_text: String,
+    user_count: i32,
+}
+
+/// Up to `limit` records of the file `path` (`file`: the column naming it) after `after` in
+/// (offset, raw id) order. (A re-created topic can put two records at one offset, hence the raw
+/// id.) The payload text is the one waiting for the raw file, else (left by an earlier version)
+/// in raw_data, else rendered from the jsonb (a crash emptied the unlogged table, or the file is
+/// rewritten).
+async fn stored_records(
+    conn: &mut PgConnection,
+    file: &'static str,
+    path: &str,
+    after: (i64, Uuid),
+    limit: i64,
+) -> sqlx::Result<Vec<StoredRecord>> {
+    let sql = format!(
         "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
                 coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id,
                 r.user_count
          FROM raw_data r LEFT JOIN raw_payload_text w USING (raw_id)
-         WHERE r.raw_file = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3)
-         ORDER BY r.kafka_offset, r.raw_id LIMIT $4",
-    )
-    .bind(path)
-    .bind(after.0)
-    .bind(after.1)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+         WHERE r.{file} = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3)
+         ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(path)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .map(|r| {
             let fetch_id: Option<String> = r.try_get(3)?;
-            Ok(LoadRecord {
+            Ok(StoredRecord {
                 raw_id: r.try_get(6)?,
-                record_key: String::new(),
-                digest: [0; 32],
                 source: SourceRecord {
                     topic: r.try_get(0)?,
                     partition: r.try_get(1)?,
@@ -377,8 +372,7 @@ pub async fn raw_rows_in(
                     headers: Vec::new(),
                 },
                 payload_text: r.try_get(4)?,
-                users: Vec::new(),
-                stored_user_count: Some(r.try_get(7)?),
+                user_count: r.try_get(7)?,
             })
         })
         .collect()
