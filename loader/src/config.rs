@@ -379,6 +379,11 @@ pub struct RunConfig {
     /// re-delivered; keep it below the orchestrator's kill timeout.
     #[arg(long = "loader-shutdown-grace", env = "LOADER_SHUTDOWN_GRACE", value_name = "LOADER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The nice value (0–19) a replica drops to once it has handed its partitions over at
+    /// SIGTERM: closing its rolls then leaves the cores it shares (one host, one cgroup) to the
+    /// members still loading. `0` keeps its priority.
+    #[arg(long = "loader-closing-nice", env = "LOADER_CLOSING_NICE", value_name = "LOADER_CLOSING_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub closing_nice: i32,
     /// Where `/metrics`, `/health` and `/ready` are served.
     #[arg(
         long = "metrics-addr",
@@ -481,6 +486,9 @@ impl RunConfig {
             "2s",
             "--parquet-roll-interval",
             "0s",
+            // In-process loaders share the test's process: closing one must not slow the rest.
+            "--loader-closing-nice",
+            "0",
         ])?;
         match cli.command {
             Command::Run(c) => Ok(c.into_config()),

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
 pub mod poison;
+pub mod priority;
 pub mod replay;
 pub mod roller;
 pub mod rows;

@@ -58,6 +58,25 @@ fn spawn_hanging_at_close(
     (child, status)
 }
 
+/// The nice value of each thread of process `pid`.
+fn thread_nices(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // After the command's closing parenthesis: the 3rd field (state) on; nice is the 19th.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// One extractor-shaped record (its own fetch id) to `partition`.
 async fn produce_to(producer: &FutureProducer, topic: &str, partition: i32) {
     use etl_common::contract::{self, header};
@@ -191,8 +210,14 @@ async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
     })
     .await;
 
+    let a_pid = a.id().unwrap();
+    let before = thread_nices(a_pid);
+    assert!(
+        !before.is_empty() && before.iter().all(|n| *n < 10),
+        "A loads at a normal priority: {before:?}"
+    );
     std::process::Command::new("kill")
-        .args(["-TERM", &a.id().unwrap().to_string()])
+        .args(["-TERM", &a_pid.to_string()])
         .status()
         .unwrap();
     eventually(
@@ -205,6 +230,12 @@ async fn a_leaving_member_hands_its_partitions_over_before_closing_its_rolls() {
         a.try_wait().unwrap().is_none(),
         "A is still closing its rolls: the partitions were handed over first"
     );
+    // Closing is housekeeping: every thread of A (LOADER_CLOSING_NICE's default) yields to B.
+    eventually(Duration::from_secs(30), "A closes at nice 10", || async {
+        let nices = thread_nices(a_pid);
+        !nices.is_empty() && nices.iter().all(|n| *n == 10)
+    })
+    .await;
     for partition in [0, 1] {
         produce_to(&producer, &topic, partition).await;
     }

@@ -177,12 +177,27 @@ impl Event for DeadLetterFailed<'_> {
 }
 
 /// This replica left its group at shutdown: its partitions are the others' now, while it closes
-/// its Parquet rolls.
-pub struct LeftGroup;
+/// its Parquet rolls at a lower CPU priority.
+pub struct LeftGroup {
+    /// The nice value it closes at (`LOADER_CLOSING_NICE`).
+    pub nice: i32,
+    /// Threads lowered to it, or why they could not be.
+    pub lowered: std::io::Result<usize>,
+}
 
 impl Event for LeftGroup {
     fn emit(self, t: &Telemetry) {
-        tracing::info!("left the consumer group; closing the Parquet rolls of its partitions");
+        match self.lowered {
+            Ok(threads) => tracing::info!(
+                threads,
+                nice = self.nice,
+                "left the consumer group; closing the Parquet rolls of its partitions at a lower CPU priority"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                "left the consumer group; closing the Parquet rolls of its partitions (at its own CPU priority)"
+            ),
+        }
         t.failed(Check::Kafka, "shutting down: left the consumer group");
     }
 }

@@ -198,7 +198,7 @@ impl Pipeline {
     /// (it runs during a poll), so the group rebalances now rather than when this process exits.
     /// Records fetched meanwhile are dropped uncommitted: their next owner reads them. Returns
     /// the partitions the group gave this member while it left (a rebalance under way finishes
-    /// first), whose rolls it closes with its own.
+    /// first), whose rolls it closes with its own, at `LOADER_CLOSING_NICE`.
     async fn leave_group(&self) -> Vec<(String, i32)> {
         self.consumer.unsubscribe();
         let gone = tokio::time::sleep(LEAVE_TIMEOUT);
@@ -222,7 +222,13 @@ impl Pipeline {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             }
         }
-        self.telemetry.emit(LeftGroup);
+        // What is left is closing: let the members still loading have the shared cores.
+        let nice = self.config.closing_nice;
+        let lowered = match nice {
+            0 => Ok(0),
+            nice => crate::priority::lower_for_closing(nice),
+        };
+        self.telemetry.emit(LeftGroup { nice, lowered });
         given
     }
 
