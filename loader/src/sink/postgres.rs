@@ -279,7 +279,7 @@ pub async fn records_in_file(
 ) -> sqlx::Result<Vec<(Uuid, SourceRecord)>> {
     let page = stored_records(
         tx,
-        "processed_file",
+        Dataset::Processed,
         path,
         (i64::MIN, Uuid::nil()),
         i64::MAX,
@@ -304,7 +304,7 @@ pub async fn raw_rows_in(
     after: (i64, Uuid),
     limit: i64,
 ) -> sqlx::Result<Vec<LoadRecord>> {
-    let page = stored_records(conn, "raw_file", path, after, limit).await?;
+    let page = stored_records(conn, Dataset::Raw, path, after, limit).await?;
     Ok(page
         .into_iter()
         .map(|r| LoadRecord {
@@ -319,6 +319,16 @@ pub async fn raw_rows_in(
         .collect())
 }
 
+/// Binds a page query's `$1`–`$4`: the file, the (offset, raw id) to read after, the page size.
+fn page_of<'q>(
+    query: crate::rows::PgQuery<'q>,
+    path: &'q str,
+    after: (i64, Uuid),
+    limit: i64,
+) -> crate::rows::PgQuery<'q> {
+    query.bind(path).bind(after.0).bind(after.1).bind(limit)
+}
+
 /// A record of a file as `raw_data` holds it.
 struct StoredRecord {
     raw_id: Uuid,
@@ -329,18 +339,21 @@ struct StoredRecord {
     user_count: i32,
 }
 
-/// Up to `limit` records of the file `path` (`file`: the column naming it) after `after` in
-/// (offset, raw id) order. (A re-created topic can put two records at one offset, hence the raw
-/// id.) The payload text is the one waiting for the raw file, else (left by an earlier version)
-/// in raw_data, else rendered from the jsonb (a crash emptied the unlogged table, or the file is
-/// rewritten).
+/// Up to `limit` records of the `dataset` file `path` after `after` in (offset, raw id) order.
+/// (A re-created topic can put two records at one offset, hence the raw id.) The payload text is
+/// the one waiting for the raw file, else (left by an earlier version) in raw_data, else rendered
+/// from the jsonb (a crash emptied the unlogged table, or the file is rewritten).
 async fn stored_records(
     conn: &mut PgConnection,
-    file: &'static str,
+    dataset: Dataset,
     path: &str,
     after: (i64, Uuid),
     limit: i64,
 ) -> sqlx::Result<Vec<StoredRecord>> {
+    let file = match dataset {
+        Dataset::Raw => "raw_file",
+        Dataset::Processed => "processed_file",
+    };
     let sql = format!(
         "SELECT r.topic, r.kafka_partition, r.kafka_offset, r.fetch_id,
                 coalesce(w.payload_text, r.payload_text, r.payload::text), r.fetched_at, r.raw_id,
@@ -349,11 +362,7 @@ async fn stored_records(
          WHERE r.{file} = $1 AND (r.kafka_offset, r.raw_id) > ($2, $3)
          ORDER BY r.kafka_offset, r.raw_id LIMIT $4"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(path)
-        .bind(after.0)
-        .bind(after.1)
-        .bind(limit)
+    let rows = page_of(sqlx::query(sqlx::AssertSqlSafe(sql)), path, after, limit)
         .fetch_all(conn)
         .await?;
     rows.iter()
@@ -389,7 +398,7 @@ pub async fn processed_rows_in(
     after: (i64, Uuid),
     limit: i64,
 ) -> sqlx::Result<Vec<LoadRecord>> {
-    let rows = sqlx::query(
+    let query = sqlx::query(
         "WITH recs AS (
              SELECT raw_id, record_key, topic, kafka_partition, kafka_offset, fetch_id, fetched_at
              FROM raw_data WHERE processed_file = $1 AND (kafka_offset, raw_id) > ($2, $3)
@@ -400,13 +409,8 @@ pub async fn processed_rows_in(
                 p.registered_date, p.processed_at
          FROM recs r LEFT JOIN processed_data p USING (raw_id)
          ORDER BY r.kafka_offset, r.raw_id, p.user_index",
-    )
-    .bind(path)
-    .bind(after.0)
-    .bind(after.1)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+    );
+    let rows = page_of(query, path, after, limit).fetch_all(conn).await?;
     let mut out: Vec<LoadRecord> = Vec::new();
     for r in &rows {
         let raw_id: Uuid = r.try_get(0)?;
