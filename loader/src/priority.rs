@@ -3,9 +3,9 @@
 //! host, or in one cgroup), or the group's rate dips for as long as the closing runs.
 
 /// Lowers every thread of this process to `nice` (`LOADER_CLOSING_NICE`; 0 is the default
-/// priority, 19 the lowest): on Linux a nice value is a thread's
-/// own, so each is set (threads started later inherit it from their creator). A thread already
-/// at a lower priority keeps it. Returns how many threads were lowered.
+/// priority, 19 the lowest): on Linux a nice value is a thread's own, so each is set (threads
+/// started later inherit it from their creator). A thread already at a lower priority keeps it.
+/// Returns how many threads were lowered.
 #[cfg(target_os = "linux")]
 pub fn lower_for_closing(nice: i32) -> std::io::Result<usize> {
     let mut lowered = 0;

@@ -177,9 +177,9 @@ impl Event for DeadLetterFailed<'_> {
 }
 
 /// This replica left its group at shutdown: its partitions are the others' now, while it closes
-/// its Parquet rolls at a lower CPU priority.
+/// its Parquet rolls (at a lower CPU priority unless `LOADER_CLOSING_NICE` is 0).
 pub struct LeftGroup {
-    /// The nice value it closes at (`LOADER_CLOSING_NICE`).
+    /// The nice value it closes at (`LOADER_CLOSING_NICE`; 0: its priority is left alone).
     pub nice: i32,
     /// Threads lowered to it, or why they could not be.
     pub lowered: std::io::Result<usize>,
@@ -188,6 +188,9 @@ pub struct LeftGroup {
 impl Event for LeftGroup {
     fn emit(self, t: &Telemetry) {
         match self.lowered {
+            _ if self.nice == 0 => tracing::info!(
+                "left the consumer group; closing the Parquet rolls of its partitions"
+            ),
             Ok(threads) => tracing::info!(
                 threads,
                 nice = self.nice,
